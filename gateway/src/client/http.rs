@@ -1,0 +1,111 @@
+//! Routes of the client port: `/ws/{hub}` upgrades, `/healthz`, `/readyz`, `/metrics`.
+//! Every refusal is a plain-text body saying why, with the status a client library expects.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use super::upgrade;
+use crate::{config::is_name, node::Node};
+
+pub(crate) type Body = Full<Bytes>;
+
+pub(crate) async fn route(
+    node: Arc<Node>,
+    remote: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path();
+    let resp = if let Some(hub) = path.strip_prefix("/ws/") {
+        if req.method() != Method::GET {
+            method_not_allowed("GET")
+        } else if !is_name(hub) {
+            refuse(
+                &node,
+                "bad_hub",
+                StatusCode::BAD_REQUEST,
+                "invalid hub: 1-64 characters of [A-Za-z0-9._-]\n",
+            )
+        } else if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+            let mut r = refuse(
+                &node,
+                "not_upgrade",
+                StatusCode::UPGRADE_REQUIRED,
+                "this endpoint takes WebSocket upgrades only\n",
+            );
+            r.headers_mut().insert(
+                header::UPGRADE,
+                header::HeaderValue::from_static("websocket"),
+            );
+            r
+        } else {
+            let hub: Arc<str> = Arc::from(hub);
+            upgrade::upgrade(node, remote, hub, req).await
+        }
+    } else {
+        match path {
+            "/healthz" | "/readyz" | "/metrics" if req.method() != Method::GET => {
+                method_not_allowed("GET")
+            }
+            "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/readyz" => readiness(&node),
+            "/metrics" => {
+                let mut r = text(StatusCode::OK, node.metrics.render());
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                r
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    };
+    Ok(resp)
+}
+
+fn readiness(node: &Node) -> Response<Body> {
+    if node.is_draining() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if !node.registry.is_healthy() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "registry degraded\n")
+    } else {
+        text(StatusCode::OK, "ready\n")
+    }
+}
+
+pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// A refused upgrade: counted by reason, logged, answered with `status` and `why`.
+pub(crate) fn refuse(
+    node: &Node,
+    reason: &'static str,
+    status: StatusCode,
+    why: impl Into<Bytes>,
+) -> Response<Body> {
+    node.metrics
+        .upgrades_refused
+        .get_or_create(&crate::metrics::ReasonLabel { reason })
+        .inc();
+    tracing::info!(reason, status = status.as_u16(), "upgrade refused");
+    text(status, why)
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    r.headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    r
+}

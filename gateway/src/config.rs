@@ -1,0 +1,329 @@
+//! Configuration: command-line flags with `SWITCHBOARD_*` environment fallbacks, parsed once
+//! into one validated [`Config`].
+
+use std::{fmt, net::SocketAddr, num::NonZeroUsize, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything a gateway node needs to run. Defaults are safe for a single node on loopback.
+#[derive(Clone, Parser)]
+#[command(
+    name = "switchboard-gateway",
+    version,
+    about = "Switchboard WebSocket gateway"
+)]
+pub struct Config {
+    /// Client listener: WebSocket upgrades at /ws/{hub}, plus /healthz, /readyz, /metrics.
+    #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Backend listener: the gRPC API. Keep it off the internet.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_BACKEND_LISTEN",
+        default_value = "127.0.0.1:7070"
+    )]
+    pub backend_listen: SocketAddr,
+
+    /// Bearer token every backend call must carry.
+    #[arg(long, env = "SWITCHBOARD_BACKEND_TOKEN", hide_env_values = true)]
+    pub backend_token: Option<String>,
+
+    /// Allow a non-loopback backend listener without a token.
+    #[arg(long, env = "SWITCHBOARD_INSECURE_BACKEND")]
+    pub insecure_backend: bool,
+
+    /// Connect hook: a gRPC endpoint serving switchboard.v1.ConnectHook, asked before each upgrade.
+    #[arg(long, env = "SWITCHBOARD_CONNECT_HOOK")]
+    pub connect_hook: Option<String>,
+
+    /// How long the connect hook may take before the upgrade is refused with 503.
+    #[arg(long, env = "SWITCHBOARD_CONNECT_HOOK_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub connect_hook_timeout: Duration,
+
+    /// Largest client or backend message, in bytes (client messages over it are closed with 1009).
+    #[arg(long, env = "SWITCHBOARD_MAX_MESSAGE_BYTES", default_value = "1048576")]
+    pub max_message_bytes: NonZeroUsize,
+
+    /// Interval between server pings on a quiet connection.
+    #[arg(long, env = "SWITCHBOARD_PING_INTERVAL", default_value = "25s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// A client silent for this long (not even a pong) is closed.
+    #[arg(long, env = "SWITCHBOARD_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Outbound queue bound per session, in frames.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_OUTBOUND_QUEUE_MESSAGES",
+        default_value = "1024"
+    )]
+    pub outbound_queue_messages: NonZeroUsize,
+
+    /// Outbound queue bound per session, in bytes.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_OUTBOUND_QUEUE_BYTES",
+        default_value = "4194304"
+    )]
+    pub outbound_queue_bytes: NonZeroUsize,
+
+    /// How long a session's outbound queue may stay full before it is closed with 1013.
+    #[arg(long, env = "SWITCHBOARD_SLOW_CONSUMER_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub slow_consumer_grace: Duration,
+
+    /// Inbox bound per session, in messages: past it the gateway stops reading the socket.
+    #[arg(long, env = "SWITCHBOARD_INBOX_MESSAGES", default_value = "256")]
+    pub inbox_messages: NonZeroUsize,
+
+    /// Inbox bound per session, in bytes.
+    #[arg(long, env = "SWITCHBOARD_INBOX_BYTES", default_value = "4194304")]
+    pub inbox_bytes: NonZeroUsize,
+
+    /// How long unread messages of a closed session stay readable.
+    #[arg(long, env = "SWITCHBOARD_CLOSED_INBOX_RETENTION", default_value = "60s", value_parser = parse_duration)]
+    pub closed_inbox_retention: Duration,
+
+    /// Longest timeout a `Read` call may ask for.
+    #[arg(long, env = "SWITCHBOARD_MAX_READ_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub max_read_timeout: Duration,
+
+    /// How long a closing session waits for the client's close frame.
+    #[arg(long, env = "SWITCHBOARD_CLOSE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub close_timeout: Duration,
+
+    /// A client must finish sending its HTTP request headers within this time.
+    #[arg(long, env = "SWITCHBOARD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Send `{"type":"welcome","session":"..."}` as the first frame of every session.
+    #[arg(long, env = "SWITCHBOARD_WELCOME_FRAME")]
+    pub welcome_frame: bool,
+
+    /// On SIGTERM/SIGINT, how long to wait for sessions and calls to finish before exiting.
+    #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// This node's ID in the registry; random when not given.
+    #[arg(long, env = "SWITCHBOARD_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Log format.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_LOG_FORMAT",
+        value_enum,
+        default_value = "plain"
+    )]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "switchboard_gateway=debug".
+    #[arg(long, env = "SWITCHBOARD_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Print the effective configuration (secrets redacted) and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// A configuration that cannot work; the binary exits with code 64 before binding a port.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "the backend listener {0} is not on loopback and no --backend-token is set; \
+         set a token or pass --insecure-backend"
+    )]
+    InsecureBackend(SocketAddr),
+    #[error("--backend-token must not be empty")]
+    EmptyToken,
+    #[error("{name} must be greater than zero")]
+    ZeroDuration { name: &'static str },
+    #[error("--idle-timeout ({idle:?}) must be longer than --ping-interval ({ping:?})")]
+    IdleBeforePing { idle: Duration, ping: Duration },
+    #[error("--outbound-queue-bytes must be at least --max-message-bytes plus a frame header")]
+    QueueSmallerThanMessage,
+    #[error("--inbox-bytes must be at least --max-message-bytes")]
+    InboxSmallerThanMessage,
+    #[error("--node-id must be 1-64 characters of [A-Za-z0-9._-]")]
+    BadNodeId,
+    #[error("--connect-hook must be an http:// or https:// URL: {0}")]
+    BadHookUrl(String),
+}
+
+impl Config {
+    /// Checks the rules flags alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match &self.backend_token {
+            Some(t) if t.is_empty() => return Err(ConfigError::EmptyToken),
+            None if !self.backend_listen.ip().is_loopback() && !self.insecure_backend => {
+                return Err(ConfigError::InsecureBackend(self.backend_listen))
+            }
+            _ => {}
+        }
+        for (name, d) in [
+            ("--ping-interval", self.ping_interval),
+            ("--idle-timeout", self.idle_timeout),
+            ("--connect-hook-timeout", self.connect_hook_timeout),
+            ("--max-read-timeout", self.max_read_timeout),
+            ("--close-timeout", self.close_timeout),
+            ("--handshake-timeout", self.handshake_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::ZeroDuration { name });
+            }
+        }
+        if self.idle_timeout <= self.ping_interval {
+            return Err(ConfigError::IdleBeforePing {
+                idle: self.idle_timeout,
+                ping: self.ping_interval,
+            });
+        }
+        if self.outbound_queue_bytes.get() < self.max_message_bytes.get() + 14 {
+            return Err(ConfigError::QueueSmallerThanMessage);
+        }
+        if self.inbox_bytes < self.max_message_bytes {
+            return Err(ConfigError::InboxSmallerThanMessage);
+        }
+        if let Some(id) = &self.node_id {
+            if !is_name(id) {
+                return Err(ConfigError::BadNodeId);
+            }
+        }
+        if let Some(url) = &self.connect_hook {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::BadHookUrl(url.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Names used in URLs and registry keys (hubs, node IDs): 1–64 of `[A-Za-z0-9._-]`.
+pub(crate) fn is_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Durations as `250ms`, `10s`, `5m`, `1h`, or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (examples: 250ms, 10s, 5m)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m or h)")),
+    }
+}
+
+impl fmt::Debug for Config {
+    /// The effective configuration with secrets redacted, as `--check-config` prints it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("backend_listen", &self.backend_listen)
+            .field(
+                "backend_token",
+                &self.backend_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("insecure_backend", &self.insecure_backend)
+            .field("connect_hook", &self.connect_hook)
+            .field("connect_hook_timeout", &self.connect_hook_timeout)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("ping_interval", &self.ping_interval)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("outbound_queue_messages", &self.outbound_queue_messages)
+            .field("outbound_queue_bytes", &self.outbound_queue_bytes)
+            .field("slow_consumer_grace", &self.slow_consumer_grace)
+            .field("inbox_messages", &self.inbox_messages)
+            .field("inbox_bytes", &self.inbox_bytes)
+            .field("closed_inbox_retention", &self.closed_inbox_retention)
+            .field("max_read_timeout", &self.max_read_timeout)
+            .field("close_timeout", &self.close_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("welcome_frame", &self.welcome_frame)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("node_id", &self.node_id)
+            .field("log_format", &self.log_format)
+            .field("log", &self.log)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut all = vec!["switchboard-gateway"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse(&[]);
+        c.validate().unwrap();
+        assert_eq!(c.max_message_bytes.get(), 1 << 20);
+        assert_eq!(c.ping_interval, Duration::from_secs(25));
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn public_backend_without_token_is_refused() {
+        let c = parse(&["--backend-listen", "0.0.0.0:7070"]);
+        assert!(matches!(c.validate(), Err(ConfigError::InsecureBackend(_))));
+        parse(&["--backend-listen", "0.0.0.0:7070", "--insecure-backend"])
+            .validate()
+            .unwrap();
+        parse(&[
+            "--backend-listen",
+            "0.0.0.0:7070",
+            "--backend-token",
+            "s3cret",
+        ])
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("3 weeks").is_err());
+    }
+
+    #[test]
+    fn debug_output_redacts_the_token() {
+        let c = parse(&["--backend-token", "hunter2"]);
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"));
+        assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn names_follow_the_hub_rule() {
+        assert!(is_name("chat.v1-eu_2"));
+        assert!(!is_name(""));
+        assert!(!is_name("a/b"));
+        assert!(!is_name(&"x".repeat(65)));
+    }
+}

@@ -1,0 +1,217 @@
+//! Switchboard's gateway: terminates client WebSockets, keeps them in a pool keyed by session
+//! ID, and lets backends use them over gRPC without owning a socket.
+//!
+//! Module map:
+//! - [`config`]: flags and environment, validated into one `Config`.
+//! - `client`: the client listener: HTTP routes, upgrade admission, one reader task per session.
+//! - `hook`: the connect hook client (`ConnectHook/Authorize`).
+//! - `session`: one session: ID, counters, lifecycle, outbound queue, inbox.
+//! - `frame`: server frame encoding (encode once, share the bytes) and close payloads.
+//! - `message`: reassembly and validation of client messages.
+//! - `pool`: the node's live sessions and their hub/group/user indexes.
+//! - `registry`: where sessions are recorded for lookups and listings (in memory by default).
+//! - `node`: the operations backends call, over the pool and the registry.
+//! - `api`: the gRPC backend listener, token check, error-to-status mapping.
+//! - `sweeper`: keepalive pings, idle and slow-consumer closes, expiry of unread inboxes.
+//! - `metrics`, [`telemetry`]: Prometheus metrics and log setup.
+
+mod api;
+mod client;
+pub mod config;
+mod error;
+mod frame;
+mod hook;
+mod message;
+mod metrics;
+mod node;
+mod pool;
+mod registry;
+mod session;
+mod sweeper;
+pub mod telemetry;
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+pub use config::Config;
+
+use crate::{
+    metrics::Metrics,
+    node::Node,
+    registry::Registry,
+    session::{Clock, SessionContext},
+};
+
+/// How many closed sessions the embedded registry remembers as "closed" (not "unknown").
+const TOMBSTONES: usize = 100_000;
+
+/// Why the gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] config::ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Hook(String),
+    #[error("no randomness available: {0}")]
+    Random(String),
+    #[error("backend API: {0}")]
+    Api(String),
+    #[error("backend API task failed: {0}")]
+    ApiTask(String),
+}
+
+/// A gateway whose listeners are bound (so their addresses are known) but not yet serving.
+pub struct Gateway {
+    node: Arc<Node>,
+    client: TcpListener,
+    backend: TcpListener,
+}
+
+impl Gateway {
+    /// Validates the configuration and binds both listeners.
+    pub async fn bind(config: Config) -> Result<Self, Error> {
+        config.validate()?;
+        let node_id: Arc<str> = match &config.node_id {
+            Some(id) => id.as_str().into(),
+            None => random_node_id()?.into(),
+        };
+        let client = bind(config.listen).await?;
+        let backend = bind(config.backend_listen).await?;
+        let hook = config
+            .connect_hook
+            .as_deref()
+            .map(|url| hook::ConnectHook::new(url, config.connect_hook_timeout))
+            .transpose()
+            .map_err(|e| Error::Hook(e.to_string()))?;
+        let metrics = Arc::new(Metrics::new());
+        let ctx = Arc::new(SessionContext {
+            metrics: Arc::clone(&metrics),
+            tasks: TaskTracker::new(),
+            clock: Clock::new(),
+            close_timeout: config.close_timeout,
+            node: Arc::clone(&node_id),
+        });
+        let node = Node::new(
+            Arc::new(config),
+            node_id,
+            Registry::memory(TOMBSTONES),
+            metrics,
+            ctx,
+            hook,
+        );
+        Ok(Self {
+            node: Arc::new(node),
+            client,
+            backend,
+        })
+    }
+
+    /// The client listener's address (useful with port 0).
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client.local_addr().unwrap_or(self.node.config.listen)
+    }
+
+    /// The backend gRPC listener's address.
+    pub fn backend_addr(&self) -> SocketAddr {
+        self.backend
+            .local_addr()
+            .unwrap_or(self.node.config.backend_listen)
+    }
+
+    /// This node's ID in the registry.
+    pub fn node_id(&self) -> &str {
+        &self.node.id
+    }
+
+    /// Serves until `shutdown` resolves, then drains: refuses new upgrades (`/readyz` turns 503),
+    /// closes every session with 1001, lets in-flight calls finish, and returns within the
+    /// configured grace period.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let Gateway {
+            node,
+            client,
+            backend,
+        } = self;
+        let grace = node.config.shutdown_grace;
+        let stop_http = CancellationToken::new();
+        let stop_api = CancellationToken::new();
+        let http_tasks = TaskTracker::new();
+        let background = TaskTracker::new();
+
+        background.spawn(client::serve(
+            client,
+            Arc::clone(&node),
+            http_tasks.clone(),
+            stop_http.clone(),
+        ));
+        background.spawn(sweeper::run(Arc::clone(&node), stop_http.clone()));
+        let api = tokio::spawn(api::serve(
+            backend,
+            Arc::clone(&node),
+            stop_api.clone().cancelled_owned(),
+        ));
+        tracing::info!(node = %node.id, "gateway running");
+
+        tokio::pin!(api);
+        tokio::select! {
+            _ = shutdown => {}
+            r = &mut api => {
+                // The API server only returns early on a fatal error.
+                stop_http.cancel();
+                return match r {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(Error::Api(e.to_string())),
+                    Err(e) => Err(Error::ApiTask(e.to_string())),
+                };
+            }
+        }
+
+        let deadline = tokio::time::Instant::now() + grace;
+        tracing::info!(sessions = node.pool.len(), ?grace, "draining");
+        node.drain();
+        node.ctx.tasks.close();
+        if tokio::time::timeout_at(deadline, node.ctx.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = node.pool.len(),
+                "sessions still open at the end of the grace period"
+            );
+        }
+        stop_http.cancel();
+        stop_api.cancel();
+        match tokio::time::timeout_at(deadline, &mut api).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "backend API ended with an error"),
+            Ok(_) => {}
+            Err(_) => tracing::warn!("backend calls still running at the end of the grace period"),
+        }
+        background.close();
+        http_tasks.close();
+        let _ = tokio::time::timeout_at(deadline, background.wait()).await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+fn random_node_id() -> Result<String, Error> {
+    let mut raw = [0u8; 6];
+    getrandom::fill(&mut raw).map_err(|e| Error::Random(e.to_string()))?;
+    Ok(format!(
+        "node-{}",
+        raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ))
+}

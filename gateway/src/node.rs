@@ -1,0 +1,374 @@
+//! The node: the session pool, the registry and the operations backends call on them.
+//!
+//! `api` translates gRPC into these calls and `client` admits sessions into the pool; neither
+//! touches the registry or a session's queues directly, so routing to other nodes (when the
+//! registry is shared) lives here alone.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::{is_name, Config},
+    error::{Error, Result},
+    frame::{self, close_code, Opcode},
+    hook::ConnectHook,
+    message::{Kind, Message},
+    metrics::CodeLabel,
+    metrics::Metrics,
+    pool::{Pool, Target},
+    registry::{ListFilter, Liveness, Page, Registry, SessionRecord},
+    session::{
+        inbox::{InboxGauges, Next},
+        Closer, SendError, Session, SessionContext, SessionEnd, SessionId,
+    },
+};
+
+/// Longest group name, in bytes.
+const MAX_GROUP_LEN: usize = 128;
+/// Largest page `ListSessions` returns.
+pub(crate) const MAX_PAGE: usize = 1000;
+
+pub(crate) struct Node {
+    pub config: Arc<Config>,
+    pub id: Arc<str>,
+    pub pool: Pool,
+    pub registry: Registry,
+    pub metrics: Arc<Metrics>,
+    pub ctx: Arc<SessionContext>,
+    pub hook: Option<ConnectHook>,
+    pub inbox_gauges: InboxGauges,
+    /// Cancelled when the node starts draining: long waits (Read, streams) end early.
+    pub shutdown: CancellationToken,
+    draining: AtomicBool,
+}
+
+/// What a publish achieved.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Delivery {
+    pub queued: u64,
+    pub refused: u64,
+}
+
+impl Node {
+    pub(crate) fn new(
+        config: Arc<Config>,
+        id: Arc<str>,
+        registry: Registry,
+        metrics: Arc<Metrics>,
+        ctx: Arc<SessionContext>,
+        hook: Option<ConnectHook>,
+    ) -> Self {
+        let inbox_gauges = InboxGauges {
+            messages: metrics.inbox_messages.clone(),
+            paused: metrics.paused_sockets.clone(),
+        };
+        Self {
+            config,
+            id,
+            pool: Pool::default(),
+            registry,
+            metrics,
+            ctx,
+            hook,
+            inbox_gauges,
+            shutdown: CancellationToken::new(),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Stops admitting sessions and closes every open one with 1001.
+    pub(crate) fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.shutdown.cancel();
+        for s in self.pool.all() {
+            s.close(
+                close_code::GOING_AWAY,
+                "server shutting down",
+                Closer::Gateway,
+                false,
+            );
+        }
+    }
+
+    /// Makes a new session reachable: pool, registry, metrics.
+    pub(crate) async fn admit(&self, s: &Arc<Session>) {
+        self.pool.insert(Arc::clone(s));
+        self.metrics.connects.inc();
+        self.metrics.sessions_open.inc();
+        if let Err(e) = self.registry.register(s.record()).await {
+            tracing::warn!(session = %s.id, error = %e, "could not register session");
+        }
+    }
+
+    /// Ends a session everywhere: after this it is gone from the pool and the registry, and
+    /// readers see `end` once they have drained its inbox.
+    pub(crate) async fn retire(&self, s: &Arc<Session>, end: SessionEnd) -> SessionEnd {
+        let end = s.finish(end);
+        self.pool.remove(s);
+        s.inbox.close(end.clone());
+        self.metrics.sessions_open.dec();
+        self.metrics
+            .disconnects
+            .get_or_create(&CodeLabel {
+                code: end.code,
+                closed_by: end.closed_by.as_str(),
+            })
+            .inc();
+        if let Err(e) = self.registry.unregister(&s.id, &end).await {
+            tracing::warn!(session = %s.id, error = %e, "could not unregister session");
+        }
+        end
+    }
+
+    /// Hands a client message on, waiting (and so pausing the socket) while nobody takes it.
+    pub(crate) async fn deliver(&self, s: &Arc<Session>, message: Message) {
+        let inbound = s.inbox.stamp(message);
+        s.inbox.push(inbound).await;
+    }
+
+    /// Encodes a backend's message as a frame, once, after checking its size.
+    pub(crate) fn encode(&self, message: &Message) -> Result<Bytes> {
+        let max = self.config.max_message_bytes.get();
+        if message.len() > max {
+            return Err(Error::InvalidArgument(format!(
+                "message of {} bytes is over the {max}-byte limit",
+                message.len()
+            )));
+        }
+        let op = match message.kind {
+            Kind::Text => Opcode::Text,
+            Kind::Binary => Opcode::Binary,
+        };
+        Ok(frame::encode(op, &message.payload))
+    }
+
+    /// An open session on this node, or the right error for an ID that is not one.
+    async fn open_session(&self, id: &SessionId) -> Result<Arc<Session>> {
+        if let Some(s) = self.pool.get(id) {
+            return Ok(s);
+        }
+        Err(self.missing(id).await)
+    }
+
+    async fn missing(&self, id: &SessionId) -> Error {
+        match self.registry.check(std::slice::from_ref(id)).await {
+            Ok(l) => match l.into_iter().next() {
+                Some(Liveness::Closed(end)) => Error::Gone {
+                    id: id.clone(),
+                    end,
+                },
+                _ => Error::NotFound(id.to_string()),
+            },
+            Err(e) => e.into(),
+        }
+    }
+
+    fn gone(s: &Session) -> Error {
+        Error::Gone {
+            id: s.id.clone(),
+            end: s.closing().unwrap_or_else(|| crate::session::SessionEnd {
+                code: close_code::ABNORMAL,
+                reason: String::new(),
+                closed_by: Closer::Client,
+            }),
+        }
+    }
+
+    pub(crate) async fn send(&self, id: &SessionId, message: &Message) -> Result<()> {
+        let frame = self.encode(message)?;
+        let s = self.open_session(id).await?;
+        match s.send(frame) {
+            Ok(()) => Ok(()),
+            Err(SendError::Gone) => Err(Self::gone(&s)),
+            Err(SendError::QueueFull) => {
+                self.on_queue_full(&s);
+                Err(Error::QueueFull(s.id.clone()))
+            }
+        }
+    }
+
+    /// With no grace configured, a full queue closes the session at once.
+    fn on_queue_full(&self, s: &Arc<Session>) {
+        if self.config.slow_consumer_grace.is_zero() {
+            self.close_slow_consumer(s);
+        }
+    }
+
+    pub(crate) fn close_slow_consumer(&self, s: &Arc<Session>) {
+        if s.close(
+            close_code::TRY_AGAIN_LATER,
+            "slow consumer",
+            Closer::Gateway,
+            true,
+        ) {
+            self.metrics.slow_consumer_closes.inc();
+            tracing::warn!(session = %s.id, hub = %s.hub, "closing slow consumer (1013)");
+        }
+    }
+
+    pub(crate) async fn publish(
+        &self,
+        target: &Target,
+        exclude: &[SessionId],
+        message: &Message,
+    ) -> Result<Delivery> {
+        validate_target(target)?;
+        let frame = self.encode(message)?;
+        let mut out = Delivery::default();
+        for s in self.pool.targets(target) {
+            if exclude.contains(&s.id) {
+                continue;
+            }
+            match s.send(frame.clone()) {
+                Ok(()) => out.queued += 1,
+                Err(SendError::QueueFull) => {
+                    out.refused += 1;
+                    self.on_queue_full(&s);
+                }
+                Err(SendError::Gone) => {}
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn close(&self, id: &SessionId, code: u16, reason: &str) -> Result<()> {
+        let code = if code == 0 { close_code::NORMAL } else { code };
+        if !close_code::is_sendable(code) {
+            return Err(Error::InvalidArgument(format!(
+                "close code {code} may not be sent (use 1000, 1001-1003, 1007-1014 or 3000-4999)"
+            )));
+        }
+        if reason.len() > frame::MAX_CONTROL_PAYLOAD - 2 {
+            return Err(Error::InvalidArgument(format!(
+                "close reason is {} bytes; at most 123 fit in a close frame",
+                reason.len()
+            )));
+        }
+        let s = self.open_session(id).await?;
+        if s.close(code, reason, Closer::Backend, false) {
+            Ok(())
+        } else {
+            Err(Self::gone(&s))
+        }
+    }
+
+    pub(crate) async fn get(&self, id: &SessionId) -> Result<SessionRecord> {
+        if let Some(s) = self.pool.get(id) {
+            return Ok(s.record());
+        }
+        match self.registry.get(id).await? {
+            Some(r) => Ok(r),
+            None => Err(self.missing(id).await),
+        }
+    }
+
+    pub(crate) async fn check(&self, ids: &[SessionId]) -> Result<Vec<Liveness>> {
+        Ok(self.registry.check(ids).await?)
+    }
+
+    pub(crate) async fn list(
+        &self,
+        filter: &ListFilter,
+        page_size: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page> {
+        if filter.group.is_some() && filter.hub.is_none() {
+            return Err(Error::InvalidArgument(
+                "a group filter needs a hub: groups belong to a hub".into(),
+            ));
+        }
+        let size = match page_size {
+            0 => 100,
+            n => n.min(MAX_PAGE),
+        };
+        let mut page = self.registry.list(filter, size, cursor).await?;
+        // Local sessions carry live counters; records of other nodes do not.
+        for r in &mut page.records {
+            if let Some(s) = self.pool.get(&r.id) {
+                *r = s.record();
+            }
+        }
+        Ok(page)
+    }
+
+    pub(crate) async fn set_group(&self, id: &SessionId, group: &str, member: bool) -> Result<()> {
+        validate_group(group)?;
+        let s = self.open_session(id).await?;
+        if member {
+            self.pool.join(&s, Arc::from(group));
+        } else {
+            self.pool.leave(&s, group);
+        }
+        self.registry.set_group(id, group, member).await?;
+        Ok(())
+    }
+
+    /// The next client message, "timed out", or "closed".
+    pub(crate) async fn read(&self, id: &SessionId, timeout: Duration) -> Result<Next> {
+        let s = match self.pool.get(id).or_else(|| self.pool.get_closed(id)) {
+            Some(s) => s,
+            None => {
+                return match self.missing(id).await {
+                    Error::Gone { end, .. } => Ok(Next::Closed(end)),
+                    e => Err(e),
+                }
+            }
+        };
+        let timeout = timeout.min(self.config.max_read_timeout);
+        tokio::select! {
+            next = s.inbox.next(timeout) => Ok(next),
+            _ = self.shutdown.cancelled() => Err(Error::ShuttingDown),
+        }
+    }
+}
+
+/// Checks the names a publish target carries.
+fn validate_target(target: &Target) -> Result<()> {
+    let hub_ok = |h: &str| {
+        if is_name(h) {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "invalid hub {h:?}: 1-64 characters of [A-Za-z0-9._-]"
+            )))
+        }
+    };
+    match target {
+        Target::Hub(h) => hub_ok(h),
+        Target::Group { hub, group } => {
+            hub_ok(hub)?;
+            validate_group(group)
+        }
+        Target::User { hub, user } => {
+            if let Some(h) = hub {
+                hub_ok(h)?;
+            }
+            if user.is_empty() {
+                return Err(Error::InvalidArgument("user must not be empty".into()));
+            }
+            Ok(())
+        }
+        Target::Sessions(_) => Ok(()),
+    }
+}
+
+pub(crate) fn validate_group(group: &str) -> Result<()> {
+    if group.is_empty() || group.len() > MAX_GROUP_LEN || group.chars().any(char::is_control) {
+        return Err(Error::InvalidArgument(format!(
+            "invalid group {group:?}: 1-{MAX_GROUP_LEN} bytes, no control characters"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! The session registry: where every node's sessions are recorded, so any backend (and any
+//! node) can find, list and check them.
+//!
+//! The registry holds *records* (what a session is and where it lives); the live sessions and
+//! their sockets stay in the node's [`Pool`](crate::pool::Pool). Backends' `GetSession`,
+//! `CheckSessions` and `ListSessions` answer from here; the session and API code call only the
+//! methods of [`Registry`], so a new store plugs in as one more variant.
+
+mod memory;
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, SystemTime},
+};
+
+pub(crate) use memory::MemoryRegistry;
+
+use crate::session::{SessionEnd, SessionId};
+
+/// What the registry knows of one open session.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct SessionRecord {
+    pub id: SessionId,
+    pub hub: String,
+    pub user: String,
+    pub groups: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub node: String,
+    pub connected_at: SystemTime,
+    pub last_active_at: SystemTime,
+    pub remote_addr: String,
+    pub subprotocol: String,
+    /// Live counters; present only when the record comes from the node holding the session.
+    pub counters: Option<SessionCounters>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SessionCounters {
+    pub messages_in: u64,
+    pub bytes_in: u64,
+    pub messages_out: u64,
+    pub bytes_out: u64,
+    pub outbound_queue_depth: u64,
+    pub inbox_depth: u64,
+}
+
+/// The registry's answer to "is this session still open?".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Liveness {
+    Open,
+    /// Closed recently enough that the registry still remembers how.
+    Closed(SessionEnd),
+    /// Never seen, or closed too long ago to remember.
+    Unknown,
+}
+
+/// Filters of `ListSessions`; `None` does not filter.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ListFilter {
+    pub hub: Option<String>,
+    pub group: Option<String>,
+    pub user: Option<String>,
+    pub node: Option<String>,
+}
+
+/// One page of a listing. `next` is an opaque cursor, `None` on the last page.
+#[derive(Debug)]
+pub(crate) struct Page {
+    pub records: Vec<SessionRecord>,
+    pub next: Option<String>,
+}
+
+/// The registry could not answer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RegistryError {
+    #[error("invalid page token")]
+    BadPageToken,
+}
+
+/// How long a closed session is remembered as "closed" rather than "unknown".
+pub(crate) const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
+
+/// The registry this node uses.
+pub(crate) enum Registry {
+    /// One node, no external store: the default.
+    Memory(MemoryRegistry),
+}
+
+impl Registry {
+    pub(crate) fn memory(tombstone_capacity: usize) -> Self {
+        Registry::Memory(MemoryRegistry::new(tombstone_capacity, TOMBSTONE_TTL))
+    }
+
+    /// Records a newly admitted session.
+    pub(crate) async fn register(&self, record: SessionRecord) -> Result<(), RegistryError> {
+        match self {
+            Registry::Memory(m) => {
+                m.register(record);
+                Ok(())
+            }
+        }
+    }
+
+    /// Forgets a session and remembers how it ended.
+    pub(crate) async fn unregister(
+        &self,
+        id: &SessionId,
+        end: &SessionEnd,
+    ) -> Result<(), RegistryError> {
+        match self {
+            Registry::Memory(m) => {
+                m.unregister(id, end);
+                Ok(())
+            }
+        }
+    }
+
+    /// Sets a session's group membership; false when the session is not registered.
+    pub(crate) async fn set_group(
+        &self,
+        id: &SessionId,
+        group: &str,
+        member: bool,
+    ) -> Result<bool, RegistryError> {
+        match self {
+            Registry::Memory(m) => Ok(m.set_group(id, group, member)),
+        }
+    }
+
+    pub(crate) async fn get(&self, id: &SessionId) -> Result<Option<SessionRecord>, RegistryError> {
+        match self {
+            Registry::Memory(m) => Ok(m.get(id)),
+        }
+    }
+
+    /// Liveness of each ID, in order.
+    pub(crate) async fn check(&self, ids: &[SessionId]) -> Result<Vec<Liveness>, RegistryError> {
+        match self {
+            Registry::Memory(m) => Ok(ids.iter().map(|id| m.liveness(id)).collect()),
+        }
+    }
+
+    pub(crate) async fn list(
+        &self,
+        filter: &ListFilter,
+        page_size: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page, RegistryError> {
+        match self {
+            Registry::Memory(m) => m.list(filter, page_size, cursor),
+        }
+    }
+
+    /// Whether the registry is reachable (for `/readyz`).
+    pub(crate) fn is_healthy(&self) -> bool {
+        match self {
+            Registry::Memory(_) => true,
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! A session's inbox: client messages waiting for a backend, bounded in messages and bytes.
+//!
+//! When the inbox is full, `push` waits: the session's reader stops reading the socket, and TCP
+//! backpressure slows the client down. Nothing is dropped. Once the client is gone the inbox is
+//! closed; readers drain what is left and then see the close.
+
+use std::{
+    collections::VecDeque,
+    sync::{Mutex, MutexGuard},
+    time::Duration,
+};
+
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::Notify;
+
+use crate::message::Message;
+
+use super::SessionEnd;
+
+/// A client message with its per-session sequence number (1, 2, 3, ... in the order sent).
+#[derive(Clone, Debug)]
+pub struct Inbound {
+    pub seq: u64,
+    pub message: Message,
+}
+
+/// What a reader gets.
+#[derive(Debug)]
+pub(crate) enum Next {
+    Message(Inbound),
+    Closed(SessionEnd),
+    TimedOut,
+}
+
+pub(crate) struct Inbox {
+    state: Mutex<State>,
+    max_messages: usize,
+    max_bytes: usize,
+    /// Woken when a message arrives or the inbox closes.
+    readable: Notify,
+    /// Woken when a reader frees room.
+    writable: Notify,
+    gauges: InboxGauges,
+}
+
+/// Node-wide gauges every inbox keeps current.
+#[derive(Clone, Default)]
+pub(crate) struct InboxGauges {
+    /// Messages waiting in all inboxes.
+    pub messages: Gauge,
+    /// Readers waiting for room (sockets not being read).
+    pub paused: Gauge,
+}
+
+/// Decrements the paused gauge however the waiting push ends (even when cancelled).
+struct Paused<'a>(&'a Gauge);
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+struct State {
+    queue: VecDeque<Inbound>,
+    bytes: usize,
+    next_seq: u64,
+    closed: Option<SessionEnd>,
+}
+
+impl Inbox {
+    pub(crate) fn new(max_messages: usize, max_bytes: usize, gauges: InboxGauges) -> Self {
+        Self {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                bytes: 0,
+                next_seq: 1,
+                closed: None,
+            }),
+            max_messages,
+            max_bytes,
+            readable: Notify::new(),
+            writable: Notify::new(),
+            gauges,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every mutation under this lock is a single push/pop: a poisoned lock is still coherent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Numbers the next message; the reader calls it once per message, whatever path it takes.
+    pub(crate) fn stamp(&self, message: Message) -> Inbound {
+        let mut st = self.lock();
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        Inbound { seq, message }
+    }
+
+    /// Appends a message, waiting while the inbox is full. A message larger than the byte bound
+    /// is still accepted into an empty inbox, so one big message cannot wedge a session.
+    /// Returns whether it had to wait.
+    pub(crate) async fn push(&self, msg: Inbound) -> bool {
+        let mut paused = None;
+        loop {
+            let room = self.writable.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut st = self.lock();
+                let fits = st.queue.is_empty()
+                    || (st.queue.len() < self.max_messages
+                        && st.bytes + msg.message.len() <= self.max_bytes);
+                if fits {
+                    st.bytes += msg.message.len();
+                    st.queue.push_back(msg);
+                    drop(st);
+                    self.gauges.messages.inc();
+                    self.readable.notify_waiters();
+                    return paused.is_some();
+                }
+            }
+            if paused.is_none() {
+                self.gauges.paused.inc();
+                paused = Some(Paused(&self.gauges.paused));
+            }
+            room.await;
+        }
+    }
+
+    /// The oldest message, if any.
+    pub(crate) fn try_pop(&self) -> Option<Inbound> {
+        let mut st = self.lock();
+        let msg = st.queue.pop_front()?;
+        st.bytes -= msg.message.len();
+        drop(st);
+        self.gauges.messages.dec();
+        self.writable.notify_one();
+        Some(msg)
+    }
+
+    /// The next message, the close once drained, or `TimedOut` after `timeout`.
+    pub(crate) async fn next(&self, timeout: Duration) -> Next {
+        let wait = async {
+            loop {
+                let arrived = self.readable.notified();
+                tokio::pin!(arrived);
+                arrived.as_mut().enable();
+                if let Some(msg) = self.try_pop() {
+                    return Next::Message(msg);
+                }
+                if let Some(end) = self.lock().closed.clone() {
+                    return Next::Closed(end);
+                }
+                arrived.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or(Next::TimedOut)
+    }
+
+    /// Marks the client gone; readers drain what is left, then see `end`.
+    pub(crate) fn close(&self, end: SessionEnd) {
+        self.lock().closed = Some(end);
+        self.readable.notify_waiters();
+    }
+
+    pub(crate) fn depth(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lock().queue.is_empty()
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let left = self.lock().queue.len();
+        self.gauges.messages.dec_by(left as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::{message::Kind, session::Closer};
+
+    fn msg(inbox: &Inbox, s: &'static str) -> Inbound {
+        inbox.stamp(Message {
+            kind: Kind::Text,
+            payload: Bytes::from_static(s.as_bytes()),
+        })
+    }
+
+    #[tokio::test]
+    async fn messages_come_out_in_order_with_sequence_numbers() {
+        let inbox = Inbox::new(10, 1000, InboxGauges::default());
+        for s in ["a", "b", "c"] {
+            inbox.push(msg(&inbox, s)).await;
+        }
+        for (i, s) in ["a", "b", "c"].iter().enumerate() {
+            match inbox.next(Duration::from_secs(1)).await {
+                Next::Message(m) => {
+                    assert_eq!(m.seq, i as u64 + 1);
+                    assert_eq!(&m.message.payload[..], s.as_bytes());
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_inbox_times_out() {
+        let inbox = Inbox::new(10, 1000, InboxGauges::default());
+        assert!(matches!(
+            inbox.next(Duration::from_secs(3)).await,
+            Next::TimedOut
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_full_inbox_makes_the_writer_wait() {
+        let inbox = Arc::new(Inbox::new(2, 1000, InboxGauges::default()));
+        inbox.push(msg(&inbox, "1")).await;
+        inbox.push(msg(&inbox, "2")).await;
+        let third = msg(&inbox, "3");
+        let writer = {
+            let inbox = Arc::clone(&inbox);
+            tokio::spawn(async move { inbox.push(third).await })
+        };
+        // The writer is parked once the paused gauge says so.
+        while inbox.gauges.paused.get() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(inbox.depth(), 2);
+        assert!(inbox.try_pop().is_some());
+        assert!(writer.await.unwrap());
+        assert_eq!(inbox.depth(), 2);
+    }
+
+    #[tokio::test]
+    async fn close_is_seen_after_the_last_message() {
+        let inbox = Inbox::new(10, 1000, InboxGauges::default());
+        inbox.push(msg(&inbox, "last")).await;
+        inbox.close(SessionEnd {
+            code: 1000,
+            reason: "bye".into(),
+            closed_by: Closer::Client,
+        });
+        assert!(matches!(
+            inbox.next(Duration::from_secs(1)).await,
+            Next::Message(_)
+        ));
+        match inbox.next(Duration::from_secs(1)).await {
+            Next::Closed(end) => assert_eq!(end.code, 1000),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! A session's outbound side: a bounded queue of encoded frames and the flush that writes them.
+//!
+//! Invariants:
+//! - One writer at a time: the socket's write half lives in `State::io` while idle and is
+//!   moved into the flush task while frames are being written, so frames never interleave.
+//! - No task and no buffer exists while a session has nothing to write; the first queued frame
+//!   spawns a flush task, which writes everything queued by then in one vectored write and
+//!   returns the write half when the queue is empty.
+//! - The queue is bounded in frames and bytes. Bytes are released only once written, so the
+//!   bound covers what the flush task holds too. Close frames and pongs bypass the bound: they
+//!   are tiny and owed.
+
+use std::{
+    collections::VecDeque,
+    io::IoSlice,
+    pin::Pin,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio_util::task::TaskTracker;
+
+/// The write half of a client socket.
+pub(crate) type Writer = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// At most this many frames go into one vectored write.
+const MAX_BATCH: usize = 64;
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QueueLimits {
+    pub messages: usize,
+    pub bytes: usize,
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EnqueueError {
+    /// The queue is at its bound: the client is not reading fast enough.
+    Full,
+    /// A close frame is queued or the socket failed: nothing more goes out.
+    Closed,
+}
+
+pub(crate) struct Outbound {
+    state: Mutex<State>,
+    limits: QueueLimits,
+    /// Woken when the queue empties or the writer fails, for callers waiting on a flush.
+    drained: tokio::sync::Notify,
+}
+
+struct State {
+    queue: VecDeque<Bytes>,
+    /// Bytes queued plus bytes held by a running flush.
+    bytes: usize,
+    /// The write half while no flush runs; `None` while one does, after a write failed, or
+    /// before the upgrade completed (frames queued meanwhile go out once it is installed).
+    io: Option<Writer>,
+    /// No more data frames: a close frame is queued or the socket failed.
+    sealed: bool,
+    /// The write half failed; the session is over.
+    failed: bool,
+    /// When the queue first refused a frame, cleared once it drains to half its bound.
+    full_since: Option<Instant>,
+    /// The session ended: the write half is dropped instead of returned, closing the socket.
+    released: bool,
+}
+
+/// What a finished write contributed, for the session's counters.
+pub(crate) trait WriteObserver: Send + Sync + 'static {
+    fn wrote(&self, frames: usize, bytes: usize);
+    fn write_failed(&self, error: &std::io::Error);
+}
+
+impl Outbound {
+    /// A queue with no socket yet: frames wait until [`Outbound::install`].
+    pub(crate) fn new(limits: QueueLimits) -> Self {
+        Self {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                bytes: 0,
+                io: None,
+                sealed: false,
+                failed: false,
+                full_since: None,
+                released: false,
+            }),
+            limits,
+            drained: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock means a panic while holding it; the queue itself is still coherent
+        // (every mutation is a single push/pop), so keep going rather than cascade the panic.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a data frame within the bound.
+    pub(crate) fn push(
+        self: &Arc<Self>,
+        frame: Bytes,
+        tasks: &TaskTracker,
+        observer: &Arc<impl WriteObserver>,
+    ) -> Result<(), EnqueueError> {
+        let mut st = self.lock();
+        if st.sealed {
+            return Err(EnqueueError::Closed);
+        }
+        if st.queue.len() >= self.limits.messages || st.bytes + frame.len() > self.limits.bytes {
+            st.full_since.get_or_insert_with(Instant::now);
+            return Err(EnqueueError::Full);
+        }
+        self.enqueue(st, frame, tasks, observer);
+        Ok(())
+    }
+
+    /// Queues a control frame (pong, ping) regardless of the bound, unless sealed.
+    pub(crate) fn push_control(
+        self: &Arc<Self>,
+        frame: Bytes,
+        tasks: &TaskTracker,
+        observer: &Arc<impl WriteObserver>,
+    ) -> bool {
+        let st = self.lock();
+        if st.sealed {
+            return false;
+        }
+        self.enqueue(st, frame, tasks, observer);
+        true
+    }
+
+    /// Queues the final close frame and seals the queue. With `discard`, frames not yet handed
+    /// to the socket are dropped first (a slow consumer gets its close now, not after megabytes
+    /// it will not read); returns how many were dropped. `None` when already sealed.
+    pub(crate) fn push_close(
+        self: &Arc<Self>,
+        frame: Bytes,
+        discard: bool,
+        tasks: &TaskTracker,
+        observer: &Arc<impl WriteObserver>,
+    ) -> Option<usize> {
+        let mut st = self.lock();
+        if st.sealed {
+            return None;
+        }
+        st.sealed = true;
+        let mut dropped = 0;
+        if discard {
+            dropped = st.queue.len();
+            let freed: usize = st.queue.drain(..).map(|f| f.len()).sum();
+            st.bytes -= freed;
+        }
+        self.enqueue(st, frame, tasks, observer);
+        Some(dropped)
+    }
+
+    /// Hands over the socket's write half once the upgrade has completed, and writes whatever
+    /// was queued before.
+    pub(crate) fn install(
+        self: &Arc<Self>,
+        io: Writer,
+        tasks: &TaskTracker,
+        observer: &Arc<impl WriteObserver>,
+    ) {
+        let mut st = self.lock();
+        if st.released {
+            return;
+        }
+        if st.queue.is_empty() {
+            st.io = Some(io);
+            return;
+        }
+        drop(st);
+        tasks.spawn(Arc::clone(self).flush(io, Arc::clone(observer)));
+    }
+
+    fn enqueue(
+        self: &Arc<Self>,
+        mut st: MutexGuard<'_, State>,
+        frame: Bytes,
+        tasks: &TaskTracker,
+        observer: &Arc<impl WriteObserver>,
+    ) {
+        st.bytes += frame.len();
+        st.queue.push_back(frame);
+        if let Some(io) = st.io.take() {
+            drop(st);
+            tasks.spawn(Arc::clone(self).flush(io, Arc::clone(observer)));
+        }
+    }
+
+    async fn flush(self: Arc<Self>, mut io: Writer, observer: Arc<impl WriteObserver>) {
+        let mut batch: Vec<Bytes> = Vec::with_capacity(MAX_BATCH);
+        let mut batch_bytes = 0;
+        loop {
+            {
+                let mut st = self.lock();
+                st.bytes = st.bytes.saturating_sub(batch_bytes);
+                batch.clear();
+                if st.full_since.is_some()
+                    && st.queue.len() <= self.limits.messages / 2
+                    && st.bytes <= self.limits.bytes / 2
+                {
+                    st.full_since = None;
+                }
+                if st.queue.is_empty() || st.released {
+                    if !st.released {
+                        st.io = Some(io);
+                    }
+                    drop(st);
+                    self.drained.notify_waiters();
+                    return;
+                }
+                let n = st.queue.len().min(MAX_BATCH);
+                batch.extend(st.queue.drain(..n));
+            }
+            batch_bytes = batch.iter().map(Bytes::len).sum();
+            if let Err(e) = write_all_vectored(&mut io, &batch).await {
+                observer.write_failed(&e);
+                let mut st = self.lock();
+                st.sealed = true;
+                st.failed = true;
+                st.queue.clear();
+                st.bytes = 0;
+                drop(st);
+                self.drained.notify_waiters();
+                return;
+            }
+            observer.wrote(batch.len(), batch_bytes);
+        }
+    }
+
+    /// Waits until everything queued so far has been handed to the socket, or the socket
+    /// failed, or `limit` passed. Returns whether the queue drained cleanly.
+    pub(crate) async fn drained(&self, limit: Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.drained.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                {
+                    let st = self.lock();
+                    if st.failed {
+                        return false;
+                    }
+                    if st.queue.is_empty() && st.io.is_some() {
+                        return true;
+                    }
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.unwrap_or(false)
+    }
+
+    /// Drops the write half (now, or when a running flush ends) so the socket closes even while
+    /// the session object lives on for readers of its inbox.
+    pub(crate) fn release(&self) {
+        let mut st = self.lock();
+        st.released = true;
+        st.sealed = true;
+        st.queue.clear();
+        st.bytes = 0;
+        let io = st.io.take();
+        drop(st);
+        drop(io);
+    }
+
+    /// Frames waiting to be written.
+    pub(crate) fn depth(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    /// Whether the queue has refused frames for longer than `grace`.
+    pub(crate) fn stalled_for(&self, grace: Duration, now: Instant) -> bool {
+        self.lock()
+            .full_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= grace)
+    }
+}
+
+async fn write_all_vectored(io: &mut Writer, frames: &[Bytes]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = io.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    io.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+    impl WriteObserver for Count {
+        fn wrote(&self, frames: usize, _bytes: usize) {
+            self.0.fetch_add(frames, Ordering::Relaxed);
+        }
+        fn write_failed(&self, _: &std::io::Error) {}
+    }
+
+    fn setup(limits: QueueLimits) -> (Arc<Outbound>, tokio::io::DuplexStream, Arc<Count>) {
+        let (a, b) = tokio::io::duplex(64);
+        let out = Arc::new(Outbound::new(limits));
+        let obs = Arc::new(Count::default());
+        out.install(Box::pin(a), &TaskTracker::new(), &obs);
+        (out, b, obs)
+    }
+
+    #[tokio::test]
+    async fn frames_arrive_in_order() {
+        let (out, mut peer, obs) = setup(QueueLimits {
+            messages: 100,
+            bytes: 1 << 20,
+        });
+        let tasks = TaskTracker::new();
+        for i in 0..50u8 {
+            out.push(Bytes::from(vec![i; 3]), &tasks, &obs).unwrap();
+        }
+        let mut got = vec![0u8; 150];
+        peer.read_exact(&mut got).await.unwrap();
+        let want: Vec<u8> = (0..50u8).flat_map(|i| [i; 3]).collect();
+        assert_eq!(got, want);
+        assert!(out.drained(Duration::from_secs(5)).await);
+        assert_eq!(obs.0.load(Ordering::Relaxed), 50);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_and_close_discards() {
+        let (out, mut peer, obs) = setup(QueueLimits {
+            messages: 4,
+            bytes: 1 << 20,
+        });
+        let tasks = TaskTracker::new();
+        // The duplex holds 64 bytes; 100-byte frames block the flush on the first one.
+        let mut refused = 0;
+        for _ in 0..10 {
+            if out.push(Bytes::from(vec![7; 100]), &tasks, &obs) == Err(EnqueueError::Full) {
+                refused += 1;
+            }
+        }
+        assert!(refused >= 5, "refused {refused}");
+        assert!(out.stalled_for(Duration::ZERO, Instant::now()));
+        let dropped = out
+            .push_close(Bytes::from_static(b"CLOSE"), true, &tasks, &obs)
+            .unwrap();
+        assert!(dropped >= 3);
+        assert_eq!(
+            out.push(Bytes::from_static(b"late"), &tasks, &obs),
+            Err(EnqueueError::Closed)
+        );
+        let mut all = Vec::new();
+        let reader = async {
+            let mut buf = [0u8; 256];
+            loop {
+                let n = peer.read(&mut buf).await.unwrap();
+                all.extend_from_slice(&buf[..n]);
+                if all.ends_with(b"CLOSE") {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .unwrap();
+        assert!(out.drained(Duration::from_secs(5)).await);
+    }
+
+    #[tokio::test]
+    async fn a_failed_socket_seals_the_queue() {
+        let (out, peer, obs) = setup(QueueLimits {
+            messages: 10,
+            bytes: 1 << 20,
+        });
+        drop(peer);
+        let tasks = TaskTracker::new();
+        out.push(Bytes::from_static(b"x"), &tasks, &obs).unwrap();
+        assert!(!out.drained(Duration::from_secs(5)).await);
+        assert!(out.lock().sealed);
+    }
+}
