@@ -1,0 +1,199 @@
+//! A gateway process under test.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::{ExitStatus, Stdio},
+    sync::OnceLock,
+};
+
+use switchboard_proto::v1::gateway_client::GatewayClient;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+use tonic::{
+    metadata::MetadataValue,
+    service::{interceptor::InterceptedService, Interceptor},
+    transport::{Channel, Endpoint},
+    Request, Status,
+};
+
+use crate::{within, ws::Client};
+
+/// The gateway binary, built once per test binary with the same profile as the tests.
+pub fn gateway_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("SWITCHBOARD_GATEWAY_BIN") {
+            return p.into();
+        }
+        // The test executable lives in <target>/<profile>/deps/.
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("test executable is in <target>/<profile>/deps");
+        let target_dir = profile_dir.parent().expect("target directory");
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev",
+            Some(other) => other,
+        };
+        let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace root")
+            .to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "--package",
+                "switchboard-gateway",
+                "--bin",
+                "switchboard-gateway",
+                "--profile",
+                profile,
+            ])
+            .env("CARGO_TARGET_DIR", target_dir)
+            .current_dir(workspace)
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the gateway failed");
+        profile_dir.join("switchboard-gateway")
+    })
+    .clone()
+}
+
+/// A running gateway process; killed when dropped.
+pub struct Gateway {
+    child: Child,
+    pub client_addr: SocketAddr,
+    pub backend_addr: SocketAddr,
+    pub node_id: String,
+    pub token: Option<String>,
+}
+
+/// Adds the backend token to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type Api = GatewayClient<InterceptedService<Channel, Bearer>>;
+
+impl Gateway {
+    /// Starts a gateway on loopback port 0 with extra flags.
+    pub async fn start(args: &[&str]) -> Gateway {
+        Self::start_with_env(args, &[]).await
+    }
+
+    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Gateway {
+        let mut cmd = Command::new(gateway_bin());
+        cmd.args(["--listen", "127.0.0.1:0", "--backend-listen", "127.0.0.1:0"])
+            .args(args)
+            .env(
+                "SWITCHBOARD_LOG",
+                std::env::var("SWITCHBOARD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn gateway");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = within("the gateway's listening line", lines.next_line())
+            .await
+            .expect("read gateway stdout")
+            .expect("gateway exited before listening");
+        // Keep draining stdout so the process never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let field = |name: &str| -> String {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+                .to_owned()
+        };
+        let token = args
+            .iter()
+            .position(|a| *a == "--backend-token")
+            .map(|i| args[i + 1].to_owned());
+        Gateway {
+            client_addr: field("client=").parse().expect("client address"),
+            backend_addr: field("backend=").parse().expect("backend address"),
+            node_id: field("node="),
+            child,
+            token,
+        }
+    }
+
+    pub fn ws_url(&self, hub: &str) -> String {
+        format!("ws://{}/ws/{hub}", self.client_addr)
+    }
+
+    /// A gRPC client carrying this gateway's token (if any).
+    pub async fn api(&self) -> Api {
+        self.api_with_token(self.token.as_deref()).await
+    }
+
+    pub async fn api_with_token(&self, token: Option<&str>) -> Api {
+        let channel = self.channel().await;
+        let bearer = Bearer(token.map(|t| {
+            format!("Bearer {t}")
+                .parse()
+                .expect("token is valid metadata")
+        }));
+        GatewayClient::with_interceptor(channel, bearer)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        within(
+            "gRPC connect",
+            Endpoint::from_shared(format!("http://{}", self.backend_addr))
+                .expect("endpoint")
+                .connect(),
+        )
+        .await
+        .expect("connect to the backend port")
+    }
+
+    /// Opens a WebSocket client on `hub`.
+    pub async fn connect(&self, hub: &str) -> Client {
+        Client::connect(&self.ws_url(hub)).await
+    }
+
+    /// Sends a signal by name ("TERM", "INT", "KILL") to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("gateway still running");
+        let status = std::process::Command::new("kill")
+            .args(["-s", signal, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {signal} {pid}");
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait(&mut self) -> ExitStatus {
+        within("the gateway to exit", self.child.wait())
+            .await
+            .expect("wait for gateway")
+    }
+
+    /// Plain HTTP GET on the client port: (status, body).
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        crate::raw::http_request(self.client_addr, "GET", path, &[]).await
+    }
+}

@@ -1,0 +1,136 @@
+//! A raw socket client: hand-made HTTP requests and WebSocket frames, for what a correct
+//! library refuses to send (invalid UTF-8, oversized frames, bad opcodes).
+
+use std::net::SocketAddr;
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use crate::within;
+
+/// Sends one HTTP/1.1 request with `Connection: close` and returns (status, body).
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let mut s = within("HTTP connect", TcpStream::connect(addr))
+        .await
+        .expect("connect");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.expect("write request");
+    let mut buf = Vec::new();
+    within("HTTP response", s.read_to_end(&mut buf))
+        .await
+        .expect("read response");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A WebSocket connection driven frame by frame.
+pub struct RawWs {
+    pub stream: TcpStream,
+    pub session: String,
+}
+
+impl RawWs {
+    pub async fn connect(addr: SocketAddr, hub: &str) -> RawWs {
+        let mut stream = within("raw connect", TcpStream::connect(addr))
+            .await
+            .expect("connect");
+        let req = format!(
+            "GET /ws/{hub} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(req.as_bytes()).await.expect("write");
+        // Read the response head byte by byte so no frame bytes are swallowed.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let b = within("101 response", stream.read_u8())
+                .await
+                .expect("read");
+            head.push(b);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
+        let session = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("x-switchboard-session")
+                    .then(|| v.trim().to_owned())
+            })
+            .expect("session header");
+        RawWs { stream, session }
+    }
+
+    /// Sends one masked frame with any opcode, FIN bit and payload.
+    pub async fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
+        let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        let mask = [0x12u8, 0x34, 0x56, 0x78];
+        match payload.len() {
+            n if n < 126 => f.push(0x80 | n as u8),
+            n if n <= u16::MAX as usize => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        // The gateway may close mid-write when it refuses the frame; that is what tests look for.
+        let _ = self.stream.write_all(&f).await;
+    }
+
+    /// Reads frames until a close frame; returns its code (1005 for an empty one), or `None`
+    /// if the connection ended first.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            let (opcode, payload) = self.read_frame().await?;
+            if opcode == 0x8 {
+                return Some(if payload.len() >= 2 {
+                    u16::from_be_bytes([payload[0], payload[1]])
+                } else {
+                    1005
+                });
+            }
+        }
+    }
+
+    /// Reads one (unmasked, server) frame: (opcode, payload), or `None` at end of stream.
+    pub async fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        let mut h = [0u8; 2];
+        within("frame header", self.stream.read_exact(&mut h))
+            .await
+            .ok()?;
+        let len = match h[1] & 0x7f {
+            126 => within("len", self.stream.read_u16()).await.ok()? as usize,
+            127 => within("len", self.stream.read_u64()).await.ok()? as usize,
+            n => n as usize,
+        };
+        let mut payload = vec![0u8; len];
+        within("payload", self.stream.read_exact(&mut payload))
+            .await
+            .ok()?;
+        Some((h[0] & 0x0f, payload))
+    }
+}
