@@ -98,6 +98,10 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_MAX_READ_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub max_read_timeout: Duration,
 
+    /// How long a `Subscribe` stream may stay full before it is cut off (RESOURCE_EXHAUSTED).
+    #[arg(long, env = "SWITCHBOARD_SUBSCRIBER_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub subscriber_timeout: Duration,
+
     /// How long a closing session waits for the client's close frame.
     #[arg(long, env = "SWITCHBOARD_CLOSE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub close_timeout: Duration,
@@ -176,6 +180,7 @@ impl Config {
             ("--connect-hook-timeout", self.connect_hook_timeout),
             ("--max-read-timeout", self.max_read_timeout),
             ("--close-timeout", self.close_timeout),
+            ("--subscriber-timeout", self.subscriber_timeout),
             ("--handshake-timeout", self.handshake_timeout),
         ] {
             if d.is_zero() {
@@ -255,6 +260,7 @@ impl fmt::Debug for Config {
             .field("inbox_bytes", &self.inbox_bytes)
             .field("closed_inbox_retention", &self.closed_inbox_retention)
             .field("max_read_timeout", &self.max_read_timeout)
+            .field("subscriber_timeout", &self.subscriber_timeout)
             .field("close_timeout", &self.close_timeout)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("welcome_frame", &self.welcome_frame)

@@ -16,6 +16,16 @@ pub(crate) enum Error {
     Gone { id: SessionId, end: SessionEnd },
     #[error("outbound queue of session {0} is full: the client is not reading fast enough")]
     QueueFull(SessionId),
+    #[error("session {0} already has an attached backend; set take_over to replace it")]
+    AlreadyAttached(SessionId),
+    #[error("session {0} has an attached backend, which receives its messages")]
+    ReadWhileAttached(SessionId),
+    #[error("another backend took over this session")]
+    TakenOver,
+    #[error("the backend's request stream failed")]
+    StreamFailed,
+    #[error("this subscriber did not keep up and was cut off; events queued for it are lost")]
+    SubscriberTooSlow,
     #[error("the gateway is shutting down")]
     ShuttingDown,
     #[error("registry: {0}")]

@@ -10,6 +10,7 @@
 //! - `message`: reassembly and validation of client messages.
 //! - `pool`: the node's live sessions and their hub/group/user indexes.
 //! - `registry`: where sessions are recorded for lookups and listings (in memory by default).
+//! - `events`: hub events for `Subscribe`, shared within consumer groups.
 //! - `node`: the operations backends call, over the pool and the registry.
 //! - `api`: the gRPC backend listener, token check, error-to-status mapping.
 //! - `sweeper`: keepalive pings, idle and slow-consumer closes, expiry of unread inboxes.
@@ -19,6 +20,7 @@ mod api;
 mod client;
 pub mod config;
 mod error;
+mod events;
 mod frame;
 mod hook;
 mod message;

@@ -49,6 +49,7 @@ pub(crate) struct Metrics {
     pub inbox_messages: Gauge,
     pub paused_sockets: Gauge,
     pub subscriber_events: Family<GroupLabel, Counter>,
+    pub subscribers_cut_off: Counter,
     pub grpc_calls: Family<GrpcLabel, Counter>,
 }
 
@@ -71,6 +72,7 @@ impl Metrics {
             inbox_messages: Gauge::default(),
             paused_sockets: Gauge::default(),
             subscriber_events: Family::default(),
+            subscribers_cut_off: Counter::default(),
             grpc_calls: Family::default(),
             registry: Registry::default(),
         };
@@ -141,6 +143,11 @@ impl Metrics {
             "subscriber_events",
             "Events delivered to Subscribe streams, by hub and consumer group",
             m.subscriber_events.clone(),
+        );
+        r.register(
+            "subscribers_cut_off",
+            "Subscribe streams ended because they did not keep up",
+            m.subscribers_cut_off.clone(),
         );
         r.register(
             "grpc_calls",

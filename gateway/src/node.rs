@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::{is_name, Config},
     error::{Error, Result},
+    events::{Event, EventBody, EventBus},
     frame::{self, close_code, Opcode},
     hook::ConnectHook,
     message::{Kind, Message},
@@ -27,7 +28,7 @@ use crate::{
     registry::{ListFilter, Liveness, Page, Registry, SessionRecord},
     session::{
         inbox::{InboxGauges, Next},
-        Closer, SendError, Session, SessionContext, SessionEnd, SessionId,
+        Closer, Ender, SendError, Session, SessionContext, SessionEnd, SessionId,
     },
 };
 
@@ -45,6 +46,8 @@ pub(crate) struct Node {
     pub ctx: Arc<SessionContext>,
     pub hook: Option<ConnectHook>,
     pub inbox_gauges: InboxGauges,
+    pub events: Arc<EventBus>,
+    next_attach: std::sync::atomic::AtomicU64,
     /// Cancelled when the node starts draining: long waits (Read, streams) end early.
     pub shutdown: CancellationToken,
     draining: AtomicBool,
@@ -70,7 +73,10 @@ impl Node {
             messages: metrics.inbox_messages.clone(),
             paused: metrics.paused_sockets.clone(),
         };
+        let events = EventBus::new(config.subscriber_timeout, Arc::clone(&metrics));
         Self {
+            events,
+            next_attach: std::sync::atomic::AtomicU64::new(1),
             config,
             id,
             pool: Pool::default(),
@@ -107,9 +113,17 @@ impl Node {
         self.pool.insert(Arc::clone(s));
         self.metrics.connects.inc();
         self.metrics.sessions_open.inc();
-        if let Err(e) = self.registry.register(s.record()).await {
+        let record = s.record();
+        if let Err(e) = self.registry.register(record.clone()).await {
             tracing::warn!(session = %s.id, error = %e, "could not register session");
         }
+        self.events
+            .publish(Event {
+                session: s.id.clone(),
+                hub: s.hub.clone(),
+                body: EventBody::Connected(Box::new(record)),
+            })
+            .await;
     }
 
     /// Ends a session everywhere: after this it is gone from the pool and the registry, and
@@ -129,13 +143,65 @@ impl Node {
         if let Err(e) = self.registry.unregister(&s.id, &end).await {
             tracing::warn!(session = %s.id, error = %e, "could not unregister session");
         }
+        self.events
+            .publish(Event {
+                session: s.id.clone(),
+                hub: s.hub.clone(),
+                body: EventBody::Disconnected(end.clone()),
+            })
+            .await;
         end
     }
 
-    /// Hands a client message on, waiting (and so pausing the socket) while nobody takes it.
+    /// Hands a client message on: to the attached backend (through the inbox, which it
+    /// drains), else to the hub's subscribers, else into the inbox for `Read`. A message never
+    /// overtakes an earlier one: while the inbox holds messages, new ones queue behind them.
+    /// Waits (and so pauses the socket) while nobody takes it.
     pub(crate) async fn deliver(&self, s: &Arc<Session>, message: Message) {
         let inbound = s.inbox.stamp(message);
+        if !s.is_attached() && s.inbox.is_empty() && self.events.wants_messages(&s.hub) {
+            let event = Event {
+                session: s.id.clone(),
+                hub: s.hub.clone(),
+                body: EventBody::Message(inbound.clone()),
+            };
+            if self.events.publish(event).await > 0 {
+                return;
+            }
+        }
         s.inbox.push(inbound).await;
+    }
+
+    /// Opens the shared connection: claims the session's attach slot for a new stream.
+    pub(crate) async fn attach(&self, id: &SessionId, take_over: bool) -> Result<Attachment> {
+        let s = match self.pool.get(id).or_else(|| self.pool.get_closed(id)) {
+            Some(s) => s,
+            None => return Err(self.missing(id).await),
+        };
+        let attach_id = self.next_attach.fetch_add(1, Ordering::Relaxed);
+        let ender = Arc::new(Ender::default());
+        s.attach(attach_id, Arc::clone(&ender), take_over)
+            .map_err(|()| Error::AlreadyAttached(id.clone()))?;
+        Ok(Attachment {
+            session: s,
+            id: attach_id,
+            ender,
+        })
+    }
+
+    /// Queues a backend's write on an attached stream, waiting while the queue is full.
+    pub(crate) async fn send_waiting(&self, s: &Arc<Session>, message: &Message) -> Result<()> {
+        let frame = self.encode(message)?;
+        loop {
+            match s.send(frame.clone()) {
+                Ok(()) => return Ok(()),
+                Err(SendError::Gone) => return Err(Self::gone(s)),
+                Err(SendError::QueueFull) => {
+                    self.on_queue_full(s);
+                    s.room().await;
+                }
+            }
+        }
     }
 
     /// Encodes a backend's message as a frame, once, after checking its size.
@@ -326,11 +392,28 @@ impl Node {
                 }
             }
         };
+        if s.is_attached() {
+            return Err(Error::ReadWhileAttached(id.clone()));
+        }
         let timeout = timeout.min(self.config.max_read_timeout);
         tokio::select! {
             next = s.inbox.next(timeout) => Ok(next),
             _ = self.shutdown.cancelled() => Err(Error::ShuttingDown),
         }
+    }
+}
+
+/// A backend's claim on a session's messages; releases the slot when dropped.
+pub(crate) struct Attachment {
+    pub session: Arc<Session>,
+    id: u64,
+    pub ender: Arc<Ender>,
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        self.session.detach(self.id);
+        self.ender.end(Error::StreamFailed);
     }
 }
 

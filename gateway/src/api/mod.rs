@@ -4,6 +4,7 @@
 mod convert;
 mod service;
 mod status;
+mod streams;
 
 use std::sync::Arc;
 

@@ -7,7 +7,7 @@ use switchboard_proto::v1::{self as pb, gateway_server::Gateway};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use super::convert;
+use super::{convert, streams};
 use crate::{error::Result, node::Node, registry::ListFilter, session::inbox::Next};
 
 pub(crate) struct GatewayService {
@@ -227,17 +227,25 @@ impl Gateway for GatewayService {
 
     async fn attach(
         &self,
-        _req: Request<Streaming<pb::AttachRequest>>,
+        req: Request<Streaming<pb::AttachRequest>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
-        Err(Status::unimplemented("Attach is not available yet"))
+        let r = streams::attach(Arc::clone(&self.node), req.into_inner())
+            .instrument(span("Attach", ""))
+            .await;
+        self.node.metrics.grpc(
+            "Attach",
+            r.as_ref().err().map_or(tonic::Code::Ok, Status::code),
+        );
+        r.map(Response::new)
     }
 
     type SubscribeStream = BoxStream<pb::Event>;
 
     async fn subscribe(
         &self,
-        _req: Request<pb::SubscribeRequest>,
+        req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        Err(Status::unimplemented("Subscribe is not available yet"))
+        let r = streams::subscribe(&self.node, req.into_inner());
+        self.finish("Subscribe", r)
     }
 }

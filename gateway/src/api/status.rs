@@ -4,15 +4,23 @@ use tonic::{Code, Status};
 
 use crate::{error::Error, registry::RegistryError};
 
+pub(crate) fn status(e: &Error) -> Status {
+    let code = match e {
+        Error::InvalidArgument(_) => Code::InvalidArgument,
+        Error::NotFound(_) | Error::Gone { .. } => Code::NotFound,
+        Error::QueueFull(_) => Code::ResourceExhausted,
+        Error::AlreadyAttached(_) | Error::ReadWhileAttached(_) => Code::FailedPrecondition,
+        Error::TakenOver => Code::Aborted,
+        Error::StreamFailed => Code::Cancelled,
+        Error::SubscriberTooSlow => Code::ResourceExhausted,
+        Error::ShuttingDown => Code::Unavailable,
+        Error::Registry(RegistryError::BadPageToken) => Code::InvalidArgument,
+    };
+    Status::new(code, e.to_string())
+}
+
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
-        let code = match &e {
-            Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::NotFound(_) | Error::Gone { .. } => Code::NotFound,
-            Error::QueueFull(_) => Code::ResourceExhausted,
-            Error::ShuttingDown => Code::Unavailable,
-            Error::Registry(RegistryError::BadPageToken) => Code::InvalidArgument,
-        };
-        Status::new(code, e.to_string())
+        status(&e)
     }
 }

@@ -158,3 +158,21 @@ impl Registry {
         }
     }
 }
+
+/// A record for unit tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) fn tests_record(id: &SessionId) -> SessionRecord {
+    SessionRecord {
+        id: id.clone(),
+        hub: "h".into(),
+        user: String::new(),
+        groups: Vec::new(),
+        metadata: BTreeMap::new(),
+        node: "n".into(),
+        connected_at: SystemTime::now(),
+        last_active_at: SystemTime::now(),
+        remote_addr: "127.0.0.1:1".into(),
+        subprotocol: String::new(),
+        counters: None,
+    }
+}

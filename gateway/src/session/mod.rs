@@ -132,6 +132,8 @@ pub(crate) struct Session {
     kill: Notify,
     /// Cancelled once the session has ended, so timers and streams tied to it stop.
     ended: CancellationToken,
+    /// The backend attached to this session, if any (one at a time).
+    attached: Mutex<Option<Attached>>,
     ctx: Arc<SessionContext>,
 }
 
@@ -144,6 +146,39 @@ struct Counters {
     /// Clock milliseconds of the last frame received (any frame, pongs included).
     last_rx_ms: AtomicU64,
     last_ping_ms: AtomicU64,
+}
+
+/// The current `Attach` stream of a session.
+struct Attached {
+    id: u64,
+    ender: Arc<Ender>,
+}
+
+/// Ends a stream from outside, with the status its backend should see.
+#[derive(Default)]
+pub(crate) struct Ender {
+    token: CancellationToken,
+    why: std::sync::OnceLock<crate::error::Error>,
+}
+
+impl Ender {
+    /// Ends the stream; the first reason given wins.
+    pub(crate) fn end(&self, why: crate::error::Error) {
+        let _ = self.why.set(why);
+        self.token.cancel();
+    }
+
+    pub(crate) async fn ended(&self) {
+        self.token.cancelled().await
+    }
+
+    pub(crate) fn is_ended(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    pub(crate) fn why(&self) -> Option<&crate::error::Error> {
+        self.why.get()
+    }
 }
 
 enum Lifecycle {
@@ -180,8 +215,44 @@ impl Session {
             lifecycle: Mutex::new(Lifecycle::Open),
             kill: Notify::new(),
             ended: CancellationToken::new(),
+            attached: Mutex::new(None),
             ctx,
         })
+    }
+
+    /// Makes `ender`'s stream the session's attached backend. With `take_over`, a stream
+    /// already attached is ended (ABORTED); without, it is an error to attach twice.
+    pub(crate) fn attach(&self, id: u64, ender: Arc<Ender>, take_over: bool) -> Result<(), ()> {
+        let mut slot = self.attached.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = slot.as_ref() {
+            if !take_over && !old.ender.is_ended() {
+                return Err(());
+            }
+            old.ender.end(crate::error::Error::TakenOver);
+        }
+        *slot = Some(Attached { id, ender });
+        Ok(())
+    }
+
+    /// Releases the slot if stream `id` still holds it.
+    pub(crate) fn detach(&self, id: u64) {
+        let mut slot = self.attached.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_some_and(|a| a.id == id) {
+            *slot = None;
+        }
+    }
+
+    pub(crate) fn is_attached(&self) -> bool {
+        self.attached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|a| !a.ender.is_ended())
+    }
+
+    /// Waits until the outbound queue has room again (or the session can no longer send).
+    pub(crate) async fn room(&self) {
+        self.outbound.room().await
     }
 
     /// Connects the outbound queue to the upgraded socket.
@@ -324,7 +395,6 @@ impl Session {
         self.ended.cancel();
         end
     }
-
 
     /// The end recorded by a close in progress, if any.
     pub(crate) fn closing(&self) -> Option<SessionEnd> {

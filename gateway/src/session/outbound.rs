@@ -48,6 +48,8 @@ pub(crate) struct Outbound {
     limits: QueueLimits,
     /// Woken when the queue empties or the writer fails, for callers waiting on a flush.
     drained: tokio::sync::Notify,
+    /// Woken after every written batch, for callers waiting for room.
+    room: tokio::sync::Notify,
 }
 
 struct State {
@@ -88,6 +90,7 @@ impl Outbound {
             }),
             limits,
             drained: tokio::sync::Notify::new(),
+            room: tokio::sync::Notify::new(),
         }
     }
 
@@ -211,6 +214,7 @@ impl Outbound {
                     }
                     drop(st);
                     self.drained.notify_waiters();
+                    self.room.notify_waiters();
                     return;
                 }
                 let n = st.queue.len().min(MAX_BATCH);
@@ -226,9 +230,11 @@ impl Outbound {
                 st.bytes = 0;
                 drop(st);
                 self.drained.notify_waiters();
+                self.room.notify_waiters();
                 return;
             }
             observer.wrote(batch.len(), batch_bytes);
+            self.room.notify_waiters();
         }
     }
 
@@ -255,6 +261,24 @@ impl Outbound {
         tokio::time::timeout(limit, wait).await.unwrap_or(false)
     }
 
+    /// Waits until a frame of average size would fit again, or nothing more can be sent.
+    pub(crate) async fn room(&self) {
+        loop {
+            let freed = self.room.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let st = self.lock();
+                if st.sealed
+                    || (st.queue.len() < self.limits.messages && st.bytes < self.limits.bytes)
+                {
+                    return;
+                }
+            }
+            freed.await;
+        }
+    }
+
     /// Drops the write half (now, or when a running flush ends) so the socket closes even while
     /// the session object lives on for readers of its inbox.
     pub(crate) fn release(&self) {
@@ -266,6 +290,8 @@ impl Outbound {
         let io = st.io.take();
         drop(st);
         drop(io);
+        self.room.notify_waiters();
+        self.drained.notify_waiters();
     }
 
     /// Frames waiting to be written.

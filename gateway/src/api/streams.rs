@@ -1,0 +1,200 @@
+//! The two streaming RPCs: `Attach` (a backend holds one session's messages and writes to it)
+//! and `Subscribe` (a backend receives a hub's events, shared within its consumer group).
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::{stream, StreamExt};
+use switchboard_proto::v1::{
+    self as pb, attach_request::Kind as Req, attach_response::Kind as Resp,
+};
+use tonic::{Status, Streaming};
+
+use super::{convert, service::BoxStream, status::status};
+use crate::{
+    error::{Error, Result},
+    events::{EventBody, Kinds, Subscription},
+    node::{Attachment, Node},
+    session::inbox::Next,
+};
+
+/// How long one wait on the inbox lasts before the stream checks again (it loops; the
+/// backend sees no timeout).
+const POLL: Duration = Duration::from_secs(3600);
+
+/// Runs an `Attach` stream: the first request must open a session.
+pub(crate) async fn attach(
+    node: Arc<Node>,
+    mut requests: Streaming<pb::AttachRequest>,
+) -> Result<BoxStream<pb::AttachResponse>, Status> {
+    let open = match requests.message().await? {
+        Some(pb::AttachRequest {
+            kind: Some(Req::Open(open)),
+        }) => open,
+        Some(_) => {
+            return Err(Status::invalid_argument(
+                "the first request of an Attach stream must be `open`",
+            ))
+        }
+        None => return Err(Status::invalid_argument("empty Attach stream")),
+    };
+    let id = convert::session_id(&open.session_id)?;
+    let attachment = node.attach(&id, open.take_over).await?;
+    tracing::debug!(session = %id, take_over = open.take_over, "backend attached");
+
+    // Writes and closes from the backend run beside the outbound stream, so a write waiting
+    // for room never delays the client's messages reaching the backend.
+    let pump = {
+        let node = Arc::clone(&node);
+        let session = Arc::clone(&attachment.session);
+        let ender = Arc::clone(&attachment.ender);
+        async move {
+            loop {
+                let req = tokio::select! {
+                    _ = ender.ended() => return,
+                    r = requests.message() => r,
+                };
+                let outcome = match req {
+                    Ok(Some(pb::AttachRequest {
+                        kind: Some(Req::Write(m)),
+                    })) => match convert::message(Some(m)) {
+                        Ok(m) => node.send_waiting(&session, &m).await,
+                        Err(e) => Err(e),
+                    },
+                    Ok(Some(pb::AttachRequest {
+                        kind: Some(Req::Close(c)),
+                    })) => {
+                        let code = u16::try_from(c.code).unwrap_or(u16::MAX);
+                        node.close(&session.id, code, &c.reason).await
+                    }
+                    Ok(Some(_)) => Err(Error::InvalidArgument(
+                        "only the first request of an Attach stream may be `open`".into(),
+                    )),
+                    // The backend finished sending; it still receives until the session ends.
+                    Ok(None) => return,
+                    Err(_) => {
+                        ender.end(Error::StreamFailed);
+                        return;
+                    }
+                };
+                match outcome {
+                    Ok(()) => {}
+                    // The session is gone; the stream ends with its `closed` event.
+                    Err(Error::Gone { .. }) => {}
+                    Err(e) => {
+                        ender.end(e);
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    node.ctx.tasks.spawn(pump);
+
+    let first = pb::AttachResponse {
+        kind: Some(Resp::Attached(convert::session_info(
+            attachment.session.record(),
+        ))),
+    };
+    let rest = stream::unfold(Some((node, attachment)), |state| async move {
+        let (node, att) = state?;
+        let item = next_for_attached(&node, &att).await;
+        match item {
+            Ok(
+                resp @ pb::AttachResponse {
+                    kind: Some(Resp::Closed(_)),
+                },
+            ) => Some((Ok(resp), None)),
+            Ok(resp) => Some((Ok(resp), Some((node, att)))),
+            Err(status) => Some((Err(status), None)),
+        }
+    });
+    Ok(Box::pin(stream::once(async { Ok(first) }).chain(rest)))
+}
+
+/// The next thing an attached backend receives. The inbox is only read when the transport
+/// asks for the next item, so whatever a departing backend did not take stays for the next.
+async fn next_for_attached(node: &Node, att: &Attachment) -> Result<pb::AttachResponse, Status> {
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = att.ender.ended() => {
+                return Err(att.ender.why().map(status).unwrap_or_else(|| Status::cancelled("detached")));
+            }
+            _ = node.shutdown.cancelled() => return Err(status(&Error::ShuttingDown)),
+            next = att.session.inbox.next(POLL) => next,
+        };
+        let kind = match next {
+            Next::Message(m) => Resp::Message(convert::inbound(&m)),
+            Next::Closed(end) => Resp::Closed(convert::closed(&end)),
+            Next::TimedOut => continue,
+        };
+        return Ok(pb::AttachResponse { kind: Some(kind) });
+    }
+}
+
+/// Runs a `Subscribe` stream.
+pub(crate) fn subscribe(
+    node: &Arc<Node>,
+    req: pb::SubscribeRequest,
+) -> Result<BoxStream<pb::Event>> {
+    if !crate::config::is_name(&req.hub) {
+        return Err(Error::InvalidArgument(format!(
+            "invalid hub {:?}: 1-64 characters of [A-Za-z0-9._-]",
+            req.hub
+        )));
+    }
+    let kinds = kinds(&req.kinds)?;
+    let sub = node.events.subscribe(&req.hub, &req.consumer_group, kinds);
+    let shutdown = node.shutdown.clone();
+    let events = stream::unfold(Some((sub, shutdown)), |state| async move {
+        let (mut sub, shutdown): (Subscription, _) = state?;
+        let item = tokio::select! {
+            biased;
+            _ = sub.cut_off.cancelled() => Err(status(&Error::SubscriberTooSlow)),
+            _ = shutdown.cancelled() => Err(status(&Error::ShuttingDown)),
+            e = sub.events.recv() => match e {
+                Some(e) => Ok(event(&e)),
+                None => Err(status(&Error::SubscriberTooSlow)),
+            },
+        };
+        match item {
+            Ok(ev) => Some((Ok(ev), Some((sub, shutdown)))),
+            Err(s) => Some((Err(s), None)),
+        }
+    });
+    Ok(Box::pin(events))
+}
+
+fn kinds(requested: &[i32]) -> Result<Kinds> {
+    if requested.is_empty() {
+        return Ok(Kinds::ALL);
+    }
+    let mut k = Kinds {
+        connected: false,
+        message: false,
+        disconnected: false,
+    };
+    for &r in requested {
+        match pb::EventKind::try_from(r) {
+            Ok(pb::EventKind::Connected) => k.connected = true,
+            Ok(pb::EventKind::Message) => k.message = true,
+            Ok(pb::EventKind::Disconnected) => k.disconnected = true,
+            _ => return Err(Error::InvalidArgument(format!("unknown event kind {r}"))),
+        }
+    }
+    Ok(k)
+}
+
+fn event(e: &crate::events::Event) -> pb::Event {
+    use pb::event::Kind;
+    let kind = match &e.body {
+        EventBody::Connected(r) => Kind::Connected(convert::session_info((**r).clone())),
+        EventBody::Message(m) => Kind::Message(convert::inbound(m)),
+        EventBody::Disconnected(end) => Kind::Disconnected(convert::closed(end)),
+    };
+    pb::Event {
+        session_id: e.session.to_string(),
+        hub: e.hub.to_string(),
+        kind: Some(kind),
+    }
+}

@@ -1,0 +1,492 @@
+//! The inbound path: Read, Attach and Subscribe, and backpressure instead of loss.
+
+use std::collections::{HashMap, HashSet};
+
+use futures_util::future::join_all;
+use switchboard_proto::v1::{
+    self as pb, attach_request::Kind as Req, attach_response::Kind as Resp, event::Kind as Ev,
+    message::Payload, read_response::Result as R,
+};
+use switchboard_tests::{
+    gateway::{Api, Gateway},
+    within,
+    ws::{Client, Seen},
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Streaming};
+
+fn secs(s: i64) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration {
+        seconds: s,
+        nanos: 0,
+    })
+}
+
+fn millis(ms: i32) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration {
+        seconds: 0,
+        nanos: ms * 1_000_000,
+    })
+}
+
+async fn read(api: &mut Api, id: &str, timeout: Option<prost_types::Duration>) -> R {
+    api.read(pb::ReadRequest {
+        session_id: id.into(),
+        timeout,
+    })
+    .await
+    .expect("read")
+    .into_inner()
+    .result
+    .expect("a result")
+}
+
+fn text_of(m: &pb::InboundMessage) -> String {
+    match m.message.as_ref().and_then(|m| m.payload.as_ref()) {
+        Some(Payload::Text(t)) => t.clone(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn read_returns_a_waiting_message_times_out_and_reports_the_close() {
+    let gw = Gateway::start(&["--max-read-timeout", "1s"]).await;
+    let mut api = gw.api().await;
+    let mut c = gw.connect("h").await;
+    c.send_text("first").await;
+    c.send_binary(&[1, 2, 3]).await;
+    match read(&mut api, &c.id, secs(10)).await {
+        R::Message(m) => {
+            assert_eq!(m.seq, 1);
+            assert_eq!(text_of(&m), "first");
+        }
+        other => panic!("{other:?}"),
+    }
+    match read(&mut api, &c.id, secs(10)).await {
+        R::Message(m) => {
+            assert_eq!(m.seq, 2);
+            assert_eq!(
+                m.message.unwrap().payload,
+                Some(Payload::Binary(vec![1, 2, 3]))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        read(&mut api, &c.id, millis(200)).await,
+        R::TimedOut(_)
+    ));
+    // An hour is asked for; the 1 s cap answers.
+    assert!(matches!(
+        read(&mut api, &c.id, secs(3600)).await,
+        R::TimedOut(_)
+    ));
+
+    let err = api
+        .read(pb::ReadRequest {
+            session_id: c.id.clone(),
+            timeout: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    c.send_text("last words").await;
+    let id = c.id.clone();
+    c.close(4000, "leaving").await;
+    match read(&mut api, &id, secs(10)).await {
+        R::Message(m) => assert_eq!(text_of(&m), "last words"),
+        other => panic!("{other:?}"),
+    }
+    match read(&mut api, &id, secs(10)).await {
+        R::Closed(closed) => {
+            assert_eq!(closed.code, 4000);
+            assert_eq!(closed.reason, "leaving");
+            assert_eq!(closed.closed_by, pb::Closer::Client as i32);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// An attach stream: requests go in through `tx`, responses come out of `rx`.
+struct Attached {
+    tx: mpsc::Sender<pb::AttachRequest>,
+    rx: Streaming<pb::AttachResponse>,
+}
+
+async fn attach(api: &mut Api, id: &str, take_over: bool) -> Result<Attached, tonic::Status> {
+    let (tx, reqs) = mpsc::channel(16);
+    tx.send(pb::AttachRequest {
+        kind: Some(Req::Open(pb::AttachOpen {
+            session_id: id.into(),
+            take_over,
+        })),
+    })
+    .await
+    .unwrap();
+    let mut rx = api.attach(ReceiverStream::new(reqs)).await?.into_inner();
+    match within("attached", rx.message()).await? {
+        Some(pb::AttachResponse {
+            kind: Some(Resp::Attached(info)),
+        }) => assert_eq!(info.session_id, id),
+        other => panic!("expected attached, got {other:?}"),
+    }
+    Ok(Attached { tx, rx })
+}
+
+impl Attached {
+    async fn next(&mut self) -> Result<Resp, tonic::Status> {
+        match within("attach stream", self.rx.message()).await? {
+            Some(pb::AttachResponse { kind: Some(k) }) => Ok(k),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    async fn write(&self, s: &str) {
+        self.tx
+            .send(pb::AttachRequest {
+                kind: Some(Req::Write(pb::Message {
+                    payload: Some(Payload::Text(s.into())),
+                })),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn attach_streams_messages_in_order_and_carries_writes_and_close() {
+    let gw = Gateway::start(&[]).await;
+    let mut api = gw.api().await;
+    let mut c = gw.connect("h").await;
+    c.send_text("before attach").await;
+    let mut a = attach(&mut api, &c.id, false).await.unwrap();
+    for i in 0..100 {
+        c.send_text(&format!("m{i}")).await;
+    }
+    match a.next().await.unwrap() {
+        Resp::Message(m) => assert_eq!((m.seq, text_of(&m).as_str()), (1, "before attach")),
+        other => panic!("{other:?}"),
+    }
+    for i in 0..100 {
+        match a.next().await.unwrap() {
+            Resp::Message(m) => assert_eq!(text_of(&m), format!("m{i}")),
+            other => panic!("{other:?}"),
+        }
+    }
+    a.write("from the backend").await;
+    assert_eq!(c.text().await, "from the backend");
+
+    // One attached backend at a time.
+    let err = attach(&mut api, &c.id, false).await.err().unwrap();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    // Read is refused while attached: the attached backend gets the messages.
+    let err = api
+        .read(pb::ReadRequest {
+            session_id: c.id.clone(),
+            timeout: millis(10),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    a.tx.send(pb::AttachRequest {
+        kind: Some(Req::Close(pb::CloseSession {
+            code: 4002,
+            reason: "done".into(),
+        })),
+    })
+    .await
+    .unwrap();
+    assert_eq!(c.closed().await, (4002, "done".into()));
+    match a.next().await.unwrap() {
+        Resp::Closed(closed) => {
+            assert_eq!(closed.code, 4002);
+            assert_eq!(closed.closed_by, pb::Closer::Backend as i32);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(within("end of stream", a.rx.message())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn take_over_ends_the_first_stream_and_detaching_leaves_messages_for_read() {
+    let gw = Gateway::start(&[]).await;
+    let mut api = gw.api().await;
+    let mut c = gw.connect("h").await;
+    let mut first = attach(&mut api, &c.id, false).await.unwrap();
+    let mut second = attach(&mut api, &c.id, true).await.unwrap();
+    let err = first.next().await.unwrap_err();
+    assert_eq!(err.code(), Code::Aborted);
+    c.send_text("to the second").await;
+    match second.next().await.unwrap() {
+        Resp::Message(m) => assert_eq!(text_of(&m), "to the second"),
+        other => panic!("{other:?}"),
+    }
+    // The backend goes away without a word.
+    drop(second);
+    // The gateway notices when the stream's transport ends; until then Read is refused.
+    let mut n = 0;
+    loop {
+        match api
+            .read(pb::ReadRequest {
+                session_id: c.id.clone(),
+                timeout: millis(1),
+            })
+            .await
+        {
+            Err(s) if s.code() == Code::FailedPrecondition => {
+                n += 1;
+                assert!(n < 10_000, "detach never noticed");
+                tokio::task::yield_now().await;
+            }
+            Ok(_) => break,
+            Err(s) => panic!("{s}"),
+        }
+    }
+    for i in 0..10 {
+        c.send_text(&format!("after detach {i}")).await;
+    }
+    for i in 0..10 {
+        match read(&mut api, &c.id, secs(10)).await {
+            R::Message(m) => assert_eq!(text_of(&m), format!("after detach {i}")),
+            other => panic!("{other:?}"),
+        }
+    }
+    // And the session itself was never disturbed.
+    api.send(pb::SendRequest {
+        session_id: c.id.clone(),
+        message: Some(pb::Message {
+            payload: Some(Payload::Text("still open".into())),
+        }),
+    })
+    .await
+    .unwrap();
+    assert_eq!(c.next().await, Seen::Text("still open".into()));
+}
+
+async fn subscribe(api: &mut Api, hub: &str, group: &str) -> Streaming<pb::Event> {
+    api.subscribe(pb::SubscribeRequest {
+        hub: hub.into(),
+        kinds: vec![],
+        consumer_group: group.into(),
+    })
+    .await
+    .expect("subscribe")
+    .into_inner()
+}
+
+#[tokio::test]
+async fn subscribe_sees_connected_message_disconnected_in_order() {
+    let gw = Gateway::start(&[]).await;
+    let mut api = gw.api().await;
+    let mut events = subscribe(&mut api, "h", "").await;
+    let mut c = gw.connect("h").await;
+    let id = c.id.clone();
+    c.send_text("hello").await;
+    c.close(1000, "").await;
+    let mut kinds = Vec::new();
+    while kinds.len() < 3 {
+        let e = within("event", events.message()).await.unwrap().unwrap();
+        assert_eq!(e.session_id, id);
+        assert_eq!(e.hub, "h");
+        kinds.push(match e.kind.unwrap() {
+            Ev::Connected(info) => {
+                assert_eq!(info.session_id, id);
+                "connected".to_string()
+            }
+            Ev::Message(m) => format!("message:{}", text_of(&m)),
+            Ev::Disconnected(c) => format!("disconnected:{}", c.code),
+        });
+    }
+    assert_eq!(kinds, ["connected", "message:hello", "disconnected:1000"]);
+}
+
+#[tokio::test]
+async fn a_consumer_group_splits_events_once_each_and_another_group_gets_them_all() {
+    let gw = Gateway::start(&[]).await;
+    let mut api = gw.api().await;
+    let members = [
+        subscribe(&mut api, "h", "workers").await,
+        subscribe(&mut api, "h", "workers").await,
+    ];
+    let audit = subscribe(&mut api, "h", "audit").await;
+
+    const N: usize = 1000;
+    // Collect each stream until it has seen its share of disconnects.
+    let (done_tx, mut done_rx) = mpsc::channel::<(usize, Vec<pb::Event>)>(4);
+    let total_disconnects = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for (i, mut s) in members.into_iter().chain([audit]).enumerate() {
+        let done_tx = done_tx.clone();
+        let total = total_disconnects.clone();
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            let want = if i == 2 { N } else { usize::MAX };
+            let mut disconnects = 0;
+            loop {
+                let e = tokio::select! {
+                    e = s.message() => e,
+                    // The group members stop once the group as a whole has seen N disconnects.
+                    _ = wait_for(&total, N), if i < 2 => break,
+                };
+                let Ok(Some(e)) = e else { break };
+                if matches!(e.kind, Some(Ev::Disconnected(_))) {
+                    disconnects += 1;
+                    if i < 2 {
+                        total.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+                got.push(e);
+                if disconnects == want {
+                    break;
+                }
+            }
+            let _ = done_tx.send((i, got)).await;
+        });
+    }
+    drop(done_tx);
+
+    // 1,000 sessions, each: connect, one message, close.
+    for chunk in 0..(N / 100) {
+        let clients = join_all((0..100).map(|_| gw.connect("h"))).await;
+        join_all(
+            clients
+                .into_iter()
+                .enumerate()
+                .map(|(k, mut c)| async move {
+                    c.send_text(&format!("hello {}", chunk * 100 + k)).await;
+                    c.close(1000, "").await;
+                }),
+        )
+        .await;
+    }
+
+    let mut results: HashMap<usize, Vec<pb::Event>> = HashMap::new();
+    while let Some((i, got)) = within("subscribers to finish", done_rx.recv()).await {
+        results.insert(i, got);
+    }
+    // The group: every event exactly once across its two members, 3 per session.
+    let mut owner: HashMap<String, usize> = HashMap::new();
+    let mut seen = HashSet::new();
+    for i in 0..2 {
+        for e in &results[&i] {
+            let kind = match e.kind {
+                Some(Ev::Connected(_)) => 0,
+                Some(Ev::Message(_)) => 1,
+                Some(Ev::Disconnected(_)) => 2,
+                None => panic!("event without kind"),
+            };
+            assert!(seen.insert((e.session_id.clone(), kind)), "duplicate event");
+            let prev = owner.insert(e.session_id.clone(), i);
+            assert!(
+                prev.is_none() || prev == Some(i),
+                "a session's events were split"
+            );
+        }
+    }
+    assert_eq!(seen.len(), 3 * N);
+    assert!(
+        !results[&0].is_empty() && !results[&1].is_empty(),
+        "both members worked"
+    );
+    // The other group got all of them too.
+    assert_eq!(results[&2].len(), 3 * N);
+}
+
+async fn wait_for(counter: &std::sync::atomic::AtomicUsize, n: usize) {
+    while counter.load(std::sync::atomic::Ordering::SeqCst) < n {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn with_nobody_reading_the_socket_pauses_and_nothing_is_lost() {
+    let gw = Gateway::start(&["--inbox-messages", "256"]).await;
+    let mut api = gw.api().await;
+    let mut c = gw.connect("h").await;
+    const N: usize = 10_000;
+    let id = c.id.clone();
+    let sender = tokio::spawn(async move {
+        for i in 0..N {
+            c.send_text(&format!("{i:05} {}", "x".repeat(200))).await;
+        }
+        c
+    });
+    // The gateway stops reading once the inbox is full: the metric says so.
+    let mut polls = 0;
+    loop {
+        let (_, metrics) = gw.http_get("/metrics").await;
+        if metrics.contains("switchboard_paused_sockets 1") {
+            break;
+        }
+        polls += 1;
+        assert!(polls < 2_000, "the socket was never paused");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    for i in 0..N {
+        match read(&mut api, &id, secs(10)).await {
+            R::Message(m) => {
+                assert_eq!(m.seq, i as u64 + 1);
+                assert!(text_of(&m).starts_with(&format!("{i:05} ")));
+            }
+            other => panic!("message {i}: {other:?}"),
+        }
+    }
+    let _c = within("the client to finish sending", sender)
+        .await
+        .unwrap();
+    assert!(matches!(
+        read(&mut api, &id, millis(50)).await,
+        R::TimedOut(_)
+    ));
+}
+
+#[tokio::test]
+async fn a_backend_vanishing_mid_stream_does_not_disturb_the_gateway() {
+    let gw = Gateway::start(&[]).await;
+    let mut api = gw.api().await;
+    let mut watched = gw.connect("h").await;
+    let mut other = gw.connect("h").await;
+    {
+        // A separate connection per backend, so dropping it really cuts the transport.
+        let mut doomed = gw.api().await;
+        let mut a = attach(&mut doomed, &watched.id, false).await.unwrap();
+        let _events = subscribe(&mut doomed, "h", "").await;
+        watched.send_text("one").await;
+        assert!(matches!(a.next().await.unwrap(), Resp::Message(_)));
+        for i in 0..50 {
+            watched.send_text(&format!("unread {i}")).await;
+        }
+    }
+    // The gateway serves everyone else meanwhile.
+    api.send(pb::SendRequest {
+        session_id: other.id.clone(),
+        message: Some(pb::Message {
+            payload: Some(Payload::Text("hi".into())),
+        }),
+    })
+    .await
+    .unwrap();
+    assert_eq!(other.text().await, "hi");
+    // And the watched client can still be attached to, and still talks.
+    let mut a = loop {
+        match attach(&mut api, &watched.id, false).await {
+            Ok(a) => break a,
+            Err(s) if s.code() == Code::FailedPrecondition => tokio::task::yield_now().await,
+            Err(s) => panic!("{s}"),
+        }
+    };
+    watched.send_text("after").await;
+    loop {
+        match a.next().await.unwrap() {
+            Resp::Message(m) if text_of(&m) == "after" => break,
+            Resp::Message(_) => continue,
+            other => panic!("{other:?}"),
+        }
+    }
+    let _ = Client::connect(&gw.ws_url("h")).await;
+}
