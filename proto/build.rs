@@ -7,6 +7,7 @@ use prost::Message;
 const PROTOS: &[&str] = &[
     "switchboard/v1/gateway.proto",
     "switchboard/v1/connect_hook.proto",
+    "switchboard/v1/peer.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -14,6 +14,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// What to do with new clients while the shared registry is unreachable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutagePolicy {
+    /// Admit them; they are registered when Redis returns.
+    Accept,
+    /// Refuse upgrades with 503.
+    Refuse,
+}
+
 /// Everything a gateway node needs to run. Defaults are safe for a single node on loopback.
 #[derive(Clone, Parser)]
 #[command(
@@ -122,6 +131,38 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_NODE_ID")]
     pub node_id: Option<String>,
 
+    /// Shared registry: `redis://host:port[/db]`, or `redis+cluster://h1:p1,h2:p2` for Redis
+    /// Cluster. Without it the node keeps its registry in memory (single node).
+    #[arg(long, env = "SWITCHBOARD_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key this cluster uses.
+    #[arg(long, env = "SWITCHBOARD_REDIS_PREFIX", default_value = "switchboard")]
+    pub redis_prefix: String,
+
+    /// The backend URL other nodes use to reach this one; default `http://` + the bound
+    /// backend address.
+    #[arg(long, env = "SWITCHBOARD_ADVERTISE_BACKEND")]
+    pub advertise_backend: Option<String>,
+
+    /// Lifetime of this node's lease in Redis: a node silent this long is dead.
+    #[arg(long, env = "SWITCHBOARD_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+
+    /// How often the lease is renewed (and dead nodes looked for).
+    #[arg(long, env = "SWITCHBOARD_LEASE_REFRESH", default_value = "3s", value_parser = parse_duration)]
+    pub lease_refresh: Duration,
+
+    /// While Redis is unreachable: keep admitting clients locally (`accept`) or refuse them
+    /// with 503 (`refuse`).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_REGISTRY_OUTAGE",
+        value_enum,
+        default_value = "accept"
+    )]
+    pub registry_outage: OutagePolicy,
+
     /// Log format.
     #[arg(
         long,
@@ -160,6 +201,14 @@ pub enum ConfigError {
     InboxSmallerThanMessage,
     #[error("--node-id must be 1-64 characters of [A-Za-z0-9._-]")]
     BadNodeId,
+    #[error(
+        "--lease-refresh must be at most half of --lease-ttl, or a slow refresh loses the lease"
+    )]
+    LeaseTooShort,
+    #[error("--redis-url must start with redis://, rediss://, redis+cluster:// or unix://")]
+    BadRedisUrl,
+    #[error("--redis-prefix must be 1-64 characters of [A-Za-z0-9._-]")]
+    BadPrefix,
     #[error("--connect-hook must be an http:// or https:// URL: {0}")]
     BadHookUrl(String),
 }
@@ -181,6 +230,8 @@ impl Config {
             ("--max-read-timeout", self.max_read_timeout),
             ("--close-timeout", self.close_timeout),
             ("--subscriber-timeout", self.subscriber_timeout),
+            ("--lease-ttl", self.lease_ttl),
+            ("--lease-refresh", self.lease_refresh),
             ("--handshake-timeout", self.handshake_timeout),
         ] {
             if d.is_zero() {
@@ -192,6 +243,26 @@ impl Config {
                 idle: self.idle_timeout,
                 ping: self.ping_interval,
             });
+        }
+        if self.lease_refresh * 2 > self.lease_ttl {
+            return Err(ConfigError::LeaseTooShort);
+        }
+        if let Some(url) = &self.redis_url {
+            let ok = [
+                "redis://",
+                "rediss://",
+                "redis+cluster://",
+                "unix://",
+                "redis+unix://",
+            ]
+            .iter()
+            .any(|s| url.starts_with(s));
+            if !ok {
+                return Err(ConfigError::BadRedisUrl);
+            }
+        }
+        if !is_name(&self.redis_prefix) {
+            return Err(ConfigError::BadPrefix);
         }
         if self.outbound_queue_bytes.get() < self.max_message_bytes.get() + 14 {
             return Err(ConfigError::QueueSmallerThanMessage);
@@ -218,6 +289,16 @@ pub(crate) fn is_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A URL with any password replaced, for printing.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://<redacted>@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// Durations as `250ms`, `10s`, `5m`, `1h`, or a bare number of seconds.
@@ -266,6 +347,12 @@ impl fmt::Debug for Config {
             .field("welcome_frame", &self.welcome_frame)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("node_id", &self.node_id)
+            .field("redis_url", &self.redis_url.as_ref().map(|u| redact_url(u)))
+            .field("redis_prefix", &self.redis_prefix)
+            .field("advertise_backend", &self.advertise_backend)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("lease_refresh", &self.lease_refresh)
+            .field("registry_outage", &self.registry_outage)
             .field("log_format", &self.log_format)
             .field("log", &self.log)
             .finish()

@@ -26,6 +26,9 @@ pub(crate) enum Error {
     StreamFailed,
     #[error("this subscriber did not keep up and was cut off; events queued for it are lost")]
     SubscriberTooSlow,
+    /// The node holding the session answered with this status.
+    #[error("{}", .0.message())]
+    Remote(tonic::Status),
     #[error("the gateway is shutting down")]
     ShuttingDown,
     #[error("registry: {0}")]

@@ -4,6 +4,7 @@
 //! Module map:
 //! - [`config`]: flags and environment, validated into one `Config`.
 //! - `client`: the client listener: HTTP routes, upgrade admission, one reader task per session.
+//! - `cluster`: node lease, dead-node reaping, clients to the other nodes for forwarded calls.
 //! - `hook`: the connect hook client (`ConnectHook/Authorize`).
 //! - `session`: one session: ID, counters, lifecycle, outbound queue, inbox.
 //! - `frame`: server frame encoding (encode once, share the bytes) and close payloads.
@@ -18,6 +19,7 @@
 
 mod api;
 mod client;
+mod cluster;
 pub mod config;
 mod error;
 mod events;
@@ -40,9 +42,10 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 pub use config::Config;
 
 use crate::{
+    cluster::Cluster,
     metrics::Metrics,
     node::Node,
-    registry::Registry,
+    registry::{RedisRegistry, Registry},
     session::{Clock, SessionContext},
 };
 
@@ -65,6 +68,8 @@ pub enum Error {
     Random(String),
     #[error("backend API: {0}")]
     Api(String),
+    #[error("registry: {0}")]
+    Registry(String),
     #[error("backend API task failed: {0}")]
     ApiTask(String),
 }
@@ -86,6 +91,7 @@ impl Gateway {
         };
         let client = bind(config.listen).await?;
         let backend = bind(config.backend_listen).await?;
+        let backend_addr = backend.local_addr().unwrap_or(config.backend_listen);
         let hook = config
             .connect_hook
             .as_deref()
@@ -100,16 +106,46 @@ impl Gateway {
             close_timeout: config.close_timeout,
             node: Arc::clone(&node_id),
         });
-        let node = Node::new(
+        let (registry, cluster) = match &config.redis_url {
+            None => (Registry::memory(TOMBSTONES), None),
+            Some(url) => {
+                let redis = RedisRegistry::connect(url, &config.redis_prefix)
+                    .await
+                    .map_err(|e| Error::Registry(e.to_string()))?;
+                let advertise = config
+                    .advertise_backend
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{backend_addr}"));
+                let cluster = Cluster::new(
+                    advertise,
+                    config.backend_token.as_deref(),
+                    config.max_message_bytes.get(),
+                );
+                (Registry::Redis(redis), Some(Arc::new(cluster)))
+            }
+        };
+        let node = Arc::new(Node::new(
             Arc::new(config),
             node_id,
-            Registry::memory(TOMBSTONES),
+            Arc::new(registry),
+            cluster,
             metrics,
             ctx,
             hook,
-        );
+        ));
+        if let (Some(redis), Some(cluster)) = (node.registry.shared(), &node.cluster) {
+            cluster::clean_own_leftovers(&node, redis).await;
+            match redis
+                .renew_lease(&node.id, &cluster.advertise, node.config.lease_ttl)
+                .await
+            {
+                Ok(_) => redis.note_live(&node.id, &cluster.advertise),
+                Err(e) => tracing::warn!(error = %e, "redis unreachable at start; serving locally"),
+            }
+            let _ = redis.refresh_nodes().await;
+        }
         Ok(Self {
-            node: Arc::new(node),
+            node,
             client,
             backend,
         })
@@ -154,6 +190,7 @@ impl Gateway {
             stop_http.clone(),
         ));
         background.spawn(sweeper::run(Arc::clone(&node), stop_http.clone()));
+        background.spawn(cluster::maintain(Arc::clone(&node), stop_http.clone()));
         let api = tokio::spawn(api::serve(
             backend,
             Arc::clone(&node),
@@ -198,6 +235,12 @@ impl Gateway {
         background.close();
         http_tasks.close();
         let _ = tokio::time::timeout_at(deadline, background.wait()).await;
+        if let Some(redis) = node.registry.shared() {
+            // Leaving cleanly: no survivor needs to reap this node.
+            if let Err(e) = redis.release_lease(&node.id).await {
+                tracing::warn!(error = %e, "could not release the node lease");
+            }
+        }
         tracing::info!("stopped");
         Ok(())
     }

@@ -50,6 +50,7 @@ pub(crate) struct Metrics {
     pub paused_sockets: Gauge,
     pub subscriber_events: Family<GroupLabel, Counter>,
     pub subscribers_cut_off: Counter,
+    pub sessions_lost: Counter,
     pub grpc_calls: Family<GrpcLabel, Counter>,
 }
 
@@ -73,6 +74,7 @@ impl Metrics {
             paused_sockets: Gauge::default(),
             subscriber_events: Family::default(),
             subscribers_cut_off: Counter::default(),
+            sessions_lost: Counter::default(),
             grpc_calls: Family::default(),
             registry: Registry::default(),
         };
@@ -148,6 +150,11 @@ impl Metrics {
             "subscribers_cut_off",
             "Subscribe streams ended because they did not keep up",
             m.subscribers_cut_off.clone(),
+        );
+        r.register(
+            "sessions_lost",
+            "Sessions of dead nodes removed from the registry by this node",
+            m.sessions_lost.clone(),
         );
         r.register(
             "grpc_calls",

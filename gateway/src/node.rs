@@ -16,9 +16,10 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    cluster::{Cluster, GatewayPeer},
     config::{is_name, Config},
     error::{Error, Result},
-    events::{Event, EventBody, EventBus},
+    events::{Event, EventBody, EventBus, Shared},
     frame::{self, close_code, Opcode},
     hook::ConnectHook,
     message::{Kind, Message},
@@ -41,7 +42,9 @@ pub(crate) struct Node {
     pub config: Arc<Config>,
     pub id: Arc<str>,
     pub pool: Pool,
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
+    /// Links to the other nodes, when the registry is shared.
+    pub cluster: Option<Arc<Cluster>>,
     pub metrics: Arc<Metrics>,
     pub ctx: Arc<SessionContext>,
     pub hook: Option<ConnectHook>,
@@ -51,6 +54,23 @@ pub(crate) struct Node {
     /// Cancelled when the node starts draining: long waits (Read, streams) end early.
     pub shutdown: CancellationToken,
     draining: AtomicBool,
+}
+
+/// Whether a call may be passed on to the node holding its session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// A backend's call: sessions on other nodes are reached through their node.
+    Cluster,
+    /// A call forwarded by another node: answer from this node's pool only.
+    Local,
+}
+
+/// Where a call about a session must go.
+pub(crate) enum Route {
+    /// The session is here (or nowhere): handle the call locally.
+    Here,
+    /// Another node holds it: send the same call there.
+    There(Box<GatewayPeer>),
 }
 
 /// What a publish achieved.
@@ -64,7 +84,8 @@ impl Node {
     pub(crate) fn new(
         config: Arc<Config>,
         id: Arc<str>,
-        registry: Registry,
+        registry: Arc<Registry>,
+        cluster: Option<Arc<Cluster>>,
         metrics: Arc<Metrics>,
         ctx: Arc<SessionContext>,
         hook: Option<ConnectHook>,
@@ -73,7 +94,17 @@ impl Node {
             messages: metrics.inbox_messages.clone(),
             paused: metrics.paused_sockets.clone(),
         };
-        let events = EventBus::new(config.subscriber_timeout, Arc::clone(&metrics));
+        let shared = cluster.as_ref().map(|c| Shared {
+            registry: Arc::clone(&registry),
+            cluster: Arc::clone(c),
+        });
+        let events = EventBus::new(
+            Arc::clone(&id),
+            config.subscriber_timeout,
+            Arc::clone(&metrics),
+            ctx.tasks.clone(),
+            shared,
+        );
         Self {
             events,
             next_attach: std::sync::atomic::AtomicU64::new(1),
@@ -81,6 +112,7 @@ impl Node {
             id,
             pool: Pool::default(),
             registry,
+            cluster,
             metrics,
             ctx,
             hook,
@@ -106,6 +138,77 @@ impl Node {
                 false,
             );
         }
+    }
+
+    /// Finds where a call about session `id` must be handled.
+    pub(crate) async fn route(&self, scope: Scope, id: &SessionId) -> Result<Route> {
+        if scope == Scope::Local
+            || self.pool.get(id).is_some()
+            || self.pool.get_closed(id).is_some()
+        {
+            return Ok(Route::Here);
+        }
+        let (Some(cluster), Some(redis)) = (&self.cluster, self.registry.shared()) else {
+            return Ok(Route::Here);
+        };
+        match self.registry.owner(id).await? {
+            Some(owner) if *owner != *self.id => {
+                let addr = redis.node_addr(&owner).ok_or_else(|| {
+                    Error::Registry(crate::registry::RegistryError::Unavailable(format!(
+                        "node {owner} holding session {id} has no known address"
+                    )))
+                })?;
+                Ok(Route::There(Box::new(
+                    cluster.gateway(&addr).map_err(Error::Remote)?,
+                )))
+            }
+            _ => Ok(Route::Here),
+        }
+    }
+
+    /// The other live nodes, for fan-out calls (empty on a single node).
+    pub(crate) fn peers(&self) -> Vec<(String, GatewayPeer)> {
+        let (Some(cluster), Some(redis)) = (&self.cluster, self.registry.shared()) else {
+            return Vec::new();
+        };
+        redis
+            .live_nodes()
+            .into_iter()
+            .filter(|n| *n.id != *self.id)
+            .filter_map(|n| Some((n.id, cluster.gateway(&n.addr).ok()?)))
+            .collect()
+    }
+
+    /// Splits session IDs by the node holding them (one registry round trip); IDs held here,
+    /// or by no live node, stay here.
+    pub(crate) async fn partition(
+        &self,
+        ids: &[SessionId],
+    ) -> Result<(Vec<SessionId>, Vec<(String, GatewayPeer, Vec<SessionId>)>)> {
+        let (Some(cluster), Some(redis)) = (&self.cluster, self.registry.shared()) else {
+            return Ok((ids.to_vec(), Vec::new()));
+        };
+        let (local, elsewhere): (Vec<SessionId>, Vec<SessionId>) = ids
+            .iter()
+            .cloned()
+            .partition(|id| self.pool.get(id).is_some());
+        let owners = redis.owners(&elsewhere).await?;
+        let mut here = local;
+        let mut there: Vec<(String, GatewayPeer, Vec<SessionId>)> = Vec::new();
+        for (id, owner) in elsewhere.into_iter().zip(owners) {
+            let Some(owner) = owner.filter(|o| **o != *self.id) else {
+                here.push(id);
+                continue;
+            };
+            if let Some((_, _, list)) = there.iter_mut().find(|(n, _, _)| *n == owner) {
+                list.push(id);
+                continue;
+            }
+            let addr = redis.node_addr(&owner).unwrap_or_default();
+            let peer = cluster.gateway(&addr).map_err(Error::Remote)?;
+            there.push((owner, peer, vec![id]));
+        }
+        Ok((here, there))
     }
 
     /// Makes a new session reachable: pool, registry, metrics.
@@ -140,7 +243,7 @@ impl Node {
                 closed_by: end.closed_by.as_str(),
             })
             .inc();
-        if let Err(e) = self.registry.unregister(&s.id, &end).await {
+        if let Err(e) = self.registry.unregister(&s.record(), &end).await {
             tracing::warn!(session = %s.id, error = %e, "could not unregister session");
         }
         self.events
@@ -159,7 +262,7 @@ impl Node {
     /// Waits (and so pauses the socket) while nobody takes it.
     pub(crate) async fn deliver(&self, s: &Arc<Session>, message: Message) {
         let inbound = s.inbox.stamp(message);
-        if !s.is_attached() && s.inbox.is_empty() && self.events.wants_messages(&s.hub) {
+        if !s.is_attached() && s.inbox.is_empty() && self.events.wants_messages(&s.hub).await {
             let event = Event {
                 session: s.id.clone(),
                 hub: s.hub.clone(),
@@ -377,7 +480,7 @@ impl Node {
         } else {
             self.pool.leave(&s, group);
         }
-        self.registry.set_group(id, group, member).await?;
+        self.registry.set_group(&s.record(), group, member).await?;
         Ok(())
     }
 

@@ -11,12 +11,12 @@ use std::{
     collections::HashMap,
     hash::Hash,
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use dashmap::DashMap;
 
-use crate::session::{Session, SessionId};
+use crate::session::{Clock, Session, SessionId};
 
 type Index<K> = DashMap<K, HashMap<SessionId, Arc<Session>>>;
 
@@ -136,6 +136,18 @@ impl Pool {
         self.sessions
             .iter()
             .map(|e| Arc::clone(e.value()))
+            .collect()
+    }
+
+    /// Sessions whose client was heard from since the last call, with when (for the registry's
+    /// batched `last_active_at`).
+    pub(crate) fn recently_active(&self, clock: &Clock) -> Vec<(SessionId, SystemTime)> {
+        self.sessions
+            .iter()
+            .filter_map(|e| {
+                let ms = e.value().take_activity()?;
+                Some((e.key().clone(), clock.wall(ms)))
+            })
             .collect()
     }
 

@@ -6,6 +6,7 @@
 
 pub mod gateway;
 pub mod raw;
+pub mod redis;
 pub mod ws;
 
 use std::time::Duration;

@@ -94,6 +94,7 @@ pub(crate) fn closed(end: &SessionEnd) -> pb::Closed {
             Closer::Client => pb::Closer::Client,
             Closer::Gateway => pb::Closer::Gateway,
             Closer::Backend => pb::Closer::Backend,
+            Closer::NodeLost => pb::Closer::NodeLost,
         } as i32,
     }
 }
@@ -148,4 +149,20 @@ pub(crate) fn timeout(d: Option<prost_types::Duration>) -> Result<Duration> {
         ));
     }
     Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+/// A hub event in its wire form (encoded once per event, shared by every subscriber).
+pub(crate) fn encode_event(e: &crate::events::Event) -> pb::Event {
+    use crate::events::EventBody;
+    use pb::event::Kind;
+    let kind = match &e.body {
+        EventBody::Connected(r) => Kind::Connected(session_info((**r).clone())),
+        EventBody::Message(m) => Kind::Message(inbound(m)),
+        EventBody::Disconnected(end) => Kind::Disconnected(closed(end)),
+    };
+    pb::Event {
+        session_id: e.session.to_string(),
+        hub: e.hub.to_string(),
+        kind: Some(kind),
+    }
 }

@@ -2,14 +2,17 @@
 //! standard health and reflection services (open, so probes and tools work without a token).
 
 mod convert;
+mod peer;
 mod service;
 mod status;
 mod streams;
 
+pub(crate) use convert::encode_event;
+
 use std::sync::Arc;
 
 use subtle::ConstantTimeEq;
-use switchboard_proto::v1::gateway_server::GatewayServer;
+use switchboard_proto::v1::{gateway_server::GatewayServer, peer_server::PeerServer};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{service::interceptor::InterceptedService, transport::Server, Request, Status};
@@ -38,10 +41,17 @@ pub(crate) async fn serve(
     let gateway = GatewayServer::new(service::GatewayService::new(Arc::clone(&node)))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let gateway = InterceptedService::new(gateway, move |req: Request<()>| {
+    let check = move |req: Request<()>| {
         authorize(token.as_deref(), &req)?;
         Ok(req)
-    });
+    };
+    let gateway = InterceptedService::new(gateway, check.clone());
+    let peer = InterceptedService::new(
+        PeerServer::new(peer::PeerService::new(Arc::clone(&node)))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit),
+        check,
+    );
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -62,6 +72,7 @@ pub(crate) async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(gateway)
+        .add_service(peer)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

@@ -8,7 +8,14 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use super::{convert, streams};
-use crate::{error::Result, node::Node, registry::ListFilter, session::inbox::Next};
+use crate::{
+    cluster::is_hop,
+    error::{Error, Result},
+    node::{Node, Route, Scope},
+    pool::Target,
+    registry::ListFilter,
+    session::inbox::Next,
+};
 
 pub(crate) struct GatewayService {
     node: Arc<Node>,
@@ -40,6 +47,86 @@ fn span(method: &'static str, session: &str) -> tracing::Span {
     tracing::debug_span!("grpc", method, session)
 }
 
+/// Calls forwarded by another node are answered from this node's pool only.
+fn scope<T>(req: &Request<T>) -> Scope {
+    if is_hop(req) {
+        Scope::Local
+    } else {
+        Scope::Cluster
+    }
+}
+
+/// The owning node's answer, as this node's.
+fn forwarded<T>(r: Result<Response<T>, Status>) -> Result<T> {
+    r.map(Response::into_inner).map_err(Error::Remote)
+}
+
+impl GatewayService {
+    /// A publish from a backend: fan out here and, in a cluster, on every other node that may
+    /// hold a target (all nodes for hub, group and user targets; the owners for a list).
+    async fn publish_everywhere(
+        &self,
+        req: pb::PublishRequest,
+        target: Target,
+        exclude: &[crate::session::SessionId],
+        msg: &crate::message::Message,
+    ) -> Result<pb::PublishResponse> {
+        let (local_target, forwards) = match &target {
+            Target::Sessions(ids) => {
+                let (here, there) = self.node.partition(ids).await?;
+                let forwards = there
+                    .into_iter()
+                    .map(|(node, peer, ids)| {
+                        let mut r = req.clone();
+                        r.target = Some(pb::Target {
+                            kind: Some(pb::target::Kind::Sessions(pb::SessionList {
+                                session_ids: ids.iter().map(|i| i.to_string()).collect(),
+                            })),
+                        });
+                        (node, peer, r)
+                    })
+                    .collect::<Vec<_>>();
+                (Target::Sessions(here), forwards)
+            }
+            _ => {
+                let forwards = self
+                    .node
+                    .peers()
+                    .into_iter()
+                    .map(|(node, peer)| (node, peer, req.clone()))
+                    .collect();
+                (target, forwards)
+            }
+        };
+        let remote = futures_util::future::join_all(
+            forwards
+                .into_iter()
+                .map(|(node, mut peer, r)| async move { (node, peer.publish(r).await) }),
+        );
+        let (local, remote) = tokio::join!(self.node.publish(&local_target, exclude, msg), remote);
+        let local = local?;
+        let mut out = pb::PublishResponse {
+            queued: local.queued,
+            refused: local.refused,
+            unreachable_nodes: Vec::new(),
+        };
+        for (node, r) in remote {
+            match r {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    out.queued += r.queued;
+                    out.refused += r.refused;
+                }
+                Err(e) => {
+                    tracing::warn!(node, error = %e, "publish did not reach a node");
+                    out.unreachable_nodes.push(node);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -48,10 +135,14 @@ impl Gateway for GatewayService {
         &self,
         req: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
+        let scope = scope(&req);
         let req = req.into_inner();
         let r = async {
             let id = convert::session_id(&req.session_id)?;
-            let msg = convert::message(req.message)?;
+            if let Route::There(mut owner) = self.node.route(scope, &id).await? {
+                return forwarded(owner.send(req.clone()).await);
+            }
+            let msg = convert::message(req.message.clone())?;
             self.node.send(&id, &msg).await?;
             Ok(pb::SendResponse {})
         }
@@ -64,16 +155,21 @@ impl Gateway for GatewayService {
         &self,
         req: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
+        let scope = scope(&req);
         let req = req.into_inner();
         let r = async {
-            let target = convert::target(req.target)?;
+            let target = convert::target(req.target.clone())?;
             let exclude = convert::session_ids(&req.exclude)?;
-            let msg = convert::message(req.message)?;
-            let d = self.node.publish(&target, &exclude, &msg).await?;
-            Ok(pb::PublishResponse {
-                queued: d.queued,
-                refused: d.refused,
-            })
+            let msg = convert::message(req.message.clone())?;
+            if scope == Scope::Local {
+                let d = self.node.publish(&target, &exclude, &msg).await?;
+                return Ok(pb::PublishResponse {
+                    queued: d.queued,
+                    refused: d.refused,
+                    unreachable_nodes: Vec::new(),
+                });
+            }
+            self.publish_everywhere(req, target, &exclude, &msg).await
         }
         .instrument(span("Publish", ""))
         .await;
@@ -84,9 +180,13 @@ impl Gateway for GatewayService {
         &self,
         req: Request<pb::CloseRequest>,
     ) -> Result<Response<pb::CloseResponse>, Status> {
+        let scope = scope(&req);
         let req = req.into_inner();
         let r = async {
             let id = convert::session_id(&req.session_id)?;
+            if let Route::There(mut owner) = self.node.route(scope, &id).await? {
+                return forwarded(owner.close(req.clone()).await);
+            }
             let code = u16::try_from(req.code).unwrap_or(u16::MAX);
             self.node.close(&id, code, &req.reason).await?;
             Ok(pb::CloseResponse {})
@@ -174,9 +274,13 @@ impl Gateway for GatewayService {
         &self,
         req: Request<pb::JoinGroupRequest>,
     ) -> Result<Response<pb::JoinGroupResponse>, Status> {
+        let scope = scope(&req);
         let req = req.into_inner();
         let r = async {
             let id = convert::session_id(&req.session_id)?;
+            if let Route::There(mut owner) = self.node.route(scope, &id).await? {
+                return forwarded(owner.join_group(req.clone()).await);
+            }
             self.node.set_group(&id, &req.group, true).await?;
             Ok(pb::JoinGroupResponse {})
         }
@@ -189,9 +293,13 @@ impl Gateway for GatewayService {
         &self,
         req: Request<pb::LeaveGroupRequest>,
     ) -> Result<Response<pb::LeaveGroupResponse>, Status> {
+        let scope = scope(&req);
         let req = req.into_inner();
         let r = async {
             let id = convert::session_id(&req.session_id)?;
+            if let Route::There(mut owner) = self.node.route(scope, &id).await? {
+                return forwarded(owner.leave_group(req.clone()).await);
+            }
             self.node.set_group(&id, &req.group, false).await?;
             Ok(pb::LeaveGroupResponse {})
         }
@@ -205,9 +313,13 @@ impl Gateway for GatewayService {
         req: Request<pb::ReadRequest>,
     ) -> Result<Response<pb::ReadResponse>, Status> {
         use pb::read_response::Result as R;
+        let scope = scope(&req);
         let req = req.into_inner();
         let r = async {
             let id = convert::session_id(&req.session_id)?;
+            if let Route::There(mut owner) = self.node.route(scope, &id).await? {
+                return forwarded(owner.read(req.clone()).await);
+            }
             let timeout = convert::timeout(req.timeout)?;
             let result = match self.node.read(&id, timeout).await? {
                 Next::Message(m) => R::Message(convert::inbound(&m)),
@@ -229,7 +341,8 @@ impl Gateway for GatewayService {
         &self,
         req: Request<Streaming<pb::AttachRequest>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
-        let r = streams::attach(Arc::clone(&self.node), req.into_inner())
+        let scope = scope(&req);
+        let r = streams::attach(Arc::clone(&self.node), scope, req.into_inner())
             .instrument(span("Attach", ""))
             .await;
         self.node.metrics.grpc(
@@ -245,7 +358,7 @@ impl Gateway for GatewayService {
         &self,
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let r = streams::subscribe(&self.node, req.into_inner());
+        let r = streams::subscribe(&self.node, req.into_inner()).await;
         self.finish("Subscribe", r)
     }
 }

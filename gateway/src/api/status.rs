@@ -6,6 +6,7 @@ use crate::{error::Error, registry::RegistryError};
 
 pub(crate) fn status(e: &Error) -> Status {
     let code = match e {
+        Error::Remote(s) => return Status::new(s.code(), s.message()),
         Error::InvalidArgument(_) => Code::InvalidArgument,
         Error::NotFound(_) | Error::Gone { .. } => Code::NotFound,
         Error::QueueFull(_) => Code::ResourceExhausted,
@@ -15,6 +16,7 @@ pub(crate) fn status(e: &Error) -> Status {
         Error::SubscriberTooSlow => Code::ResourceExhausted,
         Error::ShuttingDown => Code::Unavailable,
         Error::Registry(RegistryError::BadPageToken) => Code::InvalidArgument,
+        Error::Registry(RegistryError::Unavailable(_)) => Code::Unavailable,
     };
     Status::new(code, e.to_string())
 }

@@ -11,9 +11,10 @@ use tonic::{Status, Streaming};
 
 use super::{convert, service::BoxStream, status::status};
 use crate::{
+    cluster::GatewayPeer,
     error::{Error, Result},
-    events::{EventBody, Kinds, Subscription},
-    node::{Attachment, Node},
+    events::{EventKind, Kinds, Subscription},
+    node::{Attachment, Node, Route, Scope},
     session::inbox::Next,
 };
 
@@ -24,6 +25,7 @@ const POLL: Duration = Duration::from_secs(3600);
 /// Runs an `Attach` stream: the first request must open a session.
 pub(crate) async fn attach(
     node: Arc<Node>,
+    scope: Scope,
     mut requests: Streaming<pb::AttachRequest>,
 ) -> Result<BoxStream<pb::AttachResponse>, Status> {
     let open = match requests.message().await? {
@@ -38,6 +40,9 @@ pub(crate) async fn attach(
         None => return Err(Status::invalid_argument("empty Attach stream")),
     };
     let id = convert::session_id(&open.session_id)?;
+    if let Route::There(owner) = node.route(scope, &id).await? {
+        return relay(&node, *owner, open, requests).await;
+    }
     let attachment = node.attach(&id, open.take_over).await?;
     tracing::debug!(session = %id, take_over = open.take_over, "backend attached");
 
@@ -111,6 +116,34 @@ pub(crate) async fn attach(
     Ok(Box::pin(stream::once(async { Ok(first) }).chain(rest)))
 }
 
+/// Attaches through the node holding the session: requests and responses are relayed as they
+/// come, so backpressure and the owner's answers reach the backend unchanged.
+async fn relay(
+    node: &Node,
+    mut owner: GatewayPeer,
+    open: pb::AttachOpen,
+    mut requests: Streaming<pb::AttachRequest>,
+) -> Result<BoxStream<pb::AttachResponse>, Status> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let _ = tx
+        .send(pb::AttachRequest {
+            kind: Some(Req::Open(open)),
+        })
+        .await;
+    node.ctx.tasks.spawn(async move {
+        while let Ok(Some(req)) = requests.message().await {
+            if tx.send(req).await.is_err() {
+                break;
+            }
+        }
+    });
+    let responses = owner
+        .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    Ok(Box::pin(responses))
+}
+
 /// The next thing an attached backend receives. The inbox is only read when the transport
 /// asks for the next item, so whatever a departing backend did not take stays for the next.
 async fn next_for_attached(node: &Node, att: &Attachment) -> Result<pb::AttachResponse, Status> {
@@ -133,7 +166,7 @@ async fn next_for_attached(node: &Node, att: &Attachment) -> Result<pb::AttachRe
 }
 
 /// Runs a `Subscribe` stream.
-pub(crate) fn subscribe(
+pub(crate) async fn subscribe(
     node: &Arc<Node>,
     req: pb::SubscribeRequest,
 ) -> Result<BoxStream<pb::Event>> {
@@ -144,7 +177,10 @@ pub(crate) fn subscribe(
         )));
     }
     let kinds = kinds(&req.kinds)?;
-    let sub = node.events.subscribe(&req.hub, &req.consumer_group, kinds);
+    let sub = node
+        .events
+        .subscribe(&req.hub, &req.consumer_group, kinds)
+        .await;
     let shutdown = node.shutdown.clone();
     let events = stream::unfold(Some((sub, shutdown)), |state| async move {
         let (mut sub, shutdown): (Subscription, _) = state?;
@@ -153,7 +189,7 @@ pub(crate) fn subscribe(
             _ = sub.cut_off.cancelled() => Err(status(&Error::SubscriberTooSlow)),
             _ = shutdown.cancelled() => Err(status(&Error::ShuttingDown)),
             e = sub.events.recv() => match e {
-                Some(e) => Ok(event(&e)),
+                Some(e) => Ok((*e).clone()),
                 None => Err(status(&Error::SubscriberTooSlow)),
             },
         };
@@ -169,32 +205,14 @@ fn kinds(requested: &[i32]) -> Result<Kinds> {
     if requested.is_empty() {
         return Ok(Kinds::ALL);
     }
-    let mut k = Kinds {
-        connected: false,
-        message: false,
-        disconnected: false,
-    };
+    let mut bits = 0;
     for &r in requested {
-        match pb::EventKind::try_from(r) {
-            Ok(pb::EventKind::Connected) => k.connected = true,
-            Ok(pb::EventKind::Message) => k.message = true,
-            Ok(pb::EventKind::Disconnected) => k.disconnected = true,
+        bits |= match pb::EventKind::try_from(r) {
+            Ok(pb::EventKind::Connected) => EventKind::Connected as u8,
+            Ok(pb::EventKind::Message) => EventKind::Message as u8,
+            Ok(pb::EventKind::Disconnected) => EventKind::Disconnected as u8,
             _ => return Err(Error::InvalidArgument(format!("unknown event kind {r}"))),
-        }
+        };
     }
-    Ok(k)
-}
-
-fn event(e: &crate::events::Event) -> pb::Event {
-    use pb::event::Kind;
-    let kind = match &e.body {
-        EventBody::Connected(r) => Kind::Connected(convert::session_info((**r).clone())),
-        EventBody::Message(m) => Kind::Message(convert::inbound(m)),
-        EventBody::Disconnected(end) => Kind::Disconnected(convert::closed(end)),
-    };
-    pb::Event {
-        session_id: e.session.to_string(),
-        hub: e.hub.to_string(),
-        kind: Some(kind),
-    }
+    Ok(Kinds(bits))
 }

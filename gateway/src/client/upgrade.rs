@@ -12,6 +12,7 @@ use super::{
     http::{refuse, Body},
 };
 use crate::{
+    config::OutagePolicy,
     frame::{self, Opcode},
     hook::{Allow, Verdict},
     node::{validate_group, Node},
@@ -33,6 +34,14 @@ pub(crate) async fn upgrade(
             "draining",
             StatusCode::SERVICE_UNAVAILABLE,
             "server is shutting down\n",
+        );
+    }
+    if node.config.registry_outage == OutagePolicy::Refuse && !node.registry.is_healthy() {
+        return refuse(
+            &node,
+            "registry_down",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "session registry unavailable\n",
         );
     }
     let offered = subprotocols(req.headers());

@@ -195,7 +195,7 @@ fn ids_after<'a>(
     }
 }
 
-fn matches(f: &ListFilter, r: &SessionRecord) -> bool {
+pub(crate) fn matches(f: &ListFilter, r: &SessionRecord) -> bool {
     f.hub.as_ref().is_none_or(|h| *h == r.hub)
         && f.user.as_ref().is_none_or(|u| *u == r.user)
         && f.node.as_ref().is_none_or(|n| *n == r.node)

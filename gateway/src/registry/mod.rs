@@ -7,6 +7,7 @@
 //! methods of [`Registry`], so a new store plugs in as one more variant.
 
 mod memory;
+mod redis;
 
 use std::{
     collections::BTreeMap,
@@ -14,6 +15,7 @@ use std::{
 };
 
 pub(crate) use memory::MemoryRegistry;
+pub(crate) use redis::{node_lost, MemberRecord, RedisRegistry};
 
 use crate::session::{SessionEnd, SessionId};
 
@@ -75,6 +77,8 @@ pub(crate) struct Page {
 pub(crate) enum RegistryError {
     #[error("invalid page token")]
     BadPageToken,
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// How long a closed session is remembered as "closed" rather than "unknown".
@@ -84,6 +88,8 @@ pub(crate) const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 pub(crate) enum Registry {
     /// One node, no external store: the default.
     Memory(MemoryRegistry),
+    /// Many nodes sharing Redis (or Redis Cluster).
+    Redis(RedisRegistry),
 }
 
 impl Registry {
@@ -98,38 +104,53 @@ impl Registry {
                 m.register(record);
                 Ok(())
             }
+            Registry::Redis(r) => r.register(&record).await,
         }
     }
 
     /// Forgets a session and remembers how it ended.
     pub(crate) async fn unregister(
         &self,
-        id: &SessionId,
+        record: &SessionRecord,
         end: &SessionEnd,
     ) -> Result<(), RegistryError> {
         match self {
             Registry::Memory(m) => {
-                m.unregister(id, end);
+                m.unregister(&record.id, end);
                 Ok(())
             }
+            Registry::Redis(r) => r.unregister(record, end).await,
         }
     }
 
-    /// Sets a session's group membership; false when the session is not registered.
+    /// Records a change of group membership; `record` already shows the new groups.
     pub(crate) async fn set_group(
         &self,
-        id: &SessionId,
+        record: &SessionRecord,
         group: &str,
         member: bool,
-    ) -> Result<bool, RegistryError> {
+    ) -> Result<(), RegistryError> {
         match self {
-            Registry::Memory(m) => Ok(m.set_group(id, group, member)),
+            Registry::Memory(m) => {
+                m.set_group(&record.id, group, member);
+                Ok(())
+            }
+            Registry::Redis(r) => r.set_group(record, group, member).await,
         }
     }
 
     pub(crate) async fn get(&self, id: &SessionId) -> Result<Option<SessionRecord>, RegistryError> {
         match self {
             Registry::Memory(m) => Ok(m.get(id)),
+            Registry::Redis(r) => r.get(id).await,
+        }
+    }
+
+    /// The node holding a session, when another node may hold it.
+    pub(crate) async fn owner(&self, id: &SessionId) -> Result<Option<String>, RegistryError> {
+        match self {
+            Registry::Memory(_) => Ok(None),
+            Registry::Redis(r) => r.owner(id).await,
         }
     }
 
@@ -137,6 +158,7 @@ impl Registry {
     pub(crate) async fn check(&self, ids: &[SessionId]) -> Result<Vec<Liveness>, RegistryError> {
         match self {
             Registry::Memory(m) => Ok(ids.iter().map(|id| m.liveness(id)).collect()),
+            Registry::Redis(r) => r.check(ids).await,
         }
     }
 
@@ -148,6 +170,7 @@ impl Registry {
     ) -> Result<Page, RegistryError> {
         match self {
             Registry::Memory(m) => m.list(filter, page_size, cursor),
+            Registry::Redis(r) => r.list(filter, page_size, cursor).await,
         }
     }
 
@@ -155,6 +178,15 @@ impl Registry {
     pub(crate) fn is_healthy(&self) -> bool {
         match self {
             Registry::Memory(_) => true,
+            Registry::Redis(r) => r.is_healthy(),
+        }
+    }
+
+    /// The shared registry, when there is one.
+    pub(crate) fn shared(&self) -> Option<&RedisRegistry> {
+        match self {
+            Registry::Memory(_) => None,
+            Registry::Redis(r) => Some(r),
         }
     }
 }

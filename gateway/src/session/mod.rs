@@ -38,6 +38,7 @@ pub enum Closer {
     Client,
     Gateway,
     Backend,
+    NodeLost,
 }
 
 impl Closer {
@@ -46,6 +47,7 @@ impl Closer {
             Closer::Client => "client",
             Closer::Gateway => "gateway",
             Closer::Backend => "backend",
+            Closer::NodeLost => "node_lost",
         }
     }
 }
@@ -146,6 +148,8 @@ struct Counters {
     /// Clock milliseconds of the last frame received (any frame, pongs included).
     last_rx_ms: AtomicU64,
     last_ping_ms: AtomicU64,
+    /// `last_rx_ms` as last written to the registry.
+    reported_rx_ms: AtomicU64,
 }
 
 /// The current `Attach` stream of a session.
@@ -200,6 +204,7 @@ impl Session {
         let counters = Counters::default();
         counters.last_rx_ms.store(now, Relaxed);
         counters.last_ping_ms.store(now, Relaxed);
+        counters.reported_rx_ms.store(now, Relaxed);
         Arc::new(Self {
             id: admission.id,
             hub: admission.hub,
@@ -429,6 +434,13 @@ impl Session {
         self.counters.bytes_in.fetch_add(bytes as u64, Relaxed);
         self.ctx.metrics.messages_in.inc();
         self.ctx.metrics.bytes_in.inc_by(bytes as u64);
+    }
+
+    /// The client's last activity if it changed since the previous call.
+    pub(crate) fn take_activity(&self) -> Option<u64> {
+        let rx = self.counters.last_rx_ms.load(Relaxed);
+        let before = self.counters.reported_rx_ms.swap(rx, Relaxed);
+        (rx != before).then_some(rx)
     }
 
     /// Milliseconds since the client last sent anything.

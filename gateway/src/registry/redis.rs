@@ -1,0 +1,961 @@
+//! The registry in Redis, shared by every node of a cluster.
+//!
+//! Key layout (`P` is `--redis-prefix`, default `switchboard`):
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `P:node:{node}` | string, TTL = lease | the node's backend gRPC URL; the node is live while it exists |
+//! | `P:nodes` | set | IDs of nodes that registered (a dead one is removed by the reaper) |
+//! | `P:session:{id}` | hash | the session record (hub, user, groups, metadata, node, times, ...) |
+//! | `P:closed:{id}` | string, TTL 10 min | `code \t closer \t reason` of a recently closed session |
+//! | `P:idx:node:{node}` | zset | sessions held by a node |
+//! | `P:idx:hub:{hub}` | zset | sessions of a hub |
+//! | `P:idx:group:{hub}:{group}` | zset | members of a group |
+//! | `P:idx:user:{user}` | zset | sessions of a user |
+//! | `P:subs:{hub}` | hash | `Subscribe` members of a hub: `{node}/{n}` → `node \t group \t kinds` |
+//! | `P:node-subs:{node}` | set | hubs where a node has subscribers |
+//! | `P:reap:{node}` | string, short TTL | lock: one survivor cleans up a dead node |
+//!
+//! Indexes are sorted sets with score 0, so `ZRANGEBYLEX` pages through them by session ID:
+//! a page token is the last ID returned, stable while sessions come and go.
+//!
+//! Every multi-key write is a batch of single-key commands: one pipeline (one round trip) on a
+//! single Redis, concurrent single commands on Redis Cluster (whose pipelines must stay within
+//! one slot). No command scans the keyspace.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Mutex,
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use futures_util::future::join_all;
+use redis::{
+    aio::{ConnectionManager, ConnectionManagerConfig},
+    cluster_async::ClusterConnection,
+    Cmd, FromRedisValue, Value,
+};
+
+use super::{ListFilter, Liveness, Page, RegistryError, SessionRecord, TOMBSTONE_TTL};
+use crate::session::{Closer, SessionEnd, SessionId};
+
+/// How long one Redis operation may take before the registry counts as unreachable.
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// A node's lease as read back from Redis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct NodeLease {
+    pub id: String,
+    pub addr: String,
+}
+
+/// A `Subscribe` member as recorded in Redis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MemberRecord {
+    pub uid: String,
+    pub node: String,
+    pub group: String,
+    pub kinds: u8,
+}
+
+pub(crate) struct RedisRegistry {
+    conn: Conn,
+    prefix: String,
+    healthy: AtomicBool,
+    /// Live nodes as of the last refresh, so reads can skip records of dead nodes.
+    live: Mutex<HashMap<String, String>>,
+}
+
+impl RedisRegistry {
+    /// Connects (lazily for a single Redis, so a node can start while Redis is down).
+    /// `redis+cluster://h1:p1,h2:p2` selects Redis Cluster.
+    pub(crate) async fn connect(url: &str, prefix: &str) -> Result<Self, RegistryError> {
+        let conn = if let Some(nodes) = url.strip_prefix("redis+cluster://") {
+            let seeds: Vec<String> = nodes
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| format!("redis://{s}"))
+                .collect();
+            let client = redis::cluster::ClusterClient::builder(seeds)
+                .connection_timeout(OP_TIMEOUT)
+                .response_timeout(OP_TIMEOUT)
+                .retries(2)
+                .build()
+                .map_err(unavailable)?;
+            Conn::Cluster(client.get_async_connection().await.map_err(unavailable)?)
+        } else {
+            let client = redis::Client::open(url).map_err(unavailable)?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(OP_TIMEOUT))
+                .set_response_timeout(Some(OP_TIMEOUT))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(500));
+            Conn::Single(
+                ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?,
+            )
+        };
+        Ok(Self {
+            conn,
+            prefix: prefix.to_owned(),
+            healthy: AtomicBool::new(true),
+            live: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub(crate) fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    fn key(&self, parts: &[&str]) -> String {
+        let mut k = self.prefix.clone();
+        for p in parts {
+            k.push(':');
+            k.push_str(p);
+        }
+        k
+    }
+
+    /// Records the outcome of an operation for readiness, and logs the change of state.
+    fn observe<T>(&self, r: Result<T, RegistryError>) -> Result<T, RegistryError> {
+        let ok = r.is_ok();
+        let was = self.healthy.swap(ok, Ordering::Relaxed);
+        if was && !ok {
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "redis unreachable: registry degraded");
+            }
+        } else if !was && ok {
+            tracing::info!("redis reachable again");
+        }
+        r
+    }
+
+    async fn query<T: FromRedisValue>(&self, cmd: Cmd) -> Result<T, RegistryError> {
+        let fut = async {
+            match &self.conn {
+                Conn::Single(c) => cmd.query_async::<T>(&mut c.clone()).await,
+                Conn::Cluster(c) => cmd.query_async::<T>(&mut c.clone()).await,
+            }
+        };
+        let r = match tokio::time::timeout(OP_TIMEOUT, fut).await {
+            Ok(r) => r.map_err(unavailable),
+            Err(_) => Err(RegistryError::Unavailable(
+                "redis did not answer in time".into(),
+            )),
+        };
+        self.observe(r)
+    }
+
+    /// Runs commands as one round trip (a pipeline, or concurrent commands on Cluster).
+    async fn batch(&self, cmds: Vec<Cmd>) -> Result<Vec<Value>, RegistryError> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let fut = async {
+            match &self.conn {
+                Conn::Single(c) => {
+                    let mut p = redis::pipe();
+                    for cmd in cmds {
+                        p.add_command(cmd);
+                    }
+                    p.query_async::<Vec<Value>>(&mut c.clone()).await
+                }
+                Conn::Cluster(c) => {
+                    let replies = join_all(cmds.into_iter().map(|cmd| {
+                        let mut c = c.clone();
+                        async move { cmd.query_async::<Value>(&mut c).await }
+                    }))
+                    .await;
+                    replies.into_iter().collect()
+                }
+            }
+        };
+        let r = match tokio::time::timeout(OP_TIMEOUT, fut).await {
+            Ok(r) => r.map_err(unavailable),
+            Err(_) => Err(RegistryError::Unavailable(
+                "redis did not answer in time".into(),
+            )),
+        };
+        self.observe(r)
+    }
+
+    fn index_cmds(&self, r: &SessionRecord, add: bool) -> Vec<Cmd> {
+        let id = r.id.as_str();
+        let mut keys = vec![
+            self.key(&["idx", "node", &r.node]),
+            self.key(&["idx", "hub", &r.hub]),
+        ];
+        if !r.user.is_empty() {
+            keys.push(self.key(&["idx", "user", &r.user]));
+        }
+        for g in &r.groups {
+            keys.push(self.key(&["idx", "group", &r.hub, g]));
+        }
+        keys.into_iter()
+            .map(|k| {
+                if add {
+                    redis::cmd("ZADD").arg(k).arg(0).arg(id).clone()
+                } else {
+                    redis::cmd("ZREM").arg(k).arg(id).clone()
+                }
+            })
+            .collect()
+    }
+
+    fn record_cmd(&self, r: &SessionRecord) -> Cmd {
+        let mut c = redis::cmd("HSET");
+        c.arg(self.key(&["session", r.id.as_str()]))
+            .arg("hub")
+            .arg(&r.hub)
+            .arg("user")
+            .arg(&r.user)
+            .arg("groups")
+            .arg(serde_json::to_string(&r.groups).unwrap_or_else(|_| "[]".into()))
+            .arg("metadata")
+            .arg(serde_json::to_string(&r.metadata).unwrap_or_else(|_| "{}".into()))
+            .arg("node")
+            .arg(&r.node)
+            .arg("connected_at")
+            .arg(millis(r.connected_at))
+            .arg("last_active_at")
+            .arg(millis(r.last_active_at))
+            .arg("remote_addr")
+            .arg(&r.remote_addr)
+            .arg("subprotocol")
+            .arg(&r.subprotocol);
+        c
+    }
+
+    /// Writes the record and its index entries: one round trip.
+    pub(crate) async fn register(&self, r: &SessionRecord) -> Result<(), RegistryError> {
+        let mut cmds = vec![self.record_cmd(r)];
+        cmds.extend(self.index_cmds(r, true));
+        self.batch(cmds).await.map(drop)
+    }
+
+    /// Registers many sessions (after Redis came back), in chunks.
+    pub(crate) async fn register_all(
+        &self,
+        records: &[SessionRecord],
+    ) -> Result<(), RegistryError> {
+        for chunk in records.chunks(200) {
+            let mut cmds = Vec::new();
+            for r in chunk {
+                cmds.push(self.record_cmd(r));
+                cmds.extend(self.index_cmds(r, true));
+            }
+            self.batch(cmds).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes the record and its index entries and leaves a tombstone: one round trip.
+    pub(crate) async fn unregister(
+        &self,
+        r: &SessionRecord,
+        end: &SessionEnd,
+    ) -> Result<(), RegistryError> {
+        let id = r.id.as_str();
+        let mut cmds = vec![
+            redis::cmd("DEL").arg(self.key(&["session", id])).clone(),
+            redis::cmd("SET")
+                .arg(self.key(&["closed", id]))
+                .arg(encode_end(end))
+                .arg("EX")
+                .arg(TOMBSTONE_TTL.as_secs())
+                .clone(),
+        ];
+        cmds.extend(self.index_cmds(r, false));
+        self.batch(cmds).await.map(drop)
+    }
+
+    pub(crate) async fn set_group(
+        &self,
+        r: &SessionRecord,
+        group: &str,
+        member: bool,
+    ) -> Result<(), RegistryError> {
+        let key = self.key(&["idx", "group", &r.hub, group]);
+        let index = if member {
+            redis::cmd("ZADD")
+                .arg(key)
+                .arg(0)
+                .arg(r.id.as_str())
+                .clone()
+        } else {
+            redis::cmd("ZREM").arg(key).arg(r.id.as_str()).clone()
+        };
+        let groups = redis::cmd("HSET")
+            .arg(self.key(&["session", r.id.as_str()]))
+            .arg("groups")
+            .arg(serde_json::to_string(&r.groups).unwrap_or_else(|_| "[]".into()))
+            .clone();
+        self.batch(vec![groups, index]).await.map(drop)
+    }
+
+    /// Writes `last_active_at` of many sessions at once.
+    pub(crate) async fn touch_all(
+        &self,
+        seen: &[(SessionId, SystemTime)],
+    ) -> Result<(), RegistryError> {
+        for chunk in seen.chunks(500) {
+            // HSET only where the record still exists: a closed session must not reappear.
+            let cmds = chunk
+                .iter()
+                .map(|(id, at)| {
+                    redis::cmd("EVAL")
+                        .arg(TOUCH_SCRIPT)
+                        .arg(1)
+                        .arg(self.key(&["session", id.as_str()]))
+                        .arg(millis(*at))
+                        .clone()
+                })
+                .collect();
+            self.batch(cmds).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn get(&self, id: &SessionId) -> Result<Option<SessionRecord>, RegistryError> {
+        let map: HashMap<String, String> = self
+            .query(
+                redis::cmd("HGETALL")
+                    .arg(self.key(&["session", id.as_str()]))
+                    .clone(),
+            )
+            .await?;
+        let Some(r) = parse_record(id, map) else {
+            return Ok(None);
+        };
+        self.learn([r.node.as_str()]).await?;
+        Ok(self.is_live(&r.node).then_some(r))
+    }
+
+    /// The node holding a live session.
+    pub(crate) async fn owner(&self, id: &SessionId) -> Result<Option<String>, RegistryError> {
+        let node: Option<String> = self
+            .query(
+                redis::cmd("HGET")
+                    .arg(self.key(&["session", id.as_str()]))
+                    .arg("node")
+                    .clone(),
+            )
+            .await?;
+        if let Some(n) = &node {
+            self.learn([n.as_str()]).await?;
+        }
+        Ok(node.filter(|n| self.is_live(n)))
+    }
+
+    /// The live node holding each session, in order (one round trip).
+    pub(crate) async fn owners(
+        &self,
+        ids: &[SessionId],
+    ) -> Result<Vec<Option<String>>, RegistryError> {
+        let cmds = ids
+            .iter()
+            .map(|id| {
+                redis::cmd("HGET")
+                    .arg(self.key(&["session", id.as_str()]))
+                    .arg("node")
+                    .clone()
+            })
+            .collect();
+        let replies = self.batch(cmds).await?;
+        let nodes: Vec<Option<String>> = replies
+            .into_iter()
+            .map(|v| redis::from_redis_value::<Option<String>>(v).ok().flatten())
+            .collect();
+        self.learn(nodes.iter().flatten().map(String::as_str))
+            .await?;
+        Ok(nodes
+            .into_iter()
+            .map(|n| n.filter(|n| self.is_live(n)))
+            .collect())
+    }
+
+    pub(crate) async fn check(&self, ids: &[SessionId]) -> Result<Vec<Liveness>, RegistryError> {
+        let mut cmds = Vec::with_capacity(ids.len() * 2);
+        for id in ids {
+            cmds.push(
+                redis::cmd("HGET")
+                    .arg(self.key(&["session", id.as_str()]))
+                    .arg("node")
+                    .clone(),
+            );
+            cmds.push(
+                redis::cmd("GET")
+                    .arg(self.key(&["closed", id.as_str()]))
+                    .clone(),
+            );
+        }
+        let replies = self.batch(cmds).await?;
+        let nodes: Vec<String> = replies
+            .iter()
+            .step_by(2)
+            .filter_map(|v| {
+                redis::from_redis_value_ref::<Option<String>>(v)
+                    .ok()
+                    .flatten()
+            })
+            .collect();
+        self.learn(nodes.iter().map(String::as_str)).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for pair in replies.chunks(2) {
+            let node: Option<String> = pair
+                .first()
+                .and_then(|v| redis::from_redis_value_ref(v).ok())
+                .flatten();
+            let closed: Option<String> = pair
+                .get(1)
+                .and_then(|v| redis::from_redis_value_ref(v).ok())
+                .flatten();
+            out.push(match (node, closed) {
+                (Some(n), _) if self.is_live(&n) => Liveness::Open,
+                (_, Some(c)) => Liveness::Closed(decode_end(&c)),
+                // A record whose node's lease is gone: the node died and is being reaped.
+                (Some(_), None) => Liveness::Closed(node_lost()),
+                (None, None) => Liveness::Unknown,
+            });
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn list(
+        &self,
+        filter: &ListFilter,
+        page_size: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page, RegistryError> {
+        // Which index to walk. Without a filter, walk each live node's index in turn; the
+        // token then says which node and where in it.
+        let (keys, mut key_at, mut after) =
+            match (&filter.hub, &filter.group, &filter.user, &filter.node) {
+                (Some(hub), Some(group), _, _) => (
+                    vec![self.key(&["idx", "group", hub, group])],
+                    0,
+                    cursor.map(str::to_owned),
+                ),
+                (_, _, Some(user), _) => (
+                    vec![self.key(&["idx", "user", user])],
+                    0,
+                    cursor.map(str::to_owned),
+                ),
+                (Some(hub), None, None, _) => (
+                    vec![self.key(&["idx", "hub", hub])],
+                    0,
+                    cursor.map(str::to_owned),
+                ),
+                (None, _, None, Some(node)) => (
+                    vec![self.key(&["idx", "node", node])],
+                    0,
+                    cursor.map(str::to_owned),
+                ),
+                (None, _, None, None) => {
+                    let mut nodes: Vec<String> =
+                        self.live_nodes().into_iter().map(|n| n.id).collect();
+                    nodes.sort();
+                    let (start, after) = match cursor.and_then(|c| c.split_once('/')) {
+                        Some((node, id)) => (
+                            nodes
+                                .iter()
+                                .position(|n| n.as_str() >= node)
+                                .unwrap_or(nodes.len()),
+                            Some(id.to_owned()),
+                        ),
+                        None if cursor.is_some() => return Err(RegistryError::BadPageToken),
+                        None => (0, None),
+                    };
+                    let keys = nodes
+                        .iter()
+                        .map(|n| self.key(&["idx", "node", n]))
+                        .collect();
+                    (keys, start, after)
+                }
+            };
+        if let Some(a) = &after {
+            if SessionId::parse(a).is_none() {
+                return Err(RegistryError::BadPageToken);
+            }
+        }
+        let walking_nodes = filter.hub.is_none() && filter.user.is_none() && filter.node.is_none();
+        let mut records = Vec::new();
+        // Bounded: a page is filled from at most this many index reads.
+        for _ in 0..64 {
+            let Some(key) = keys.get(key_at) else { break };
+            let want = page_size + 1 - records.len().min(page_size);
+            let min = match &after {
+                Some(a) => format!("({a}"),
+                None => "-".to_owned(),
+            };
+            let ids: Vec<String> = self
+                .query(
+                    redis::cmd("ZRANGEBYLEX")
+                        .arg(key)
+                        .arg(min)
+                        .arg("+")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(want)
+                        .clone(),
+                )
+                .await?;
+            let exhausted = ids.len() < want;
+            let fetched = self.fetch(&ids).await?;
+            for (id, record) in ids.iter().zip(fetched) {
+                after = Some(id.clone());
+                if let Some(r) = record.filter(|r| super::memory::matches(filter, r)) {
+                    if records.len() == page_size {
+                        // One more exists: the page ends at the previous record.
+                        let last: &SessionRecord = records.last().expect("page_size > 0");
+                        let token = if walking_nodes {
+                            format!("{}/{}", last.node, last.id)
+                        } else {
+                            last.id.to_string()
+                        };
+                        return Ok(Page {
+                            records,
+                            next: Some(token),
+                        });
+                    }
+                    records.push(r);
+                }
+            }
+            if exhausted {
+                key_at += 1;
+                after = None;
+            }
+        }
+        Ok(Page {
+            records,
+            next: None,
+        })
+    }
+
+    /// Records of live nodes for these IDs, in order (`None` for missing or dead).
+    async fn fetch(&self, ids: &[String]) -> Result<Vec<Option<SessionRecord>>, RegistryError> {
+        let cmds = ids
+            .iter()
+            .map(|id| {
+                redis::cmd("HGETALL")
+                    .arg(self.key(&["session", id]))
+                    .clone()
+            })
+            .collect();
+        let replies = self.batch(cmds).await?;
+        let records: Vec<Option<SessionRecord>> = ids
+            .iter()
+            .zip(replies)
+            .map(|(id, v)| {
+                let map: HashMap<String, String> = redis::from_redis_value(v).ok()?;
+                parse_record(&SessionId::parse(id)?, map)
+            })
+            .collect();
+        self.learn(records.iter().flatten().map(|r| r.node.as_str()))
+            .await?;
+        Ok(records
+            .into_iter()
+            .map(|r| r.filter(|r| self.is_live(&r.node)))
+            .collect())
+    }
+
+    // ---- node leases ----------------------------------------------------------------------
+
+    /// Writes this node's lease; returns whether it already existed (false after a restart
+    /// of Redis, a long outage, or at first start: the caller then registers its sessions).
+    pub(crate) async fn renew_lease(
+        &self,
+        node: &str,
+        addr: &str,
+        ttl: Duration,
+    ) -> Result<bool, RegistryError> {
+        let replies = self
+            .batch(vec![
+                redis::cmd("SET")
+                    .arg(self.key(&["node", node]))
+                    .arg(addr)
+                    .arg("PX")
+                    .arg(ttl.as_millis() as u64)
+                    .arg("GET")
+                    .clone(),
+                redis::cmd("SADD")
+                    .arg(self.key(&["nodes"]))
+                    .arg(node)
+                    .clone(),
+            ])
+            .await?;
+        Ok(!matches!(replies.first(), Some(Value::Nil) | None))
+    }
+
+    /// Drops this node's lease (clean shutdown).
+    pub(crate) async fn release_lease(&self, node: &str) -> Result<(), RegistryError> {
+        self.batch(vec![
+            redis::cmd("DEL").arg(self.key(&["node", node])).clone(),
+            redis::cmd("SREM")
+                .arg(self.key(&["nodes"]))
+                .arg(node)
+                .clone(),
+            redis::cmd("DEL")
+                .arg(self.key(&["node-subs", node]))
+                .clone(),
+        ])
+        .await
+        .map(drop)
+    }
+
+    /// Reads every registered node's lease; refreshes the live-node cache. Returns the live
+    /// nodes and the registered nodes whose lease is gone (dead).
+    pub(crate) async fn refresh_nodes(
+        &self,
+    ) -> Result<(Vec<NodeLease>, Vec<String>), RegistryError> {
+        let ids: Vec<String> = self
+            .query(redis::cmd("SMEMBERS").arg(self.key(&["nodes"])).clone())
+            .await?;
+        let cmds = ids
+            .iter()
+            .map(|n| redis::cmd("GET").arg(self.key(&["node", n])).clone())
+            .collect();
+        let replies = self.batch(cmds).await?;
+        let mut live = Vec::new();
+        let mut dead = Vec::new();
+        for (id, v) in ids.into_iter().zip(replies) {
+            match redis::from_redis_value::<Option<String>>(v).ok().flatten() {
+                Some(addr) => live.push(NodeLease { id, addr }),
+                None => dead.push(id),
+            }
+        }
+        *self.live.lock().unwrap_or_else(|e| e.into_inner()) = live
+            .iter()
+            .map(|n| (n.id.clone(), n.addr.clone()))
+            .collect();
+        Ok((live, dead))
+    }
+
+    /// Marks a node live in the cache at once (this node, right after its lease is written).
+    pub(crate) fn note_live(&self, node: &str, addr: &str) {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node.to_owned(), addr.to_owned());
+    }
+
+    /// Looks up the leases of nodes this node has not seen yet (one that started after the last
+    /// refresh), so their sessions are not mistaken for a dead node's.
+    async fn learn<'a>(
+        &self,
+        nodes: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), RegistryError> {
+        let mut unknown: Vec<&str> = nodes.into_iter().filter(|n| !self.is_live(n)).collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let cmds = unknown
+            .iter()
+            .map(|n| redis::cmd("GET").arg(self.key(&["node", n])).clone())
+            .collect();
+        let replies = self.batch(cmds).await?;
+        for (n, v) in unknown.into_iter().zip(replies) {
+            if let Some(addr) = redis::from_redis_value::<Option<String>>(v).ok().flatten() {
+                self.note_live(n, &addr);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn is_live(&self, node: &str) -> bool {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(node)
+    }
+
+    pub(crate) fn live_nodes(&self) -> Vec<NodeLease> {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, addr)| NodeLease {
+                id: id.clone(),
+                addr: addr.clone(),
+            })
+            .collect()
+    }
+
+    pub(crate) fn node_addr(&self, node: &str) -> Option<String> {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node)
+            .cloned()
+    }
+
+    /// Takes the right to clean up a dead node; false when another survivor has it.
+    pub(crate) async fn lock_reap(&self, dead: &str, me: &str) -> Result<bool, RegistryError> {
+        let r: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(self.key(&["reap", dead]))
+                    .arg(me)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(30_000)
+                    .clone(),
+            )
+            .await?;
+        Ok(r.is_some())
+    }
+
+    /// Removes a dead node's sessions, members and registration; returns the sessions removed
+    /// (so their `disconnected` events can be sent). Safe to repeat.
+    pub(crate) async fn reap(&self, dead: &str) -> Result<Vec<SessionRecord>, RegistryError> {
+        let node_index = self.key(&["idx", "node", dead]);
+        let mut removed = Vec::new();
+        // Bounded: 10,000 sessions per pass; a larger node is finished by the next pass.
+        for _ in 0..10 {
+            let ids: Vec<String> = self
+                .query(
+                    redis::cmd("ZRANGE")
+                        .arg(&node_index)
+                        .arg(0)
+                        .arg(999)
+                        .clone(),
+                )
+                .await?;
+            if ids.is_empty() {
+                break;
+            }
+            let records = self.fetch_any(&ids).await?;
+            let end = node_lost();
+            let mut cmds = Vec::new();
+            for (id, r) in ids.iter().zip(records) {
+                cmds.push(redis::cmd("ZREM").arg(&node_index).arg(id).clone());
+                if let Some(r) = r {
+                    cmds.push(redis::cmd("DEL").arg(self.key(&["session", id])).clone());
+                    cmds.push(
+                        redis::cmd("SET")
+                            .arg(self.key(&["closed", id]))
+                            .arg(encode_end(&end))
+                            .arg("EX")
+                            .arg(TOMBSTONE_TTL.as_secs())
+                            .clone(),
+                    );
+                    cmds.extend(self.index_cmds(&r, false));
+                    removed.push(r);
+                }
+            }
+            self.batch(cmds).await?;
+        }
+        self.drop_members_of(dead).await?;
+        self.batch(vec![
+            redis::cmd("SREM")
+                .arg(self.key(&["nodes"]))
+                .arg(dead)
+                .clone(),
+            redis::cmd("DEL")
+                .arg(self.key(&["node-subs", dead]))
+                .clone(),
+        ])
+        .await?;
+        Ok(removed)
+    }
+
+    /// Records whatever their node, for cleanup.
+    async fn fetch_any(&self, ids: &[String]) -> Result<Vec<Option<SessionRecord>>, RegistryError> {
+        let cmds = ids
+            .iter()
+            .map(|id| {
+                redis::cmd("HGETALL")
+                    .arg(self.key(&["session", id]))
+                    .clone()
+            })
+            .collect();
+        let replies = self.batch(cmds).await?;
+        Ok(ids
+            .iter()
+            .zip(replies)
+            .map(|(id, v)| {
+                let map: HashMap<String, String> = redis::from_redis_value(v).ok()?;
+                parse_record(&SessionId::parse(id)?, map)
+            })
+            .collect())
+    }
+
+    // ---- subscribe members ----------------------------------------------------------------
+
+    pub(crate) async fn add_member(
+        &self,
+        hub: &str,
+        m: &MemberRecord,
+    ) -> Result<(), RegistryError> {
+        self.batch(vec![
+            redis::cmd("HSET")
+                .arg(self.key(&["subs", hub]))
+                .arg(&m.uid)
+                .arg(format!("{}\t{}\t{}", m.node, m.group, m.kinds))
+                .clone(),
+            redis::cmd("SADD")
+                .arg(self.key(&["node-subs", &m.node]))
+                .arg(hub)
+                .clone(),
+        ])
+        .await
+        .map(drop)
+    }
+
+    pub(crate) async fn remove_member(&self, hub: &str, uid: &str) -> Result<(), RegistryError> {
+        self.query::<Value>(
+            redis::cmd("HDEL")
+                .arg(self.key(&["subs", hub]))
+                .arg(uid)
+                .clone(),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Members of a hub on live nodes.
+    pub(crate) async fn members(&self, hub: &str) -> Result<Vec<MemberRecord>, RegistryError> {
+        let map: HashMap<String, String> = self
+            .query(redis::cmd("HGETALL").arg(self.key(&["subs", hub])).clone())
+            .await?;
+        let members: Vec<MemberRecord> = map
+            .into_iter()
+            .filter_map(|(uid, v)| {
+                let mut parts = v.splitn(3, '\t');
+                let node = parts.next()?.to_owned();
+                let group = parts.next()?.to_owned();
+                let kinds = parts.next()?.parse().ok()?;
+                Some(MemberRecord {
+                    uid,
+                    node,
+                    group,
+                    kinds,
+                })
+            })
+            .collect();
+        self.learn(members.iter().map(|m| m.node.as_str())).await?;
+        Ok(members
+            .into_iter()
+            .filter(|m| self.is_live(&m.node))
+            .collect())
+    }
+
+    async fn drop_members_of(&self, node: &str) -> Result<(), RegistryError> {
+        let hubs: Vec<String> = self
+            .query(
+                redis::cmd("SMEMBERS")
+                    .arg(self.key(&["node-subs", node]))
+                    .clone(),
+            )
+            .await?;
+        for hub in hubs {
+            let map: HashMap<String, String> = self
+                .query(redis::cmd("HGETALL").arg(self.key(&["subs", &hub])).clone())
+                .await?;
+            let mine: Vec<String> = map
+                .into_iter()
+                .filter(|(_, v)| v.split('\t').next() == Some(node))
+                .map(|(k, _)| k)
+                .collect();
+            if !mine.is_empty() {
+                let mut c = redis::cmd("HDEL");
+                c.arg(self.key(&["subs", &hub]));
+                for uid in mine {
+                    c.arg(uid);
+                }
+                self.query::<Value>(c).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sets `last_active_at` only on a record that still exists.
+const TOUCH_SCRIPT: &str =
+    "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'last_active_at', ARGV[1]) end return 0";
+
+fn unavailable(e: impl std::fmt::Display) -> RegistryError {
+    RegistryError::Unavailable(e.to_string())
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn from_millis(ms: &str) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms.parse().unwrap_or(0))
+}
+
+pub(crate) fn node_lost() -> SessionEnd {
+    SessionEnd {
+        code: crate::frame::close_code::ABNORMAL,
+        reason: "node lost".into(),
+        closed_by: Closer::NodeLost,
+    }
+}
+
+fn encode_end(end: &SessionEnd) -> String {
+    format!("{}\t{}\t{}", end.code, end.closed_by.as_str(), end.reason)
+}
+
+fn decode_end(s: &str) -> SessionEnd {
+    let mut parts = s.splitn(3, '\t');
+    let code = parts.next().and_then(|c| c.parse().ok()).unwrap_or(1006);
+    let closed_by = match parts.next() {
+        Some("client") => Closer::Client,
+        Some("gateway") => Closer::Gateway,
+        Some("backend") => Closer::Backend,
+        _ => Closer::NodeLost,
+    };
+    SessionEnd {
+        code,
+        reason: parts.next().unwrap_or_default().to_owned(),
+        closed_by,
+    }
+}
+
+fn parse_record(id: &SessionId, mut m: HashMap<String, String>) -> Option<SessionRecord> {
+    let node = m.remove("node")?;
+    let mut take = |k: &str| m.remove(k).unwrap_or_default();
+    Some(SessionRecord {
+        id: id.clone(),
+        hub: take("hub"),
+        user: take("user"),
+        groups: serde_json::from_str(&take("groups")).unwrap_or_default(),
+        metadata: serde_json::from_str::<BTreeMap<String, String>>(&take("metadata"))
+            .unwrap_or_default(),
+        connected_at: from_millis(&take("connected_at")),
+        last_active_at: from_millis(&take("last_active_at")),
+        remote_addr: take("remote_addr"),
+        subprotocol: take("subprotocol"),
+        node,
+        counters: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ends_round_trip_through_their_encoding() {
+        let end = SessionEnd {
+            code: 4000,
+            reason: "bye\tnow".into(),
+            closed_by: Closer::Backend,
+        };
+        assert_eq!(decode_end(&encode_end(&end)), end);
+    }
+}
