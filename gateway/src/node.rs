@@ -276,7 +276,12 @@ impl Node {
     }
 
     /// Opens the shared connection: claims the session's attach slot for a new stream.
-    pub(crate) async fn attach(&self, id: &SessionId, take_over: bool) -> Result<Attachment> {
+    pub(crate) async fn attach(
+        &self,
+        id: &SessionId,
+        take_over: bool,
+        manual_ack: bool,
+    ) -> Result<Attachment> {
         let s = match self.pool.get(id).or_else(|| self.pool.get_closed(id)) {
             Some(s) => s,
             None => return Err(self.missing(id).await),
@@ -289,6 +294,10 @@ impl Node {
             session: s,
             id: attach_id,
             ender,
+            acks: Arc::new(Acks {
+                manual: manual_ack,
+                ..Acks::default()
+            }),
         })
     }
 
@@ -506,17 +515,76 @@ impl Node {
     }
 }
 
-/// A backend's claim on a session's messages; releases the slot when dropped.
+/// A backend's claim on a session's messages; releases the slot when dropped, handing back
+/// whatever the backend did not acknowledge.
 pub(crate) struct Attachment {
     pub session: Arc<Session>,
     id: u64,
     pub ender: Arc<Ender>,
+    pub acks: Arc<Acks>,
 }
 
 impl Drop for Attachment {
     fn drop(&mut self) {
+        self.session.inbox.requeue(self.acks.take_all().into_iter());
         self.session.detach(self.id);
         self.ender.end(Error::StreamFailed);
+    }
+}
+
+/// Messages sent on a `manual_ack` stream and not yet acknowledged.
+#[derive(Default)]
+pub(crate) struct Acks {
+    manual: bool,
+    unacked: std::sync::Mutex<std::collections::VecDeque<crate::session::Inbound>>,
+    acked: tokio::sync::Notify,
+}
+
+/// Unacknowledged messages a `manual_ack` stream may have in flight.
+pub(crate) const ACK_WINDOW: usize = 64;
+
+impl Acks {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::VecDeque<crate::session::Inbound>> {
+        self.unacked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until another message may be sent.
+    pub(crate) async fn window(&self) {
+        if !self.manual {
+            return;
+        }
+        loop {
+            let acked = self.acked.notified();
+            tokio::pin!(acked);
+            acked.as_mut().enable();
+            if self.lock().len() < ACK_WINDOW {
+                return;
+            }
+            acked.await;
+        }
+    }
+
+    /// Remembers a message until it is acknowledged.
+    pub(crate) fn sent(&self, m: &crate::session::Inbound) {
+        if self.manual {
+            self.lock().push_back(m.clone());
+        }
+    }
+
+    /// Forgets every message up to `seq`.
+    pub(crate) fn ack(&self, seq: u64) {
+        let mut q = self.lock();
+        while q.front().is_some_and(|m| m.seq <= seq) {
+            q.pop_front();
+        }
+        drop(q);
+        self.acked.notify_waiters();
+    }
+
+    fn take_all(&self) -> Vec<crate::session::Inbound> {
+        self.lock().drain(..).collect()
     }
 }
 

@@ -102,6 +102,7 @@ async fn cross_node_operations(url: String) {
         kind: Some(Req::Open(pb::AttachOpen {
             session_id: on_a.id.clone(),
             take_over: false,
+            manual_ack: false,
         })),
     })
     .await

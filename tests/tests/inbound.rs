@@ -116,11 +116,21 @@ struct Attached {
 }
 
 async fn attach(api: &mut Api, id: &str, take_over: bool) -> Result<Attached, tonic::Status> {
+    attach_with(api, id, take_over, false).await
+}
+
+async fn attach_with(
+    api: &mut Api,
+    id: &str,
+    take_over: bool,
+    manual_ack: bool,
+) -> Result<Attached, tonic::Status> {
     let (tx, reqs) = mpsc::channel(16);
     tx.send(pb::AttachRequest {
         kind: Some(Req::Open(pb::AttachOpen {
             session_id: id.into(),
             take_over,
+            manual_ack,
         })),
     })
     .await
@@ -489,4 +499,51 @@ async fn a_backend_vanishing_mid_stream_does_not_disturb_the_gateway() {
         }
     }
     let _ = Client::connect(&gw.ws_url("h")).await;
+}
+
+#[tokio::test]
+async fn with_manual_ack_unacknowledged_messages_return_to_the_inbox_on_detach() {
+    let gw = Gateway::start(&[]).await;
+    let mut api = gw.api().await;
+    let mut c = gw.connect("h").await;
+    let mut a = attach_with(&mut api, &c.id, false, true).await.unwrap();
+    for i in 1..=3 {
+        c.send_text(&format!("m{i}")).await;
+    }
+    for i in 1..=3 {
+        match a.next().await.unwrap() {
+            Resp::Message(m) => assert_eq!(text_of(&m), format!("m{i}")),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Only the first was processed before the backend went away.
+    a.tx.send(pb::AttachRequest {
+        kind: Some(Req::Ack(pb::Ack { seq: 1 })),
+    })
+    .await
+    .unwrap();
+    // Once the ack is through (a write after it on the same stream proves the order)...
+    a.write("ack sent").await;
+    assert_eq!(c.text().await, "ack sent");
+    drop(a);
+    // ... m2 and m3 wait in the inbox for the next reader, in order.
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        match api
+            .read(pb::ReadRequest {
+                session_id: c.id.clone(),
+                timeout: secs(10),
+            })
+            .await
+        {
+            Ok(r) => match r.into_inner().result.unwrap() {
+                R::Message(m) => got.push((m.seq, text_of(&m))),
+                other => panic!("{other:?}"),
+            },
+            // Until the gateway notices the stream is gone, the session counts as attached.
+            Err(s) if s.code() == Code::FailedPrecondition => tokio::task::yield_now().await,
+            Err(s) => panic!("{s}"),
+        }
+    }
+    assert_eq!(got, vec![(2, "m2".to_string()), (3, "m3".to_string())]);
 }

@@ -43,7 +43,7 @@ pub(crate) async fn attach(
     if let Route::There(owner) = node.route(scope, &id).await? {
         return relay(&node, *owner, open, requests).await;
     }
-    let attachment = node.attach(&id, open.take_over).await?;
+    let attachment = node.attach(&id, open.take_over, open.manual_ack).await?;
     tracing::debug!(session = %id, take_over = open.take_over, "backend attached");
 
     // Writes and closes from the backend run beside the outbound stream, so a write waiting
@@ -52,6 +52,7 @@ pub(crate) async fn attach(
         let node = Arc::clone(&node);
         let session = Arc::clone(&attachment.session);
         let ender = Arc::clone(&attachment.ender);
+        let acks = Arc::clone(&attachment.acks);
         async move {
             loop {
                 let req = tokio::select! {
@@ -65,6 +66,12 @@ pub(crate) async fn attach(
                         Ok(m) => node.send_waiting(&session, &m).await,
                         Err(e) => Err(e),
                     },
+                    Ok(Some(pb::AttachRequest {
+                        kind: Some(Req::Ack(a)),
+                    })) => {
+                        acks.ack(a.seq);
+                        Ok(())
+                    }
                     Ok(Some(pb::AttachRequest {
                         kind: Some(Req::Close(c)),
                     })) => {
@@ -154,10 +161,16 @@ async fn next_for_attached(node: &Node, att: &Attachment) -> Result<pb::AttachRe
                 return Err(att.ender.why().map(status).unwrap_or_else(|| Status::cancelled("detached")));
             }
             _ = node.shutdown.cancelled() => return Err(status(&Error::ShuttingDown)),
-            next = att.session.inbox.next(POLL) => next,
+            next = async {
+                att.acks.window().await;
+                att.session.inbox.next(POLL).await
+            } => next,
         };
         let kind = match next {
-            Next::Message(m) => Resp::Message(convert::inbound(&m)),
+            Next::Message(m) => {
+                att.acks.sent(&m);
+                Resp::Message(convert::inbound(&m))
+            }
             Next::Closed(end) => Resp::Closed(convert::closed(&end)),
             Next::TimedOut => continue,
         };

@@ -140,6 +140,23 @@ impl Inbox {
         Some(msg)
     }
 
+    /// Puts messages a reader took but did not process back at the front, in order. They were
+    /// in the inbox before, so the bound may be passed for a moment.
+    pub(crate) fn requeue(&self, msgs: impl DoubleEndedIterator<Item = Inbound>) {
+        let mut st = self.lock();
+        let mut n = 0;
+        for m in msgs.rev() {
+            st.bytes += m.message.len();
+            st.queue.push_front(m);
+            n += 1;
+        }
+        drop(st);
+        if n > 0 {
+            self.gauges.messages.inc_by(n);
+            self.readable.notify_waiters();
+        }
+    }
+
     /// The next message, the close once drained, or `TimedOut` after `timeout`.
     pub(crate) async fn next(&self, timeout: Duration) -> Next {
         let wait = async {

@@ -170,6 +170,7 @@ async fn echo(mut api: Api, id: &str) -> Result<String, Status> {
         kind: Some(Req::Open(pb::AttachOpen {
             session_id: id.to_owned(),
             take_over: false,
+            manual_ack: false,
         })),
     })
     .await
