@@ -1,7 +1,7 @@
 //! Configuration: command-line flags with `SWITCHBOARD_*` environment fallbacks, parsed once
 //! into one validated [`Config`].
 
-use std::{fmt, net::SocketAddr, num::NonZeroUsize, time::Duration};
+use std::{fmt, net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
@@ -12,6 +12,25 @@ pub enum LogFormat {
     Plain,
     /// One JSON object per line.
     Json,
+}
+
+/// A backend token that may act only on some hubs.
+#[derive(Clone)]
+pub struct ScopedToken {
+    pub hubs: Vec<String>,
+    pub token: String,
+}
+
+fn parse_scoped_token(s: &str) -> Result<ScopedToken, String> {
+    let (hubs, token) = s.split_once('=').ok_or("expected HUB[,HUB...]=TOKEN")?;
+    let hubs: Vec<String> = hubs.split(',').map(str::to_owned).collect();
+    if hubs.iter().any(|h| !is_name(h)) || token.is_empty() {
+        return Err("expected HUB[,HUB...]=TOKEN with valid hub names and a token".into());
+    }
+    Ok(ScopedToken {
+        hubs,
+        token: token.to_owned(),
+    })
 }
 
 /// What to do with new clients while the shared registry is unreachable.
@@ -176,6 +195,110 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_LOG", default_value = "info")]
     pub log: String,
 
+    /// PEM certificate chain for TLS on the client listener (wss://); with --tls-key.
+    #[arg(long, env = "SWITCHBOARD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "SWITCHBOARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM certificate chain for TLS on the backend listener; with --backend-tls-key.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_BACKEND_TLS_CERT",
+        requires = "backend_tls_key"
+    )]
+    pub backend_tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --backend-tls-cert.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_BACKEND_TLS_KEY",
+        requires = "backend_tls_cert"
+    )]
+    pub backend_tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: backends must present a client certificate it signed (mutual TLS).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_BACKEND_CLIENT_CA",
+        requires = "backend_tls_cert"
+    )]
+    pub backend_client_ca: Option<PathBuf>,
+
+    /// A backend token limited to some hubs, as `HUB[,HUB...]=TOKEN`; repeatable.
+    #[arg(long = "scoped-backend-token", env = "SWITCHBOARD_SCOPED_BACKEND_TOKENS", value_delimiter = ';', hide_env_values = true, value_parser = parse_scoped_token)]
+    pub scoped_backend_tokens: Vec<ScopedToken>,
+
+    /// Origins browsers may connect from, as `ORIGIN` (every hub) or `HUB=ORIGIN`; repeatable.
+    /// Without any, every origin is allowed. Requests with no Origin header (not a browser)
+    /// are allowed.
+    #[arg(
+        long = "allowed-origin",
+        env = "SWITCHBOARD_ALLOWED_ORIGINS",
+        value_delimiter = ' '
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// HS256 secret for client JWTs.
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key (RSA for RS256, EC P-256 for ES256) for client JWTs.
+    #[arg(long, env = "SWITCHBOARD_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// JWKS file (RS256/ES256 keys, chosen by `kid`) for client JWTs.
+    #[arg(long, env = "SWITCHBOARD_JWT_JWKS")]
+    pub jwt_jwks: Option<PathBuf>,
+
+    /// Required `aud` of client JWTs.
+    #[arg(long, env = "SWITCHBOARD_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Required `iss` of client JWTs.
+    #[arg(long, env = "SWITCHBOARD_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Claim holding the session's groups (an array of strings).
+    #[arg(long, env = "SWITCHBOARD_JWT_GROUPS_CLAIM", default_value = "groups")]
+    pub jwt_groups_claim: String,
+
+    /// Most open client sessions on this node; 0 for no limit. Over it: 503 before the upgrade.
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS", default_value = "0")]
+    pub max_connections: usize,
+
+    /// Most open sessions per client IP; 0 for no limit. Over it: 429 before the upgrade.
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS_PER_IP", default_value = "0")]
+    pub max_connections_per_ip: usize,
+
+    /// Messages a client may send per second (bursts up to one second's worth); 0 for no
+    /// limit. Over it the session is closed with 1008.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_MESSAGES_PER_SECOND",
+        default_value = "1000"
+    )]
+    pub max_messages_per_second: u32,
+
+    /// Message bytes a client may send per second (bursts up to one second's worth, and at
+    /// least one message of --max-message-bytes); 0 for no limit. Over it: closed with 1008.
+    #[arg(long, env = "SWITCHBOARD_MAX_BYTES_PER_SECOND", default_value = "0")]
+    pub max_bytes_per_second: u64,
+
+    /// Most groups one session may be in.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_GROUPS_PER_SESSION",
+        default_value = "100"
+    )]
+    pub max_groups_per_session: usize,
+
+    /// Most concurrent gRPC streams (calls) per backend connection.
+    #[arg(long, env = "SWITCHBOARD_BACKEND_MAX_STREAMS", default_value = "1024")]
+    pub backend_max_streams: u32,
+
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -205,6 +328,14 @@ pub enum ConfigError {
         "--lease-refresh must be at most half of --lease-ttl, or a slow refresh loses the lease"
     )]
     LeaseTooShort,
+    #[error("--scoped-backend-token with --redis-url needs a full --backend-token for calls between nodes")]
+    ClusterNeedsFullToken,
+    #[error(
+        "--allowed-origin {0:?}: expected ORIGIN or HUB=ORIGIN with an http:// or https:// origin"
+    )]
+    BadOrigin(String),
+    #[error("give one of --jwt-secret, --jwt-public-key, --jwt-jwks")]
+    JwtKeys,
     #[error("--redis-url must start with redis://, rediss://, redis+cluster:// or unix://")]
     BadRedisUrl,
     #[error("--redis-prefix must be 1-64 characters of [A-Za-z0-9._-]")]
@@ -216,12 +347,44 @@ pub enum ConfigError {
 impl Config {
     /// Checks the rules flags alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let any_token = self.backend_token.is_some() || !self.scoped_backend_tokens.is_empty();
         match &self.backend_token {
             Some(t) if t.is_empty() => return Err(ConfigError::EmptyToken),
-            None if !self.backend_listen.ip().is_loopback() && !self.insecure_backend => {
+            None if !any_token
+                && !self.backend_listen.ip().is_loopback()
+                && !self.insecure_backend =>
+            {
                 return Err(ConfigError::InsecureBackend(self.backend_listen))
             }
             _ => {}
+        }
+        if self.redis_url.is_some() && self.backend_token.is_none() && any_token {
+            // Nodes call each other with the full token.
+            return Err(ConfigError::ClusterNeedsFullToken);
+        }
+        for o in &self.allowed_origins {
+            let origin =
+                o.split_once('=').map_or(
+                    o.as_str(),
+                    |(hub, origin)| {
+                        if is_name(hub) {
+                            origin
+                        } else {
+                            ""
+                        }
+                    },
+                );
+            if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return Err(ConfigError::BadOrigin(o.clone()));
+            }
+        }
+        let jwt_keys = [
+            self.jwt_secret.is_some(),
+            self.jwt_public_key.is_some(),
+            self.jwt_jwks.is_some(),
+        ];
+        if jwt_keys.iter().filter(|k| **k).count() > 1 {
+            return Err(ConfigError::JwtKeys);
         }
         for (name, d) in [
             ("--ping-interval", self.ping_interval),
@@ -353,6 +516,35 @@ impl fmt::Debug for Config {
             .field("lease_ttl", &self.lease_ttl)
             .field("lease_refresh", &self.lease_refresh)
             .field("registry_outage", &self.registry_outage)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("backend_tls_cert", &self.backend_tls_cert)
+            .field("backend_tls_key", &self.backend_tls_key)
+            .field("backend_client_ca", &self.backend_client_ca)
+            .field(
+                "scoped_backend_tokens",
+                &self
+                    .scoped_backend_tokens
+                    .iter()
+                    .map(|t| format!("{}=<redacted>", t.hubs.join(",")))
+                    .collect::<Vec<_>>(),
+            )
+            .field("allowed_origins", &self.allowed_origins)
+            .field(
+                "jwt_secret",
+                &self.jwt_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("jwt_public_key", &self.jwt_public_key)
+            .field("jwt_jwks", &self.jwt_jwks)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_groups_claim", &self.jwt_groups_claim)
+            .field("max_connections", &self.max_connections)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("max_messages_per_second", &self.max_messages_per_second)
+            .field("max_bytes_per_second", &self.max_bytes_per_second)
+            .field("max_groups_per_session", &self.max_groups_per_session)
+            .field("backend_max_streams", &self.backend_max_streams)
             .field("log_format", &self.log_format)
             .field("log", &self.log)
             .finish()

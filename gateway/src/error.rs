@@ -29,6 +29,10 @@ pub(crate) enum Error {
     /// The node holding the session answered with this status.
     #[error("{}", .0.message())]
     Remote(tonic::Status),
+    #[error("session {0} is already in {1} groups, the most one session may join")]
+    TooManyGroups(SessionId, usize),
+    #[error("this backend token may not act on hub {0:?}")]
+    HubNotAllowed(String),
     #[error("the gateway is shutting down")]
     ShuttingDown,
     #[error("registry: {0}")]

@@ -5,6 +5,9 @@
 //! - [`config`]: flags and environment, validated into one `Config`.
 //! - `client`: the client listener: HTTP routes, upgrade admission, one reader task per session.
 //! - `cluster`: node lease, dead-node reaping, clients to the other nodes for forwarded calls.
+//! - `gate`, `jwt`, `limits`: what a client must pass before its upgrade (origin allow-list,
+//!   connection limits, JWTs), and per-session message/byte rates.
+//! - `tls`: rustls for both listeners, reloadable on SIGHUP.
 //! - `hook`: the connect hook client (`ConnectHook/Authorize`).
 //! - `session`: one session: ID, counters, lifecycle, outbound queue, inbox.
 //! - `frame`: server frame encoding (encode once, share the bytes) and close payloads.
@@ -24,7 +27,10 @@ pub mod config;
 mod error;
 mod events;
 mod frame;
+mod gate;
 mod hook;
+mod jwt;
+mod limits;
 mod message;
 mod metrics;
 mod node;
@@ -33,6 +39,7 @@ mod registry;
 mod session;
 mod sweeper;
 pub mod telemetry;
+mod tls;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
@@ -47,6 +54,7 @@ use crate::{
     node::Node,
     registry::{RedisRegistry, Registry},
     session::{Clock, SessionContext},
+    tls::{ReloadableTls, TlsFiles},
 };
 
 /// How many closed sessions the embedded registry remembers as "closed" (not "unknown").
@@ -62,14 +70,14 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Hook(String),
     #[error("no randomness available: {0}")]
     Random(String),
     #[error("backend API: {0}")]
     Api(String),
     #[error("registry: {0}")]
     Registry(String),
+    #[error("{0}")]
+    Security(String),
     #[error("backend API task failed: {0}")]
     ApiTask(String),
 }
@@ -79,6 +87,8 @@ pub struct Gateway {
     node: Arc<Node>,
     client: TcpListener,
     backend: TcpListener,
+    client_tls: Option<Arc<ReloadableTls>>,
+    backend_tls: Option<Arc<ReloadableTls>>,
 }
 
 impl Gateway {
@@ -92,12 +102,30 @@ impl Gateway {
         let client = bind(config.listen).await?;
         let backend = bind(config.backend_listen).await?;
         let backend_addr = backend.local_addr().unwrap_or(config.backend_listen);
-        let hook = config
-            .connect_hook
-            .as_deref()
-            .map(|url| hook::ConnectHook::new(url, config.connect_hook_timeout))
-            .transpose()
-            .map_err(|e| Error::Hook(e.to_string()))?;
+        let gate = gate::Gate::from_config(&config).map_err(|e| Error::Security(e.to_string()))?;
+        let load = |cert: &Option<std::path::PathBuf>,
+                    key: &Option<std::path::PathBuf>,
+                    ca: Option<&std::path::PathBuf>,
+                    alpn: &[u8]| {
+            match (cert, key) {
+                (Some(cert), Some(key)) => ReloadableTls::load(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: ca.cloned(),
+                    alpn: vec![alpn.to_vec()],
+                })
+                .map(Some)
+                .map_err(|e| Error::Security(e.to_string())),
+                _ => Ok(None),
+            }
+        };
+        let client_tls = load(&config.tls_cert, &config.tls_key, None, b"http/1.1")?;
+        let backend_tls = load(
+            &config.backend_tls_cert,
+            &config.backend_tls_key,
+            config.backend_client_ca.as_ref(),
+            b"h2",
+        )?;
         let metrics = Arc::new(Metrics::new());
         let ctx = Arc::new(SessionContext {
             metrics: Arc::clone(&metrics),
@@ -131,7 +159,7 @@ impl Gateway {
             cluster,
             metrics,
             ctx,
-            hook,
+            gate,
         ));
         if let (Some(redis), Some(cluster)) = (node.registry.shared(), &node.cluster) {
             cluster::clean_own_leftovers(&node, redis).await;
@@ -148,6 +176,8 @@ impl Gateway {
             node,
             client,
             backend,
+            client_tls,
+            backend_tls,
         })
     }
 
@@ -176,6 +206,8 @@ impl Gateway {
             node,
             client,
             backend,
+            client_tls,
+            backend_tls,
         } = self;
         let grace = node.config.shutdown_grace;
         let stop_http = CancellationToken::new();
@@ -186,7 +218,12 @@ impl Gateway {
         background.spawn(client::serve(
             client,
             Arc::clone(&node),
+            client_tls.clone(),
             http_tasks.clone(),
+            stop_http.clone(),
+        ));
+        background.spawn(reload_tls_on_sighup(
+            [client_tls, backend_tls.clone()],
             stop_http.clone(),
         ));
         background.spawn(sweeper::run(Arc::clone(&node), stop_http.clone()));
@@ -194,7 +231,8 @@ impl Gateway {
         let api = tokio::spawn(api::serve(
             backend,
             Arc::clone(&node),
-            stop_api.clone().cancelled_owned(),
+            backend_tls,
+            stop_api.clone(),
         ));
         tracing::info!(node = %node.id, "gateway running");
 
@@ -243,6 +281,28 @@ impl Gateway {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// SIGHUP reloads the certificates: new handshakes use them, open connections keep theirs.
+async fn reload_tls_on_sighup(tls: [Option<Arc<ReloadableTls>>; 2], stop: CancellationToken) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; certificates will not be reloaded");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = hup.recv() => {}
+        }
+        for t in tls.iter().flatten() {
+            match t.reload() {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload failed; keeping the old certificate")
+                }
+            }
+        }
     }
 }
 

@@ -51,6 +51,7 @@ pub(crate) struct Metrics {
     pub subscriber_events: Family<GroupLabel, Counter>,
     pub subscribers_cut_off: Counter,
     pub sessions_lost: Counter,
+    pub rate_limited: Counter,
     pub grpc_calls: Family<GrpcLabel, Counter>,
 }
 
@@ -75,6 +76,7 @@ impl Metrics {
             subscriber_events: Family::default(),
             subscribers_cut_off: Counter::default(),
             sessions_lost: Counter::default(),
+            rate_limited: Counter::default(),
             grpc_calls: Family::default(),
             registry: Registry::default(),
         };
@@ -155,6 +157,11 @@ impl Metrics {
             "sessions_lost",
             "Sessions of dead nodes removed from the registry by this node",
             m.sessions_lost.clone(),
+        );
+        r.register(
+            "rate_limited",
+            "Sessions closed with 1008 for sending faster than the per-session rate",
+            m.rate_limited.clone(),
         );
         r.register(
             "grpc_calls",

@@ -21,7 +21,7 @@ use crate::{
     error::{Error, Result},
     events::{Event, EventBody, EventBus, Shared},
     frame::{self, close_code, Opcode},
-    hook::ConnectHook,
+    gate::Gate,
     message::{Kind, Message},
     metrics::CodeLabel,
     metrics::Metrics,
@@ -47,7 +47,8 @@ pub(crate) struct Node {
     pub cluster: Option<Arc<Cluster>>,
     pub metrics: Arc<Metrics>,
     pub ctx: Arc<SessionContext>,
-    pub hook: Option<ConnectHook>,
+    /// Origin allow-list, connection limits, JWTs, connect hook.
+    pub gate: Gate,
     pub inbox_gauges: InboxGauges,
     pub events: Arc<EventBus>,
     next_attach: std::sync::atomic::AtomicU64,
@@ -88,7 +89,7 @@ impl Node {
         cluster: Option<Arc<Cluster>>,
         metrics: Arc<Metrics>,
         ctx: Arc<SessionContext>,
-        hook: Option<ConnectHook>,
+        gate: Gate,
     ) -> Self {
         let inbox_gauges = InboxGauges {
             messages: metrics.inbox_messages.clone(),
@@ -115,7 +116,7 @@ impl Node {
             cluster,
             metrics,
             ctx,
-            hook,
+            gate,
             inbox_gauges,
             shutdown: CancellationToken::new(),
             draining: AtomicBool::new(false),
@@ -164,6 +165,14 @@ impl Node {
             }
             _ => Ok(Route::Here),
         }
+    }
+
+    /// The hub of a session anywhere in the cluster, if it is known.
+    pub(crate) async fn session_hub(&self, id: &SessionId) -> Result<Option<String>> {
+        if let Some(s) = self.pool.get(id).or_else(|| self.pool.get_closed(id)) {
+            return Ok(Some(s.hub.to_string()));
+        }
+        Ok(self.registry.get(id).await?.map(|r| r.hub))
     }
 
     /// The other live nodes, for fan-out calls (empty on a single node).
@@ -484,6 +493,10 @@ impl Node {
     pub(crate) async fn set_group(&self, id: &SessionId, group: &str, member: bool) -> Result<()> {
         validate_group(group)?;
         let s = self.open_session(id).await?;
+        let max = self.config.max_groups_per_session;
+        if member && !s.groups().contains(group) && s.groups().len() >= max {
+            return Err(Error::TooManyGroups(id.clone(), max));
+        }
         if member {
             self.pool.join(&s, Arc::from(group));
         } else {

@@ -41,6 +41,49 @@ impl Client {
         }
     }
 
+    /// Connects over TLS (wss://), trusting only `ca_pem`.
+    pub async fn connect_tls(url: &str, ca_pem: &str) -> Result<Client, tungstenite::Error> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert.expect("CA PEM")).expect("CA cert");
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(config));
+        let req = url.into_client_request()?;
+        let (ws, resp) = within(
+            "wss connect",
+            tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector)),
+        )
+        .await?;
+        Ok(Self::from_parts(ws, &resp))
+    }
+
+    fn from_parts(ws: Stream, resp: &tungstenite::handshake::client::Response) -> Client {
+        let id = resp
+            .headers()
+            .get("x-switchboard-session")
+            .and_then(|v| v.to_str().ok())
+            .expect("101 response carries x-switchboard-session")
+            .to_owned();
+        let subprotocol = resp
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Client {
+            id,
+            ws,
+            subprotocol,
+        }
+    }
+
     pub async fn try_connect(
         url: &str,
         headers: &[(&str, &str)],
@@ -53,22 +96,7 @@ impl Client {
             );
         }
         let (ws, resp) = within("WebSocket connect", tokio_tungstenite::connect_async(req)).await?;
-        let id = resp
-            .headers()
-            .get("x-switchboard-session")
-            .and_then(|v| v.to_str().ok())
-            .expect("101 response carries x-switchboard-session")
-            .to_owned();
-        let subprotocol = resp
-            .headers()
-            .get("sec-websocket-protocol")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        Ok(Client {
-            id,
-            ws,
-            subprotocol,
-        })
+        Ok(Self::from_parts(ws, &resp))
     }
 
     /// The next data frame or close, skipping pings and pongs.

@@ -415,7 +415,8 @@ async fn wait_for(counter: &std::sync::atomic::AtomicUsize, n: usize) {
 
 #[tokio::test]
 async fn with_nobody_reading_the_socket_pauses_and_nothing_is_lost() {
-    let gw = Gateway::start(&["--inbox-messages", "256"]).await;
+    // The client sends as fast as it can: no per-session rate limit here.
+    let gw = Gateway::start(&["--inbox-messages", "256", "--max-messages-per-second", "0"]).await;
     let mut api = gw.api().await;
     let mut c = gw.connect("h").await;
     const N: usize = 10_000;

@@ -1,6 +1,7 @@
 //! The backend listener: `switchboard.v1.Gateway` behind the bearer-token check, plus the
 //! standard health and reflection services (open, so probes and tools work without a token).
 
+mod auth;
 mod convert;
 mod peer;
 mod service;
@@ -9,15 +10,17 @@ mod streams;
 
 pub(crate) use convert::encode_event;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use subtle::ConstantTimeEq;
 use switchboard_proto::v1::{gateway_server::GatewayServer, peer_server::PeerServer};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_util::sync::CancellationToken;
 use tonic::{service::interceptor::InterceptedService, transport::Server, Request, Status};
 
-use crate::node::Node;
+pub(crate) use auth::Grant;
+
+use crate::{node::Node, tls::ReloadableTls};
 
 /// gRPC messages carry a client message plus a little framing; allow that much over the limit.
 const ENVELOPE_SLACK: usize = 64 * 1024;
@@ -30,27 +33,34 @@ pub(crate) enum ApiError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
-/// Serves the backend API on `listener` until `shutdown` resolves, then finishes in-flight calls.
+/// Serves the backend API on `listener` until `stop` is cancelled, then finishes in-flight
+/// calls. With `tls`, every connection is a TLS handshake first (bounded in time).
 pub(crate) async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
-    shutdown: impl std::future::Future<Output = ()> + Send,
+    tls: Option<Arc<ReloadableTls>>,
+    stop: CancellationToken,
 ) -> Result<(), ApiError> {
     let limit = node.config.max_message_bytes.get() + ENVELOPE_SLACK;
-    let token = node.config.backend_token.clone();
+    let tokens = auth::Tokens::from_config(&node.config);
     let gateway = GatewayServer::new(service::GatewayService::new(Arc::clone(&node)))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    let check = move |req: Request<()>| {
-        authorize(token.as_deref(), &req)?;
+    let gateway_tokens = tokens.clone();
+    let gateway = InterceptedService::new(gateway, move |mut req: Request<()>| {
+        let grant = gateway_tokens.check(&req)?;
+        req.extensions_mut().insert(grant);
         Ok(req)
-    };
-    let gateway = InterceptedService::new(gateway, check.clone());
+    });
+    // Only other nodes call Peer, with the full token.
     let peer = InterceptedService::new(
         PeerServer::new(peer::PeerService::new(Arc::clone(&node)))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit),
-        check,
+        move |req: Request<()>| match tokens.check(&req)? {
+            Grant::All => Ok(req),
+            Grant::Hubs(_) => Err(Status::permission_denied("a scoped token cannot call Peer")),
+        },
     );
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -66,39 +76,68 @@ pub(crate) async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    Server::builder()
+    let router = Server::builder()
         .tcp_nodelay(true)
+        .max_concurrent_streams(Some(node.config.backend_max_streams))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(gateway)
-        .add_service(peer)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        .add_service(peer);
+    let shutdown = stop.clone().cancelled_owned();
+    match tls {
+        None => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await?
+        }
+        Some(tls) => {
+            let incoming = tls_incoming(listener, tls, node.config.handshake_timeout, stop);
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await?
+        }
+    }
     Ok(())
 }
 
-/// Checks the bearer token in constant time, before the request body is decoded.
-fn authorize(expected: Option<&str>, req: &Request<()>) -> Result<(), Status> {
-    let Some(expected) = expected else {
-        return Ok(());
-    };
-    let presented = req
-        .metadata()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(t) if bool::from(t.as_bytes().ct_eq(expected.as_bytes())) => Ok(()),
-        Some(_) => {
-            tracing::warn!("backend call with a wrong token");
-            Err(Status::unauthenticated("invalid backend token"))
+/// Accepts TCP connections and completes their TLS handshakes concurrently (each bounded by
+/// `timeout`), yielding the finished ones.
+fn tls_incoming(
+    listener: TcpListener,
+    tls: Arc<ReloadableTls>,
+    timeout: Duration,
+    stop: CancellationToken,
+) -> ReceiverStream<Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>>
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = tokio::select! {
+                _ = stop.cancelled() => return,
+                a = listener.accept() => match a {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "backend accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let acceptor = tls.acceptor();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::info!(%remote, error = %e, "backend TLS handshake failed")
+                    }
+                    Err(_) => tracing::info!(%remote, "backend TLS handshake timed out"),
+                }
+            });
         }
-        None => {
-            tracing::warn!("backend call without a token");
-            Err(Status::unauthenticated(
-                "missing backend token: send 'authorization: Bearer <token>'",
-            ))
-        }
-    }
+    });
+    ReceiverStream::new(rx)
 }

@@ -7,14 +7,14 @@ use switchboard_proto::v1::{self as pb, gateway_server::Gateway};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use super::{convert, streams};
+use super::{auth::Grant, convert, streams};
 use crate::{
     cluster::is_hop,
     error::{Error, Result},
     node::{Node, Route, Scope},
     pool::Target,
     registry::ListFilter,
-    session::inbox::Next,
+    session::{inbox::Next, SessionId},
 };
 
 pub(crate) struct GatewayService {
@@ -24,6 +24,17 @@ pub(crate) struct GatewayService {
 impl GatewayService {
     pub(crate) fn new(node: Arc<Node>) -> Self {
         Self { node }
+    }
+
+    /// Refuses a call on a session of a hub the caller's token may not touch.
+    async fn permit(&self, grant: &Grant, id: &SessionId) -> Result<()> {
+        if grant.is_all() {
+            return Ok(());
+        }
+        match self.node.session_hub(id).await? {
+            Some(hub) => grant.check_hub(&hub),
+            None => Ok(()),
+        }
     }
 
     /// Records the call's outcome, logs refusals, and maps the error to its status.
@@ -136,9 +147,11 @@ impl Gateway for GatewayService {
         req: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
         let scope = scope(&req);
+        let grant = Grant::of(&req);
         let req = req.into_inner();
         let r = async {
             let id = convert::session_id(&req.session_id)?;
+            self.permit(&grant, &id).await?;
             if let Route::There(mut owner) = self.node.route(scope, &id).await? {
                 return forwarded(owner.send(req.clone()).await);
             }
@@ -156,9 +169,23 @@ impl Gateway for GatewayService {
         req: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
         let scope = scope(&req);
+        let grant = Grant::of(&req);
         let req = req.into_inner();
         let r = async {
             let target = convert::target(req.target.clone())?;
+            match &target {
+                Target::Hub(hub) | Target::Group { hub, .. } => grant.check_hub(hub)?,
+                Target::User { hub: Some(hub), .. } => grant.check_hub(hub)?,
+                Target::User { hub: None, .. } if !grant.is_all() => {
+                    return Err(Error::HubNotAllowed("(every hub)".into()))
+                }
+                Target::User { .. } => {}
+                Target::Sessions(ids) => {
+                    for id in ids {
+                        self.permit(&grant, id).await?;
+                    }
+                }
+            }
             let exclude = convert::session_ids(&req.exclude)?;
             let msg = convert::message(req.message.clone())?;
             if scope == Scope::Local {
@@ -181,9 +208,11 @@ impl Gateway for GatewayService {
         req: Request<pb::CloseRequest>,
     ) -> Result<Response<pb::CloseResponse>, Status> {
         let scope = scope(&req);
+        let grant = Grant::of(&req);
         let req = req.into_inner();
         let r = async {
             let id = convert::session_id(&req.session_id)?;
+            self.permit(&grant, &id).await?;
             if let Route::There(mut owner) = self.node.route(scope, &id).await? {
                 return forwarded(owner.close(req.clone()).await);
             }
@@ -200,9 +229,11 @@ impl Gateway for GatewayService {
         &self,
         req: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
+        let grant = Grant::of(&req);
         let req = req.into_inner();
         let r = async {
             let id = convert::session_id(&req.session_id)?;
+            self.permit(&grant, &id).await?;
             let record = self.node.get(&id).await?;
             Ok(pb::GetSessionResponse {
                 session: Some(convert::session_info(record)),
@@ -217,10 +248,20 @@ impl Gateway for GatewayService {
         &self,
         req: Request<pb::CheckSessionsRequest>,
     ) -> Result<Response<pb::CheckSessionsResponse>, Status> {
+        let grant = Grant::of(&req);
         let req = req.into_inner();
         let r = async {
             let ids = convert::session_ids(&req.session_ids)?;
             let states = self.node.check(&ids).await?;
+            // A scoped token learns nothing about sessions of other hubs.
+            let mut states = states;
+            if !grant.is_all() {
+                for (id, state) in ids.iter().zip(states.iter_mut()) {
+                    if self.permit(&grant, id).await.is_err() {
+                        *state = crate::registry::Liveness::Unknown;
+                    }
+                }
+            }
             Ok(pb::CheckSessionsResponse {
                 sessions: req
                     .session_ids
@@ -242,6 +283,7 @@ impl Gateway for GatewayService {
         &self,
         req: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let grant = Grant::of(&req);
         let req = req.into_inner();
         let r = async {
             let some = |s: String| (!s.is_empty()).then_some(s);
@@ -251,6 +293,9 @@ impl Gateway for GatewayService {
                 user: some(req.user),
                 node: some(req.node),
             };
+            if !grant.is_all() {
+                grant.check_hub(filter.hub.as_deref().unwrap_or("(every hub)"))?;
+            }
             let cursor = some(req.page_token);
             let page = self
                 .node
@@ -275,9 +320,11 @@ impl Gateway for GatewayService {
         req: Request<pb::JoinGroupRequest>,
     ) -> Result<Response<pb::JoinGroupResponse>, Status> {
         let scope = scope(&req);
+        let grant = Grant::of(&req);
         let req = req.into_inner();
         let r = async {
             let id = convert::session_id(&req.session_id)?;
+            self.permit(&grant, &id).await?;
             if let Route::There(mut owner) = self.node.route(scope, &id).await? {
                 return forwarded(owner.join_group(req.clone()).await);
             }
@@ -294,9 +341,11 @@ impl Gateway for GatewayService {
         req: Request<pb::LeaveGroupRequest>,
     ) -> Result<Response<pb::LeaveGroupResponse>, Status> {
         let scope = scope(&req);
+        let grant = Grant::of(&req);
         let req = req.into_inner();
         let r = async {
             let id = convert::session_id(&req.session_id)?;
+            self.permit(&grant, &id).await?;
             if let Route::There(mut owner) = self.node.route(scope, &id).await? {
                 return forwarded(owner.leave_group(req.clone()).await);
             }
@@ -314,9 +363,11 @@ impl Gateway for GatewayService {
     ) -> Result<Response<pb::ReadResponse>, Status> {
         use pb::read_response::Result as R;
         let scope = scope(&req);
+        let grant = Grant::of(&req);
         let req = req.into_inner();
         let r = async {
             let id = convert::session_id(&req.session_id)?;
+            self.permit(&grant, &id).await?;
             if let Route::There(mut owner) = self.node.route(scope, &id).await? {
                 return forwarded(owner.read(req.clone()).await);
             }
@@ -342,7 +393,8 @@ impl Gateway for GatewayService {
         req: Request<Streaming<pb::AttachRequest>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
         let scope = scope(&req);
-        let r = streams::attach(Arc::clone(&self.node), scope, req.into_inner())
+        let grant = Grant::of(&req);
+        let r = streams::attach(Arc::clone(&self.node), scope, grant, req.into_inner())
             .instrument(span("Attach", ""))
             .await;
         self.node.metrics.grpc(
@@ -358,7 +410,12 @@ impl Gateway for GatewayService {
         &self,
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let r = streams::subscribe(&self.node, req.into_inner()).await;
+        let grant = Grant::of(&req);
+        let req = req.into_inner();
+        if let Err(e) = grant.check_hub(&req.hub) {
+            return self.finish("Subscribe", Err(e));
+        }
+        let r = streams::subscribe(&self.node, req).await;
         self.finish("Subscribe", r)
     }
 }

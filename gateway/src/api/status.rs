@@ -15,6 +15,8 @@ pub(crate) fn status(e: &Error) -> Status {
         Error::StreamFailed => Code::Cancelled,
         Error::SubscriberTooSlow => Code::ResourceExhausted,
         Error::ShuttingDown => Code::Unavailable,
+        Error::TooManyGroups(..) => Code::ResourceExhausted,
+        Error::HubNotAllowed(_) => Code::PermissionDenied,
         Error::Registry(RegistryError::BadPageToken) => Code::InvalidArgument,
         Error::Registry(RegistryError::Unavailable(_)) => Code::Unavailable,
     };

@@ -9,7 +9,7 @@ use switchboard_proto::v1::{
 };
 use tonic::{Status, Streaming};
 
-use super::{convert, service::BoxStream, status::status};
+use super::{auth::Grant, convert, service::BoxStream, status::status};
 use crate::{
     cluster::GatewayPeer,
     error::{Error, Result},
@@ -26,6 +26,7 @@ const POLL: Duration = Duration::from_secs(3600);
 pub(crate) async fn attach(
     node: Arc<Node>,
     scope: Scope,
+    grant: Grant,
     mut requests: Streaming<pb::AttachRequest>,
 ) -> Result<BoxStream<pb::AttachResponse>, Status> {
     let open = match requests.message().await? {
@@ -40,6 +41,11 @@ pub(crate) async fn attach(
         None => return Err(Status::invalid_argument("empty Attach stream")),
     };
     let id = convert::session_id(&open.session_id)?;
+    if !grant.is_all() {
+        if let Some(hub) = node.session_hub(&id).await? {
+            grant.check_hub(&hub)?;
+        }
+    }
     if let Route::There(owner) = node.route(scope, &id).await? {
         return relay(&node, *owner, open, requests).await;
     }

@@ -4,7 +4,7 @@
 //! `read_frame` is not cancel-safe, so it is raced only against the session's kill signal, after
 //! which the socket is never read again.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use fastwebsockets::{OpCode, Role, WebSocketError};
 use hyper::upgrade::Upgraded;
@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use crate::{
     frame::{self, close_code, Opcode},
+    limits::Bucket,
     message::{Assembler, DataFrame},
     node::Node,
     session::{Closer, Session, SessionEnd},
@@ -68,7 +69,13 @@ pub(crate) async fn run(
 
 /// Reads until the session ends and says how it ended.
 async fn read_loop(node: &Node, session: &Arc<Session>, reader: &mut Reader) -> SessionEnd {
-    let mut assembler = Assembler::new(node.config.max_message_bytes.get());
+    let cfg = &node.config;
+    let mut assembler = Assembler::new(cfg.max_message_bytes.get());
+    let mut message_rate = Bucket::new(f64::from(cfg.max_messages_per_second), 0.0);
+    let mut byte_rate = Bucket::new(
+        cfg.max_bytes_per_second as f64,
+        cfg.max_message_bytes.get() as f64,
+    );
     let mut no_obligations =
         |_: fastwebsockets::Frame<'_>| async { Ok::<(), std::convert::Infallible>(()) };
     loop {
@@ -142,6 +149,18 @@ async fn read_loop(node: &Node, session: &Arc<Session>, reader: &mut Reader) -> 
                 .get_or_create(&crate::metrics::ReasonLabel { reason: "closing" })
                 .inc();
             continue;
+        }
+        if message_rate.is_some() || byte_rate.is_some() {
+            let now = Instant::now();
+            let within = message_rate.as_mut().is_none_or(|b| b.take(1.0, now))
+                && byte_rate
+                    .as_mut()
+                    .is_none_or(|b| b.take(message.len() as f64, now));
+            if !within {
+                node.metrics.rate_limited.inc();
+                tracing::info!("closing session over its message rate");
+                return fail(node, session, close_code::POLICY, "rate limit exceeded").await;
+            }
         }
         session.received(message.len());
         tokio::select! {

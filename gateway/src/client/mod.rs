@@ -5,7 +5,7 @@ mod connection;
 mod http;
 mod upgrade;
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -13,13 +13,14 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
-use crate::node::Node;
+use crate::{node::Node, tls::ReloadableTls};
 
 /// Accepts client connections until `stop` is cancelled. Each connection is served by its own
 /// task on `tasks`; an accept error backs off (up to 1 s) instead of ending the loop.
 pub(crate) async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
+    tls: Option<Arc<ReloadableTls>>,
     tasks: TaskTracker,
     stop: CancellationToken,
 ) {
@@ -46,30 +47,47 @@ pub(crate) async fn serve(
         let node = Arc::clone(&node);
         let stop = stop.clone();
         let span = tracing::debug_span!("http", %remote);
+        let tls = tls.clone();
         tasks.spawn(
             async move {
-                let service = hyper::service::service_fn(move |req| {
-                    http::route(Arc::clone(&node), remote, req)
-                });
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(handshake_timeout)
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .with_upgrades();
-                tokio::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(error = %e, "http connection ended");
-                        }
-                    }
-                    _ = stop.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
-                    }
+                let Some(tls) = tls else {
+                    return serve_http(TokioIo::new(tcp), node, remote, stop).await;
+                };
+                // A client that stalls its TLS handshake is dropped like a slow HTTP one.
+                match tokio::time::timeout(handshake_timeout, tls.acceptor().accept(tcp)).await {
+                    Ok(Ok(stream)) => serve_http(TokioIo::new(stream), node, remote, stop).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
                 }
             }
             .instrument(span),
         );
+    }
+}
+
+/// Serves HTTP/1.1 (and upgrades) on one connection until it ends or `stop` is cancelled.
+async fn serve_http<I>(io: I, node: Arc<Node>, remote: SocketAddr, stop: CancellationToken)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let handshake_timeout = node.config.handshake_timeout;
+    let service =
+        hyper::service::service_fn(move |req| http::route(Arc::clone(&node), remote, req));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(handshake_timeout)
+        .serve_connection(io, service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "http connection ended");
+            }
+        }
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
     }
 }

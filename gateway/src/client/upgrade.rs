@@ -15,6 +15,8 @@ use crate::{
     config::OutagePolicy,
     frame::{self, Opcode},
     hook::{Allow, Verdict},
+    jwt::{self, JwtError},
+    limits::Refusal,
     node::{validate_group, Node},
     session::{Admission, Inbox, QueueLimits, Session, SessionId},
 };
@@ -44,8 +46,61 @@ pub(crate) async fn upgrade(
             "session registry unavailable\n",
         );
     }
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    if !node.gate.origin_allowed(&hub, origin) {
+        return refuse(
+            &node,
+            "origin",
+            StatusCode::FORBIDDEN,
+            "origin not allowed\n",
+        );
+    }
+    let permit = match node.gate.admit(remote.ip()) {
+        Ok(p) => p,
+        Err(Refusal::NodeFull) => {
+            return refuse(
+                &node,
+                "node_full",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many connections\n",
+            )
+        }
+        Err(Refusal::IpFull) => {
+            return refuse(
+                &node,
+                "ip_full",
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections from your address\n",
+            )
+        }
+    };
     let offered = subprotocols(req.headers());
-    let allow = match &node.hook {
+    let identity = match &node.gate.jwt {
+        None => None,
+        Some(verifier) => {
+            let auth = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            let verified = match jwt::find_token(auth, req.uri().query(), &offered) {
+                None => Err(JwtError::Missing),
+                Some(token) => verifier.verify(&token),
+            };
+            match verified {
+                Ok(identity) => Some(identity),
+                Err(e) => return refuse(&node, "jwt", StatusCode::UNAUTHORIZED, format!("{e}\n")),
+            }
+        }
+    };
+    // A token carried as a subprotocol is never the session's subprotocol.
+    let offered: Vec<String> = offered
+        .into_iter()
+        .filter(|p| !p.starts_with(jwt::PROTOCOL_PREFIX))
+        .collect();
+    let mut allow = match &node.gate.hook {
         None => Allow::default(),
         Some(hook) => match hook
             .authorize(hook_request(&req, &hub, remote, &offered))
@@ -62,6 +117,32 @@ pub(crate) async fn upgrade(
             Verdict::Failed(why) => return hook_failed(&node, &why),
         },
     };
+    if let Some(id) = identity {
+        // The hook, when there is one, has the last word on the user; groups add up.
+        if allow.user.is_empty() {
+            allow.user = id.user;
+        }
+        for g in id.groups {
+            if validate_group(&g).is_ok() && !allow.groups.contains(&g) {
+                allow.groups.push(g);
+            }
+        }
+    }
+    if allow.subprotocol.is_empty() && offered.iter().any(|p| p == jwt::MARKER_PROTOCOL) {
+        allow.subprotocol = jwt::MARKER_PROTOCOL.to_owned();
+    }
+    if allow.groups.len() > node.config.max_groups_per_session {
+        return refuse(
+            &node,
+            "too_many_groups",
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} groups is more than the {} a session may join\n",
+                allow.groups.len(),
+                node.config.max_groups_per_session
+            ),
+        );
+    }
     let (resp, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
         Err(e) => {
@@ -119,6 +200,7 @@ pub(crate) async fn upgrade(
             node.inbox_gauges.clone(),
         ),
         Arc::clone(&node.ctx),
+        Some(permit),
     );
     if node.config.welcome_frame {
         let welcome = serde_json::json!({"type": "welcome", "session": session.id.as_str()});

@@ -136,6 +136,8 @@ pub(crate) struct Session {
     ended: CancellationToken,
     /// The backend attached to this session, if any (one at a time).
     attached: Mutex<Option<Attached>>,
+    /// This session's slot in the connection limits, given back when it ends.
+    permit: Mutex<Option<crate::limits::Permit>>,
     ctx: Arc<SessionContext>,
 }
 
@@ -199,6 +201,7 @@ impl Session {
         limits: QueueLimits,
         inbox: Inbox,
         ctx: Arc<SessionContext>,
+        permit: Option<crate::limits::Permit>,
     ) -> Arc<Self> {
         let now = ctx.clock.now_ms();
         let counters = Counters::default();
@@ -221,6 +224,7 @@ impl Session {
             kill: Notify::new(),
             ended: CancellationToken::new(),
             attached: Mutex::new(None),
+            permit: Mutex::new(permit),
             ctx,
         })
     }
@@ -397,6 +401,7 @@ impl Session {
         *lc = Lifecycle::Closed(end.clone());
         drop(lc);
         self.outbound.release();
+        self.permit.lock().unwrap_or_else(|e| e.into_inner()).take();
         self.ended.cancel();
         end
     }
