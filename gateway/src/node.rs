@@ -71,7 +71,10 @@ pub(crate) enum Route {
     /// The session is here (or nowhere): handle the call locally.
     Here,
     /// Another node holds it: send the same call there.
-    There(Box<GatewayPeer>),
+    There {
+        node: String,
+        peer: Box<GatewayPeer>,
+    },
 }
 
 /// What a publish achieved.
@@ -159,9 +162,10 @@ impl Node {
                         "node {owner} holding session {id} has no known address"
                     )))
                 })?;
-                Ok(Route::There(Box::new(
-                    cluster.gateway(&addr).map_err(Error::Remote)?,
-                )))
+                Ok(Route::There {
+                    peer: Box::new(cluster.gateway(&addr).map_err(Error::Remote)?),
+                    node: owner,
+                })
             }
             _ => Ok(Route::Here),
         }

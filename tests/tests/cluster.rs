@@ -76,6 +76,33 @@ async fn cross_node_operations(url: String) {
 
     send(&mut api_c, &on_a.id, "via c").await.unwrap();
     assert_eq!(on_a.text().await, "via c");
+    // A batch through C mixing a session on A, one on C itself, and an unknown one.
+    let mut on_c = c.connect("h").await;
+    let results = api_c
+        .send_batch(pb::SendBatchRequest {
+            items: vec![
+                pb::SendRequest {
+                    session_id: on_a.id.clone(),
+                    message: text("batch a"),
+                },
+                pb::SendRequest {
+                    session_id: on_c.id.clone(),
+                    message: text("batch c"),
+                },
+                pb::SendRequest {
+                    session_id: "AAAAAAAAAAAAAAAAAAAAAA".into(),
+                    message: text("x"),
+                },
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let codes: Vec<u32> = results.iter().map(|r| r.code).collect();
+    assert_eq!(codes, [0, 0, Code::NotFound as u32]);
+    assert_eq!(on_a.text().await, "batch a");
+    assert_eq!(on_c.text().await, "batch c");
 
     on_a.send_text("read me").await;
     match api_b

@@ -615,3 +615,32 @@ async fn the_welcome_frame_names_the_session() {
     assert_eq!(welcome["type"], "welcome");
     assert_eq!(welcome["session"], c.id.as_str());
 }
+
+#[tokio::test]
+async fn send_batch_delivers_each_item_and_reports_each_failure() {
+    let gw = Gateway::start(&[]).await;
+    let mut api = gw.api().await;
+    let mut a = gw.connect("h").await;
+    let mut b = gw.connect("h").await;
+    let mut items = Vec::new();
+    for i in 0..100 {
+        let to = if i % 2 == 0 { &a.id } else { &b.id };
+        items.push(send(to, text(&format!("m{i}"))));
+    }
+    items.push(send("AAAAAAAAAAAAAAAAAAAAAA", text("nobody")));
+    items.push(send(&a.id, None));
+    let results = api
+        .send_batch(pb::SendBatchRequest { items })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 102);
+    assert!(results[..100].iter().all(|r| r.code == 0));
+    assert_eq!(results[100].code, Code::NotFound as u32);
+    assert_eq!(results[101].code, Code::InvalidArgument as u32);
+    for i in (0..100).step_by(2) {
+        assert_eq!(a.text().await, format!("m{i}"));
+        assert_eq!(b.text().await, format!("m{}", i + 1));
+    }
+}

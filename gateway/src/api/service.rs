@@ -26,6 +26,17 @@ impl GatewayService {
         Self { node }
     }
 
+    /// The common start of a call naming a session: parse the ID, check the caller may touch
+    /// its hub, and find the node that must answer.
+    async fn locate(&self, scope: Scope, grant: &Grant, id: &str) -> Result<Located> {
+        let id = convert::session_id(id)?;
+        self.permit(grant, &id).await?;
+        Ok(match self.node.route(scope, &id).await? {
+            Route::Here => Located::Here(id),
+            Route::There { node, peer } => Located::There { node, peer },
+        })
+    }
+
     /// Refuses a call on a session of a hub the caller's token may not touch.
     async fn permit(&self, grant: &Grant, id: &SessionId) -> Result<()> {
         if grant.is_all() {
@@ -56,6 +67,35 @@ impl GatewayService {
 
 fn span(method: &'static str, session: &str) -> tracing::Span {
     tracing::debug_span!("grpc", method, session)
+}
+
+/// Where a call naming a session is answered.
+enum Located {
+    Here(SessionId),
+    There {
+        node: String,
+        peer: Box<crate::cluster::GatewayPeer>,
+    },
+}
+
+/// Most items one `SendBatch` may carry.
+const MAX_BATCH: usize = 10_000;
+
+/// A single Send's outcome inside a batch.
+fn send_result(r: Result<()>) -> pb::SendResult {
+    match r {
+        Ok(()) => pb::SendResult {
+            code: 0,
+            message: String::new(),
+        },
+        Err(e) => {
+            let s = Status::from(e);
+            pb::SendResult {
+                code: s.code() as u32,
+                message: s.message().to_owned(),
+            }
+        }
+    }
 }
 
 /// Calls forwarded by another node are answered from this node's pool only.
@@ -150,11 +190,10 @@ impl Gateway for GatewayService {
         let grant = Grant::of(&req);
         let req = req.into_inner();
         let r = async {
-            let id = convert::session_id(&req.session_id)?;
-            self.permit(&grant, &id).await?;
-            if let Route::There(mut owner) = self.node.route(scope, &id).await? {
-                return forwarded(owner.send(req.clone()).await);
-            }
+            let id = match self.locate(scope, &grant, &req.session_id).await? {
+                Located::Here(id) => id,
+                Located::There { mut peer, .. } => return forwarded(peer.send(req.clone()).await),
+            };
             let msg = convert::message(req.message.clone())?;
             self.node.send(&id, &msg).await?;
             Ok(pb::SendResponse {})
@@ -162,6 +201,71 @@ impl Gateway for GatewayService {
         .instrument(span("Send", &req.session_id))
         .await;
         self.finish("Send", r)
+    }
+
+    async fn send_batch(
+        &self,
+        req: Request<pb::SendBatchRequest>,
+    ) -> Result<Response<pb::SendBatchResponse>, Status> {
+        let scope = scope(&req);
+        let grant = Grant::of(&req);
+        let items = req.into_inner().items;
+        let r = async {
+            if items.len() > MAX_BATCH {
+                return Err(Error::InvalidArgument(format!(
+                    "{} items; a batch carries at most {MAX_BATCH}",
+                    items.len()
+                )));
+            }
+            let mut results: Vec<Option<pb::SendResult>> = vec![None; items.len()];
+            // Items held by other nodes go there as one batch per node.
+            let mut elsewhere: Vec<(String, Box<crate::cluster::GatewayPeer>, Vec<usize>)> =
+                Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                let r = match self.locate(scope, &grant, &item.session_id).await {
+                    Err(e) => Err(e),
+                    Ok(Located::Here(id)) => match convert::message(item.message.clone()) {
+                        Ok(m) => self.node.send(&id, &m).await,
+                        Err(e) => Err(e),
+                    },
+                    Ok(Located::There { node, peer }) => {
+                        match elsewhere.iter_mut().find(|(n, _, _)| *n == node) {
+                            Some((_, _, idx)) => idx.push(i),
+                            None => elsewhere.push((node, peer, vec![i])),
+                        }
+                        continue;
+                    }
+                };
+                results[i] = Some(send_result(r));
+            }
+            for (node, mut peer, idx) in elsewhere {
+                let batch = pb::SendBatchRequest {
+                    items: idx.iter().map(|&i| items[i].clone()).collect(),
+                };
+                match peer.send_batch(batch).await {
+                    Ok(r) => {
+                        for (&i, res) in idx.iter().zip(r.into_inner().results) {
+                            results[i] = Some(res);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(node, error = %e, "batch did not reach a node");
+                        for &i in &idx {
+                            results[i] = Some(send_result(Err(Error::Remote(e.clone()))));
+                        }
+                    }
+                }
+            }
+            Ok(pb::SendBatchResponse {
+                results: results
+                    .into_iter()
+                    .map(|r| r.unwrap_or_else(|| send_result(Err(Error::ShuttingDown))))
+                    .collect(),
+            })
+        }
+        .instrument(span("SendBatch", ""))
+        .await;
+        self.finish("SendBatch", r)
     }
 
     async fn publish(
@@ -211,11 +315,10 @@ impl Gateway for GatewayService {
         let grant = Grant::of(&req);
         let req = req.into_inner();
         let r = async {
-            let id = convert::session_id(&req.session_id)?;
-            self.permit(&grant, &id).await?;
-            if let Route::There(mut owner) = self.node.route(scope, &id).await? {
-                return forwarded(owner.close(req.clone()).await);
-            }
+            let id = match self.locate(scope, &grant, &req.session_id).await? {
+                Located::Here(id) => id,
+                Located::There { mut peer, .. } => return forwarded(peer.close(req.clone()).await),
+            };
             let code = u16::try_from(req.code).unwrap_or(u16::MAX);
             self.node.close(&id, code, &req.reason).await?;
             Ok(pb::CloseResponse {})
@@ -323,11 +426,12 @@ impl Gateway for GatewayService {
         let grant = Grant::of(&req);
         let req = req.into_inner();
         let r = async {
-            let id = convert::session_id(&req.session_id)?;
-            self.permit(&grant, &id).await?;
-            if let Route::There(mut owner) = self.node.route(scope, &id).await? {
-                return forwarded(owner.join_group(req.clone()).await);
-            }
+            let id = match self.locate(scope, &grant, &req.session_id).await? {
+                Located::Here(id) => id,
+                Located::There { mut peer, .. } => {
+                    return forwarded(peer.join_group(req.clone()).await)
+                }
+            };
             self.node.set_group(&id, &req.group, true).await?;
             Ok(pb::JoinGroupResponse {})
         }
@@ -344,11 +448,12 @@ impl Gateway for GatewayService {
         let grant = Grant::of(&req);
         let req = req.into_inner();
         let r = async {
-            let id = convert::session_id(&req.session_id)?;
-            self.permit(&grant, &id).await?;
-            if let Route::There(mut owner) = self.node.route(scope, &id).await? {
-                return forwarded(owner.leave_group(req.clone()).await);
-            }
+            let id = match self.locate(scope, &grant, &req.session_id).await? {
+                Located::Here(id) => id,
+                Located::There { mut peer, .. } => {
+                    return forwarded(peer.leave_group(req.clone()).await)
+                }
+            };
             self.node.set_group(&id, &req.group, false).await?;
             Ok(pb::LeaveGroupResponse {})
         }
@@ -366,11 +471,10 @@ impl Gateway for GatewayService {
         let grant = Grant::of(&req);
         let req = req.into_inner();
         let r = async {
-            let id = convert::session_id(&req.session_id)?;
-            self.permit(&grant, &id).await?;
-            if let Route::There(mut owner) = self.node.route(scope, &id).await? {
-                return forwarded(owner.read(req.clone()).await);
-            }
+            let id = match self.locate(scope, &grant, &req.session_id).await? {
+                Located::Here(id) => id,
+                Located::There { mut peer, .. } => return forwarded(peer.read(req.clone()).await),
+            };
             let timeout = convert::timeout(req.timeout)?;
             let result = match self.node.read(&id, timeout).await? {
                 Next::Message(m) => R::Message(convert::inbound(&m)),

@@ -46,8 +46,8 @@ pub(crate) async fn attach(
             grant.check_hub(&hub)?;
         }
     }
-    if let Route::There(owner) = node.route(scope, &id).await? {
-        return relay(&node, *owner, open, requests).await;
+    if let Route::There { peer, .. } = node.route(scope, &id).await? {
+        return relay(&node, *peer, open, requests).await;
     }
     let attachment = node.attach(&id, open.take_over, open.manual_ack).await?;
     tracing::debug!(session = %id, take_over = open.take_over, "backend attached");

@@ -1,4 +1,4 @@
-//! Routes of the client port: `/ws/{hub}` upgrades, `/healthz`, `/readyz`, `/metrics`.
+//! Routes of the client port: `/ws/{hub}` upgrades, `/healthz`, `/readyz`, `/metrics`, `/demo`.
 //! Every refusal is a plain-text body saying why, with the status a client library expects.
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
@@ -47,10 +47,11 @@ pub(crate) async fn route(
         }
     } else {
         match path {
-            "/healthz" | "/readyz" | "/metrics" if req.method() != Method::GET => {
+            "/healthz" | "/readyz" | "/metrics" | "/demo" if req.method() != Method::GET => {
                 method_not_allowed("GET")
             }
             "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/demo" => super::demo::page(),
             "/readyz" => readiness(&node),
             "/metrics" => {
                 let mut r = text(StatusCode::OK, node.metrics.render());

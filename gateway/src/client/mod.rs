@@ -2,6 +2,7 @@
 //! `/ws/{hub}` on one port.
 
 mod connection;
+mod demo;
 mod http;
 mod upgrade;
 

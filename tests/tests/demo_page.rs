@@ -1,0 +1,187 @@
+//! The gateway's `/demo` page in a real browser: Debian's `chromium`, driven by
+//! `tests/browser/demo.mjs` (playwright-core) one step per line, while this test plays the
+//! backend over gRPC. Needs `tests/browser/setup` to have run (chromium and `npm ci`).
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use switchboard_sdk::{Client, Message, ReadOutcome, Target};
+use switchboard_tests::{gateway::Gateway, within};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines},
+    process::{Child, ChildStdin, ChildStdout, Command},
+};
+
+/// The page in headless Chromium, steered through the script's stdin and stdout.
+struct Browser {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Browser {
+    /// Opens `url`; the script prints `open` once the page is connected.
+    async fn open(url: &str) -> Browser {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser");
+        let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        assert!(
+            PathBuf::from(&chromium).exists() && dir.join("node_modules/playwright-core").exists(),
+            "the browser test needs chromium and playwright-core: run tests/browser/setup"
+        );
+        let mut child = Command::new("node")
+            .arg(dir.join("demo.mjs"))
+            .arg(url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn node (is Node.js installed?)");
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        Browser {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    async fn tell(&mut self, line: &str) {
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("write to the browser script");
+    }
+
+    /// The script's next line, which must start with `word `; returns the rest.
+    async fn answer(&mut self, word: &str) -> String {
+        let line = within(
+            &format!("the browser script's {word:?}"),
+            self.stdout.next_line(),
+        )
+        .await
+        .expect("read the browser script")
+        .unwrap_or_else(|| panic!("the browser script ended before {word:?}"));
+        match line.strip_prefix(word).and_then(|r| r.strip_prefix(' ')) {
+            Some(rest) => rest.to_owned(),
+            None if line == word => String::new(),
+            None => panic!("expected {word:?} from the browser script, got {line:?}"),
+        }
+    }
+
+    /// Tells the script `line` and checks that it answers `reply`.
+    async fn step(&mut self, line: &str, reply: &str) {
+        self.tell(line).await;
+        let (word, rest) = reply.split_once(' ').unwrap_or((reply, ""));
+        assert_eq!(self.answer(word).await, rest, "after {line:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_demo_page_shows_its_session_and_messages_sends_what_is_typed_and_reconnects() {
+    let gw = Gateway::start(&["--welcome-frame"]).await;
+    let (status, body) = gw.http_get("/demo").await;
+    assert_eq!(status, 200, "{body}");
+    let sb = Client::builder()
+        .gateway(format!("http://{}", gw.backend_addr))
+        .build()
+        .await
+        .unwrap();
+
+    let mut page = Browser::open(&format!("http://{}/demo?hub=lobby", gw.client_addr)).await;
+    page.answer("open").await;
+    page.tell("session").await;
+    let id = page.answer("session").await;
+    assert_eq!(sb.session(id.as_str()).await.unwrap().hub, "lobby");
+
+    // What a backend sends to the session, and what it publishes to the hub, is listed.
+    sb.send(id.as_str(), "hello from the backend")
+        .await
+        .unwrap();
+    page.step(
+        "expect-text hello from the backend",
+        "seen hello from the backend",
+    )
+    .await;
+    sb.send(id.as_str(), vec![1u8, 2, 3, 4, 5]).await.unwrap();
+    page.step("expect-binary 5", "seen binary 5").await;
+    let told = sb
+        .publish(Target::hub("lobby"), "to everyone in the lobby")
+        .await
+        .unwrap();
+    assert_eq!(told.queued, 1);
+    page.step(
+        "expect-text to everyone in the lobby",
+        "seen to everyone in the lobby",
+    )
+    .await;
+    // Markup in a message is shown as text (the script also checks no element was made).
+    let markup = "<img src=x onerror=alert(1)><b>not bold</b>";
+    sb.send(id.as_str(), markup).await.unwrap();
+    page.step(&format!("expect-text {markup}"), &format!("seen {markup}"))
+        .await;
+
+    // What is typed into the page reaches the backend.
+    page.step("type hi from the page", "sent hi from the page")
+        .await;
+    match within("Read", sb.read(id.as_str(), Duration::from_secs(10)))
+        .await
+        .unwrap()
+    {
+        ReadOutcome::Message(m) => {
+            assert_eq!(m.message, Message::Text("hi from the page".into()))
+        }
+        other => panic!("expected the typed message, got {other:?}"),
+    }
+
+    // Closed by the backend, the page comes back on its own, as a new session.
+    sb.close(id.as_str())
+        .code(4000)
+        .reason("see you soon")
+        .await
+        .unwrap();
+    page.tell(&format!("session {id}")).await;
+    let again = page.answer("session").await;
+    assert_ne!(again, id);
+    let note = r#"{"type":"file","name":"adt_a01.hl7","bytes":365,"hl7":{"message_type":"ADT^A01","control_id":"MSG00001"}}"#;
+    sb.publish(Target::hub("lobby"), note).await.unwrap();
+    page.step(&format!("expect-text {note}"), &format!("seen {note}"))
+        .await;
+
+    // <target>/demo.png: the test executable is in <target>/<profile>/deps/.
+    let exe = std::env::current_exe().expect("test executable path");
+    let shot = exe
+        .ancestors()
+        .nth(3)
+        .expect("test executable is in <target>/<profile>/deps")
+        .join("demo.png");
+    let shot = shot.to_str().expect("a UTF-8 path");
+    page.step(&format!("screenshot {shot}"), &format!("shot {shot}"))
+        .await;
+    page.step("quit", "bye").await;
+    let status = within("the browser script to exit", page.child.wait())
+        .await
+        .unwrap();
+    assert!(status.success(), "the browser script failed: {status}");
+}
+
+#[tokio::test]
+async fn without_the_welcome_frame_the_page_works_and_shows_its_session_as_unknown() {
+    let gw = Gateway::start(&[]).await;
+    let sb = Client::builder()
+        .gateway(format!("http://{}", gw.backend_addr))
+        .build()
+        .await
+        .unwrap();
+    let mut page = Browser::open(&format!("http://{}/demo", gw.client_addr)).await;
+    page.answer("open").await;
+    // The default hub is `demo`; the first frame the page gets is this one, no welcome.
+    let told = sb.publish(Target::hub("demo"), "first").await.unwrap();
+    assert_eq!(told.queued, 1);
+    page.step("expect-text first", "seen first").await;
+    page.step("session-now", "session unknown").await;
+    page.step("quit", "bye").await;
+    let status = within("the browser script to exit", page.child.wait())
+        .await
+        .unwrap();
+    assert!(status.success(), "the browser script failed: {status}");
+}
