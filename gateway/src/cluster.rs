@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{
     metadata::{Ascii, MetadataValue},
     service::{interceptor::InterceptedService, Interceptor},
-    transport::{Channel, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
     Request, Status,
 };
 
@@ -56,17 +56,25 @@ pub(crate) struct Cluster {
     /// The URL other nodes use to reach this node's backend API.
     pub advertise: String,
     hop: Hop,
+    /// How to reach peers whose backend listener speaks TLS.
+    tls: Option<ClientTlsConfig>,
     max_message: usize,
     /// One lazily connected channel per peer address.
     channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl Cluster {
-    pub(crate) fn new(advertise: String, token: Option<&str>, max_message: usize) -> Self {
+    pub(crate) fn new(
+        advertise: String,
+        token: Option<&str>,
+        max_message: usize,
+        tls: Option<ClientTlsConfig>,
+    ) -> Self {
         let hop = Hop(token.and_then(|t| format!("Bearer {t}").parse().ok()));
         Self {
             advertise,
             hop,
+            tls,
             max_message,
             channels: Mutex::new(HashMap::new()),
         }
@@ -77,10 +85,15 @@ impl Cluster {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(addr.to_owned())
+        let mut endpoint = Endpoint::from_shared(addr.to_owned())
             .map_err(|e| Status::unavailable(format!("bad peer address {addr:?}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
+        if let (Some(tls), true) = (&self.tls, addr.starts_with("https://")) {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| Status::unavailable(format!("peer TLS for {addr:?}: {e}")))?;
+        }
         let channel = endpoint.connect_lazy();
         channels.insert(addr.to_owned(), channel.clone());
         Ok(channel)
@@ -105,6 +118,25 @@ impl Cluster {
                 .max_encoding_message_size(limit),
         )
     }
+}
+
+/// How this node calls peers over backend TLS: trust `--peer-ca` (or the backend client CA),
+/// and present its own backend certificate when peers require client certificates.
+pub(crate) fn peer_tls(c: &crate::Config) -> Result<Option<ClientTlsConfig>, std::io::Error> {
+    let (Some(cert), Some(key)) = (&c.backend_tls_cert, &c.backend_tls_key) else {
+        return Ok(None);
+    };
+    let mut tls = ClientTlsConfig::new();
+    if let Some(ca) = c.peer_ca.as_ref().or(c.backend_client_ca.as_ref()) {
+        tls = tls.ca_certificate(Certificate::from_pem(std::fs::read(ca)?));
+    }
+    if c.backend_client_ca.is_some() {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(cert)?,
+            std::fs::read(key)?,
+        ));
+    }
+    Ok(Some(tls))
 }
 
 /// Whether a call came from another node.

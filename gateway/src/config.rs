@@ -227,6 +227,12 @@ pub struct Config {
     )]
     pub backend_client_ca: Option<PathBuf>,
 
+    /// PEM CA bundle this node trusts when it calls other nodes over backend TLS; defaults to
+    /// --backend-client-ca. With --backend-client-ca set, the node presents its own backend
+    /// certificate to its peers.
+    #[arg(long, env = "SWITCHBOARD_PEER_CA")]
+    pub peer_ca: Option<PathBuf>,
+
     /// A backend token limited to some hubs, as `HUB[,HUB...]=TOKEN`; repeatable.
     #[arg(long = "scoped-backend-token", env = "SWITCHBOARD_SCOPED_BACKEND_TOKENS", value_delimiter = ';', hide_env_values = true, value_parser = parse_scoped_token)]
     pub scoped_backend_tokens: Vec<ScopedToken>,
@@ -521,6 +527,7 @@ impl fmt::Debug for Config {
             .field("backend_tls_cert", &self.backend_tls_cert)
             .field("backend_tls_key", &self.backend_tls_key)
             .field("backend_client_ca", &self.backend_client_ca)
+            .field("peer_ca", &self.peer_ca)
             .field(
                 "scoped_backend_tokens",
                 &self

@@ -140,14 +140,22 @@ impl Gateway {
                 let redis = RedisRegistry::connect(url, &config.redis_prefix)
                     .await
                     .map_err(|e| Error::Registry(e.to_string()))?;
+                let scheme = if backend_tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
                 let advertise = config
                     .advertise_backend
                     .clone()
-                    .unwrap_or_else(|| format!("http://{backend_addr}"));
+                    .unwrap_or_else(|| format!("{scheme}://{backend_addr}"));
+                let peer_tls =
+                    cluster::peer_tls(&config).map_err(|e| Error::Security(e.to_string()))?;
                 let cluster = Cluster::new(
                     advertise,
                     config.backend_token.as_deref(),
                     config.max_message_bytes.get(),
+                    peer_tls,
                 );
                 (Registry::Redis(redis), Some(Arc::new(cluster)))
             }

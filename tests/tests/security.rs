@@ -450,3 +450,45 @@ async fn a_client_cannot_name_another_session() {
         .unwrap();
     assert!(matches!(victims, R::TimedOut(_)));
 }
+
+#[tokio::test]
+async fn nodes_call_each_other_over_mutual_tls() {
+    let redis = switchboard_tests::redis::Redis::start().await;
+    let pki = Pki::new("cluster CA");
+    let node_cert = pki.server("node");
+    let backend = pki.client("backend");
+    let s = |p: &std::path::Path| p.display().to_string();
+    let url = redis.url();
+    let (cert, key, ca) = (s(&node_cert.cert), s(&node_cert.key), s(&pki.ca_path()));
+    let mut nodes = Vec::new();
+    for id in ["tls-a", "tls-b"] {
+        nodes.push(
+            Gateway::start(&[
+                "--redis-url",
+                &url,
+                "--node-id",
+                id,
+                "--backend-token",
+                "cluster-secret",
+                "--backend-tls-cert",
+                &cert,
+                "--backend-tls-key",
+                &key,
+                "--backend-client-ca",
+                &ca,
+            ])
+            .await,
+        );
+    }
+    let mut on_a = nodes[0].connect("h").await;
+    // A backend with its client certificate calls node B; B forwards to A over mutual TLS.
+    let mut api_b = tls_api(&nodes[1], &pki, Some(&backend)).await.unwrap();
+    let mut req = tonic::Request::new(pb::SendRequest {
+        session_id: on_a.id.clone(),
+        message: text("across TLS"),
+    });
+    req.metadata_mut()
+        .insert("authorization", "Bearer cluster-secret".parse().unwrap());
+    api_b.send(req).await.unwrap();
+    assert_eq!(on_a.text().await, "across TLS");
+}
