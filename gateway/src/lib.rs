@@ -27,6 +27,8 @@ pub mod config;
 mod error;
 mod events;
 mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gate;
 mod hook;
 mod jwt;

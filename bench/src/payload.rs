@@ -1,0 +1,71 @@
+//! The stamp at the start of every benchmark message: a sequence number and the send time.
+//!
+//! Text form (works through every peer, whose HTTP publish APIs carry text): `#`, 16 hex digits
+//! of sequence number, 16 hex digits of nanoseconds since the Unix epoch, then `x` padding up
+//! to the payload size. Binary form (Switchboard only, for payloads under 33 bytes): the byte
+//! 0xB1 (never the first byte of UTF-8 text), the sequence number and the send time as
+//! little-endian u64, then zero padding.
+
+/// Bytes of the text stamp; a load generator keeps this many bytes of each message.
+pub const TEXT_STAMP: usize = 33;
+/// Bytes of the binary stamp.
+pub const BINARY_STAMP: usize = 17;
+/// The most a decoder needs to see of a message.
+pub const PREFIX: usize = TEXT_STAMP;
+
+const BINARY_MARK: u8 = 0xB1;
+
+/// A text payload of `size` bytes (at least [`TEXT_STAMP`]).
+pub fn text(seq: u64, sent_ns: u64, size: usize) -> String {
+    let mut s = format!("#{seq:016x}{sent_ns:016x}");
+    if size > s.len() {
+        s.extend(std::iter::repeat_n('x', size - s.len()));
+    }
+    s
+}
+
+/// A binary payload of `size` bytes (at least [`BINARY_STAMP`]).
+pub fn binary(seq: u64, sent_ns: u64, size: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(size.max(BINARY_STAMP));
+    v.push(BINARY_MARK);
+    v.extend_from_slice(&seq.to_le_bytes());
+    v.extend_from_slice(&sent_ns.to_le_bytes());
+    v.resize(size.max(BINARY_STAMP), 0);
+    v
+}
+
+/// `(seq, sent_ns)` from the first bytes of a message, or `None` for a message that is not a
+/// benchmark message (a welcome frame, say).
+pub fn decode(prefix: &[u8]) -> Option<(u64, u64)> {
+    match prefix.first()? {
+        b'#' if prefix.len() >= TEXT_STAMP => {
+            let hex = |s: &[u8]| -> Option<u64> {
+                u64::from_str_radix(std::str::from_utf8(s).ok()?, 16).ok()
+            };
+            Some((hex(&prefix[1..17])?, hex(&prefix[17..33])?))
+        }
+        &BINARY_MARK if prefix.len() >= BINARY_STAMP => {
+            let seq = u64::from_le_bytes(prefix[1..9].try_into().ok()?);
+            let sent = u64::from_le_bytes(prefix[9..17].try_into().ok()?);
+            Some((seq, sent))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let t = text(7, 1_700_000_000_123_456_789, 100);
+        assert_eq!(t.len(), 100);
+        assert_eq!(decode(t.as_bytes()), Some((7, 1_700_000_000_123_456_789)));
+        let b = binary(u64::MAX - 1, 42, 20);
+        assert_eq!(b.len(), 20);
+        assert_eq!(decode(&b), Some((u64::MAX - 1, 42)));
+        assert_eq!(decode(b"{\"type\":\"welcome\"}"), None);
+        assert_eq!(decode(&t.as_bytes()[..20]), None);
+    }
+}
