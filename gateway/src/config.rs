@@ -413,7 +413,11 @@ impl Config {
                 ping: self.ping_interval,
             });
         }
-        if self.lease_refresh * 2 > self.lease_ttl {
+        if self
+            .lease_refresh
+            .checked_mul(2)
+            .is_none_or(|d| d > self.lease_ttl)
+        {
             return Err(ConfigError::LeaseTooShort);
         }
         if let Some(url) = &self.redis_url {
@@ -433,7 +437,7 @@ impl Config {
         if !is_name(&self.redis_prefix) {
             return Err(ConfigError::BadPrefix);
         }
-        if self.outbound_queue_bytes.get() < self.max_message_bytes.get() + 14 {
+        if self.outbound_queue_bytes.get() < self.max_message_bytes.get().saturating_add(14) {
             return Err(ConfigError::QueueSmallerThanMessage);
         }
         if self.inbox_bytes < self.max_message_bytes {
@@ -470,6 +474,9 @@ fn redact_url(url: &str) -> String {
     }
 }
 
+/// The longest duration any setting takes.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Durations as `250ms`, `10s`, `5m`, `1h`, or a bare number of seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -478,13 +485,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("'{s}' is not a duration (examples: 250ms, 10s, 5m)"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m or h)")),
-    }
+    let d = match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "" | "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m or h)")),
+    };
+    // Past a year a duration is a typo, and adding one that long to a clock could overflow.
+    d.filter(|d| *d <= MAX_DURATION)
+        .ok_or_else(|| format!("'{s}' is longer than a year"))
 }
 
 impl fmt::Debug for Config {
@@ -601,6 +611,8 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("3 weeks").is_err());
+        assert!(parse_duration("5124095576030432h").is_err());
+        assert!(parse_duration("9223372036854775808").is_err());
     }
 
     #[test]

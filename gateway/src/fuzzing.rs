@@ -774,10 +774,9 @@ mod tests {
     }
 
     // Crashes the `config` fuzz target found (bugs in config.rs, not fixed here): each flag
-    // list must be refused with an error, not panic. Un-ignore with the fix.
+    // list must be refused with an error, not panic.
 
     #[test]
-    #[ignore = "config.rs bug: parse_duration multiplies minutes/hours without overflow check"]
     fn regression_duration_in_hours_overflows() {
         // u64::MAX / 3600 + 1 hours, and u64::MAX / 60 + 1 minutes: a panic in debug builds,
         // a silently wrapped (wrong) duration in release builds.
@@ -786,14 +785,12 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "config.rs bug: validate computes lease_refresh * 2, which panics on overflow"]
     fn regression_lease_refresh_times_two_overflows() {
         // Duration * 2 panics in release builds too: the binary dies instead of exiting 64.
         assert!(config_args(&flags(&["--lease-refresh", "9223372036854775808"])).is_err());
     }
 
     #[test]
-    #[ignore = "config.rs bug: validate computes max_message_bytes + 14 without overflow check"]
     fn regression_max_message_bytes_plus_header_overflows() {
         let args = [
             "--max-message-bytes",
