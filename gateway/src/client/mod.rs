@@ -4,6 +4,7 @@
 mod connection;
 mod demo;
 mod http;
+mod reader;
 mod upgrade;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
