@@ -21,6 +21,38 @@ use tonic::{
 
 use crate::{within, ws::Client};
 
+/// Builds targets of a workspace package with the same profile as the running tests, into
+/// the same target directory, and returns that profile's output directory.
+fn cargo_build(package: &str, targets: &[&str]) -> PathBuf {
+    // The test executable lives in <target>/<profile>/deps/.
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable is in <target>/<profile>/deps")
+        .to_path_buf();
+    let target_dir = profile_dir.parent().expect("target directory");
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev",
+        Some(other) => other,
+    };
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "--package", package])
+        .args(targets)
+        .args(["--profile", profile])
+        .env("CARGO_TARGET_DIR", target_dir)
+        .current_dir(workspace)
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "building {package} {targets:?} failed");
+    profile_dir
+}
+
 /// The gateway binary, built once per test binary with the same profile as the tests.
 pub fn gateway_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -28,41 +60,17 @@ pub fn gateway_bin() -> PathBuf {
         if let Some(p) = std::env::var_os("SWITCHBOARD_GATEWAY_BIN") {
             return p.into();
         }
-        // The test executable lives in <target>/<profile>/deps/.
-        let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .expect("test executable is in <target>/<profile>/deps");
-        let target_dir = profile_dir.parent().expect("target directory");
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev",
-            Some(other) => other,
-        };
-        let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root")
-            .to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "--package",
-                "switchboard-gateway",
-                "--bin",
-                "switchboard-gateway",
-                "--profile",
-                profile,
-            ])
-            .env("CARGO_TARGET_DIR", target_dir)
-            .current_dir(workspace)
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building the gateway failed");
-        profile_dir.join("switchboard-gateway")
+        cargo_build("switchboard-gateway", &["--bin", "switchboard-gateway"])
+            .join("switchboard-gateway")
     })
     .clone()
+}
+
+/// An example of the SDK, all of them built once per test binary.
+pub fn example_bin(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| cargo_build("switchboard-sdk", &["--examples"]).join("examples"))
+        .join(name)
 }
 
 /// A running gateway process; killed when dropped.

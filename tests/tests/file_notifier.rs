@@ -5,58 +5,21 @@
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
-    sync::OnceLock,
     time::Duration,
 };
 
 use switchboard_sdk::{Client, Target};
-use switchboard_tests::{gateway::Gateway, redis::Redis, within, ws};
+use switchboard_tests::{
+    gateway::{example_bin, Gateway},
+    redis::Redis,
+    within, ws,
+};
 use tempfile::TempDir;
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
     sync::mpsc,
 };
-
-/// The SDK's examples, built once per test binary with the same profile as the tests (as in
-/// `sdk.rs`).
-fn example_bin(name: &str) -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .expect("test executable is in <target>/<profile>/deps")
-            .to_path_buf();
-        let target_dir = profile_dir.parent().expect("target directory");
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev",
-            Some(other) => other,
-        };
-        let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root")
-            .to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "--package",
-                "switchboard-sdk",
-                "--examples",
-            ])
-            .args(["--profile", profile])
-            .env("CARGO_TARGET_DIR", target_dir)
-            .current_dir(workspace)
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building the SDK's examples failed");
-        profile_dir.join("examples")
-    })
-    .join(name)
-}
 
 /// A sample file from `tests/data/`.
 fn sample(name: &str) -> PathBuf {

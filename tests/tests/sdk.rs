@@ -3,9 +3,7 @@
 
 use std::{
     collections::HashSet,
-    path::PathBuf,
     process::Stdio,
-    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -15,7 +13,7 @@ use switchboard_sdk::{
     Message, ReadOutcome, RetryPolicy, SessionState, Target,
 };
 use switchboard_tests::{
-    gateway::Gateway,
+    gateway::{example_bin, Gateway},
     raw::http_request,
     redis::Redis,
     within,
@@ -711,45 +709,6 @@ async fn with_redis_calls_go_to_the_owner_and_nodes_are_followed_as_they_come_an
 }
 
 // ---- The examples, run as processes ----
-
-/// The SDK's examples, built once per test binary with the same profile as the tests.
-fn example_bin(name: &str) -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .expect("test executable is in <target>/<profile>/deps")
-            .to_path_buf();
-        let target_dir = profile_dir.parent().expect("target directory");
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev",
-            Some(other) => other,
-        };
-        let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root")
-            .to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "--package",
-                "switchboard-sdk",
-                "--examples",
-            ])
-            .args(["--profile", profile])
-            .env("CARGO_TARGET_DIR", target_dir)
-            .current_dir(workspace)
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building the SDK's examples failed");
-        profile_dir.join("examples")
-    })
-    .join(name)
-}
 
 /// An example process, killed when dropped.
 struct Example {

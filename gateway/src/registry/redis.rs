@@ -487,7 +487,7 @@ impl RedisRegistry {
             }
         }
         let walking_nodes = filter.hub.is_none() && filter.user.is_none() && filter.node.is_none();
-        let mut records = Vec::new();
+        let mut records: Vec<SessionRecord> = Vec::new();
         // Bounded: a page is filled from at most this many index reads.
         for _ in 0..64 {
             let Some(key) = keys.get(key_at) else { break };
@@ -513,9 +513,8 @@ impl RedisRegistry {
             for (id, record) in ids.iter().zip(fetched) {
                 after = Some(id.clone());
                 if let Some(r) = record.filter(|r| super::memory::matches(filter, r)) {
-                    if records.len() == page_size {
+                    if let (true, Some(last)) = (records.len() == page_size, records.last()) {
                         // One more exists: the page ends at the previous record.
-                        let last: &SessionRecord = records.last().expect("page_size > 0");
                         let token = if walking_nodes {
                             format!("{}/{}", last.node, last.id)
                         } else {
