@@ -28,7 +28,7 @@ use crate::{
     limits::Bucket,
     message::{Assembler, DataFrame},
     node::Node,
-    session::{Closer, Session, SessionEnd},
+    session::{Closer, Session, SessionEnd, Writer},
 };
 
 /// The session's reader task, from the end of the upgrade to the session's teardown.
@@ -93,7 +93,7 @@ fn connect(
     {
         Ok(parts) => {
             let (read, write) = parts.io.into_inner().into_split();
-            session.install_writer(Box::pin(write));
+            session.install_writer(Writer::Tcp(write));
             Socket::Plain(read, parts.read_buf)
         }
         // TLS: the stream is not a `TcpStream`; `read_tls` splits it.
@@ -188,7 +188,7 @@ async fn read_flowing<'c>(
 /// Reads a TLS socket until the session ends and says how it ended.
 async fn read_tls(node: &Node, session: &Arc<Session>, upgraded: Upgraded) -> SessionEnd {
     let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-    session.install_writer(Box::pin(write));
+    session.install_writer(Writer::Stream(Box::pin(write)));
     // Writes never go through fastwebsockets, so its write half gets a sink and is dropped.
     let (mut reader, _) =
         fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
