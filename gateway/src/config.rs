@@ -62,6 +62,11 @@ pub struct Config {
     )]
     pub backend_listen: SocketAddr,
 
+    /// Connections the kernel may hold for each listener before they are accepted (capped by
+    /// net.core.somaxconn). A short queue resets clients during connect bursts.
+    #[arg(long, env = "SWITCHBOARD_LISTEN_BACKLOG", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=65535))]
+    pub listen_backlog: u32,
+
     /// Bearer token every backend call must carry.
     #[arg(long, env = "SWITCHBOARD_BACKEND_TOKEN", hide_env_values = true)]
     pub backend_token: Option<String>,
@@ -503,6 +508,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("backend_listen", &self.backend_listen)
+            .field("listen_backlog", &self.listen_backlog)
             .field(
                 "backend_token",
                 &self.backend_token.as_ref().map(|_| "<redacted>"),
@@ -585,6 +591,18 @@ mod tests {
         assert_eq!(c.max_message_bytes.get(), 1 << 20);
         assert_eq!(c.ping_interval, Duration::from_secs(25));
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.listen_backlog, 4096);
+    }
+
+    #[test]
+    fn a_listen_backlog_outside_the_kernels_range_is_refused() {
+        let parse = |v: &str| {
+            Config::try_parse_from(["switchboard-gateway", "--listen-backlog", v])
+                .map(|c| c.listen_backlog)
+        };
+        assert_eq!(parse("128").unwrap(), 128);
+        assert!(parse("0").is_err());
+        assert!(parse("70000").is_err());
     }
 
     #[test]

@@ -101,8 +101,8 @@ impl Gateway {
             Some(id) => id.as_str().into(),
             None => random_node_id()?.into(),
         };
-        let client = bind(config.listen).await?;
-        let backend = bind(config.backend_listen).await?;
+        let client = bind(config.listen, config.listen_backlog)?;
+        let backend = bind(config.backend_listen, config.listen_backlog)?;
         let backend_addr = backend.local_addr().unwrap_or(config.backend_listen);
         let gate = gate::Gate::from_config(&config).map_err(|e| Error::Security(e.to_string()))?;
         let load = |cert: &Option<std::path::PathBuf>,
@@ -316,10 +316,20 @@ async fn reload_tls_on_sighup(tls: [Option<Arc<ReloadableTls>>; 2], stop: Cancel
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })
+/// A listener with `backlog` (tokio's `bind` fixes it at 1024, too short for connect bursts of
+/// thousands per second).
+fn bind(addr: SocketAddr, backlog: u32) -> Result<TcpListener, Error> {
+    let listen = || {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        // As std and tokio do: a restarted gateway can bind while old connections linger.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(backlog)
+    };
+    listen().map_err(|source| Error::Bind { addr, source })
 }
 
 fn random_node_id() -> Result<String, Error> {
