@@ -71,10 +71,7 @@ pub(crate) enum Route {
     /// The session is here (or nowhere): handle the call locally.
     Here,
     /// Another node holds it: send the same call there.
-    There {
-        node: String,
-        peer: Box<GatewayPeer>,
-    },
+    There { peer: Box<GatewayPeer> },
 }
 
 /// What a publish achieved.
@@ -164,7 +161,6 @@ impl Node {
                 })?;
                 Ok(Route::There {
                     peer: Box::new(cluster.gateway(&addr).map_err(Error::Remote)?),
-                    node: owner,
                 })
             }
             _ => Ok(Route::Here),

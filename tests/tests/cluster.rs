@@ -76,8 +76,10 @@ async fn cross_node_operations(url: String) {
 
     send(&mut api_c, &on_a.id, "via c").await.unwrap();
     assert_eq!(on_a.text().await, "via c");
-    // A batch through C mixing a session on A, one on C itself, and an unknown one.
+    // A batch through C mixing sessions on A, B and C itself, an unknown one and an item
+    // without an ID: each item gets its own answer, in order.
     let mut on_c = c.connect("h").await;
+    let mut on_b = b.connect("h").await;
     let results = api_c
         .send_batch(pb::SendBatchRequest {
             items: vec![
@@ -93,6 +95,14 @@ async fn cross_node_operations(url: String) {
                     session_id: "AAAAAAAAAAAAAAAAAAAAAA".into(),
                     message: text("x"),
                 },
+                pb::SendRequest {
+                    session_id: on_b.id.clone(),
+                    message: text("batch b"),
+                },
+                pb::SendRequest {
+                    session_id: String::new(),
+                    message: text("x"),
+                },
             ],
         })
         .await
@@ -100,8 +110,12 @@ async fn cross_node_operations(url: String) {
         .into_inner()
         .results;
     let codes: Vec<u32> = results.iter().map(|r| r.code).collect();
-    assert_eq!(codes, [0, 0, Code::NotFound as u32]);
+    assert_eq!(
+        codes,
+        [0, 0, Code::NotFound as u32, 0, Code::InvalidArgument as u32]
+    );
     assert_eq!(on_a.text().await, "batch a");
+    assert_eq!(on_b.text().await, "batch b");
     assert_eq!(on_c.text().await, "batch c");
 
     on_a.send_text("read me").await;

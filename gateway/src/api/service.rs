@@ -1,6 +1,6 @@
 //! `switchboard.v1.Gateway`: each RPC checks its arguments, calls the node, and maps the result.
 
-use std::{pin::Pin, sync::Arc};
+use std::{collections::HashMap, pin::Pin, sync::Arc};
 
 use futures_util::Stream;
 use switchboard_proto::v1::{self as pb, gateway_server::Gateway};
@@ -33,7 +33,7 @@ impl GatewayService {
         self.permit(grant, &id).await?;
         Ok(match self.node.route(scope, &id).await? {
             Route::Here => Located::Here(id),
-            Route::There { node, peer } => Located::There { node, peer },
+            Route::There { peer } => Located::There { peer },
         })
     }
 
@@ -73,7 +73,6 @@ fn span(method: &'static str, session: &str) -> tracing::Span {
 enum Located {
     Here(SessionId),
     There {
-        node: String,
         peer: Box<crate::cluster::GatewayPeer>,
     },
 }
@@ -218,31 +217,62 @@ impl Gateway for GatewayService {
                 )));
             }
             let mut results: Vec<Option<pb::SendResult>> = vec![None; items.len()];
-            // Items held by other nodes go there as one batch per node.
-            let mut elsewhere: Vec<(String, Box<crate::cluster::GatewayPeer>, Vec<usize>)> =
-                Vec::new();
+            let mut valid: Vec<(usize, SessionId)> = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
-                let r = match self.locate(scope, &grant, &item.session_id).await {
+                let checked = match convert::session_id(&item.session_id) {
+                    Ok(id) => self.permit(&grant, &id).await.map(|()| id),
                     Err(e) => Err(e),
-                    Ok(Located::Here(id)) => match convert::message(item.message.clone()) {
+                };
+                match checked {
+                    Ok(id) => valid.push((i, id)),
+                    Err(e) => results[i] = Some(send_result(Err(e))),
+                }
+            }
+            // The owners of every item not held here come from one registry round trip; the
+            // items of each other node then go there as one batch.
+            let mut elsewhere: Vec<(String, crate::cluster::GatewayPeer, Vec<usize>)> = Vec::new();
+            let mut owner_of: HashMap<SessionId, usize> = HashMap::new();
+            let mut unroutable = None;
+            if scope == Scope::Cluster {
+                let ids: Vec<SessionId> = valid.iter().map(|(_, id)| id.clone()).collect();
+                match self.node.partition(&ids).await {
+                    Ok((_, there)) => {
+                        for (k, (node, peer, ids)) in there.into_iter().enumerate() {
+                            owner_of.extend(ids.into_iter().map(|id| (id, k)));
+                            elsewhere.push((node, peer, Vec::new()));
+                        }
+                    }
+                    // Sessions held here are still reachable without the registry.
+                    Err(e) => unroutable = Some(Status::from(e)),
+                }
+            }
+            for (i, id) in valid {
+                if let Some(&k) = owner_of.get(&id) {
+                    elsewhere[k].2.push(i);
+                    continue;
+                }
+                let r = match &unroutable {
+                    Some(status) if self.node.pool.get(&id).is_none() => {
+                        Err(Error::Remote(status.clone()))
+                    }
+                    _ => match convert::message(items[i].message.clone()) {
                         Ok(m) => self.node.send(&id, &m).await,
                         Err(e) => Err(e),
                     },
-                    Ok(Located::There { node, peer }) => {
-                        match elsewhere.iter_mut().find(|(n, _, _)| *n == node) {
-                            Some((_, _, idx)) => idx.push(i),
-                            None => elsewhere.push((node, peer, vec![i])),
-                        }
-                        continue;
-                    }
                 };
                 results[i] = Some(send_result(r));
             }
-            for (node, mut peer, idx) in elsewhere {
-                let batch = pb::SendBatchRequest {
-                    items: idx.iter().map(|&i| items[i].clone()).collect(),
-                };
-                match peer.send_batch(batch).await {
+            let forwarded = futures_util::future::join_all(elsewhere.into_iter().map(
+                |(node, mut peer, idx)| {
+                    let batch = pb::SendBatchRequest {
+                        items: idx.iter().map(|&i| items[i].clone()).collect(),
+                    };
+                    async move { (node, idx, peer.send_batch(batch).await) }
+                },
+            ))
+            .await;
+            for (node, idx, r) in forwarded {
+                match r {
                     Ok(r) => {
                         for (&i, res) in idx.iter().zip(r.into_inner().results) {
                             results[i] = Some(res);

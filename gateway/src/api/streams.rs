@@ -46,7 +46,7 @@ pub(crate) async fn attach(
             grant.check_hub(&hub)?;
         }
     }
-    if let Route::There { peer, .. } = node.route(scope, &id).await? {
+    if let Route::There { peer } = node.route(scope, &id).await? {
         return relay(&node, *peer, open, requests).await;
     }
     let attachment = node.attach(&id, open.take_over, open.manual_ack).await?;
