@@ -66,8 +66,9 @@ pub struct PublishReport {
     pub mode: String,
     /// Messages the publisher tried to send (sequence numbers 1..=attempted).
     pub attempted: u64,
-    /// Calls the server accepted.
+    /// Calls the server accepted; for batched unicast, items (messages) it accepted.
     pub ok: u64,
+    /// Calls (batched unicast: items) that failed.
     pub failed: u64,
     /// Error kinds and counts.
     pub errors: Vec<(String, u64)>,
@@ -79,9 +80,18 @@ pub struct PublishReport {
     /// Sessions a Publish said it queued the message for, summed over calls.
     pub queued: u64,
     pub refused: u64,
-    /// Send call round trip, microseconds.
+    /// Call round trip (one `Send`, one `SendBatch` or one HTTP publish), microseconds.
     pub call_us: Percentiles,
     /// The publisher's own CPU (user, system clock ticks) over its life.
     #[serde(default)]
     pub self_cpu_ticks: (u64, u64),
+    /// `SendBatch` calls made (batched unicast; 0 otherwise). Defaults keep older reports
+    /// readable.
+    #[serde(default)]
+    pub batch_calls: u64,
+    /// Mean and largest items per `SendBatch` call.
+    #[serde(default)]
+    pub batch_items_mean: f64,
+    #[serde(default)]
+    pub batch_items_max: u64,
 }

@@ -3,7 +3,8 @@
 //!
 //! Targets:
 //! - `switchboard`: the gRPC API (`--endpoint http://127.0.0.1:7070`): `Publish` to a hub,
-//!   `Send` to session IDs read from load generators' `--sessions-file`s, `Attach` writes for a
+//!   `Send` to session IDs read from load generators' `--sessions-file`s (or, with `unicast
+//!   --batch-ms`, every message due in a period in one `SendBatch`), `Attach` writes for a
 //!   flood (a stream with backpressure, no call per message).
 //! - `nchan`: `POST {endpoint}/pub/all` or `/pub/<index>` (`--endpoint http://127.0.0.1:8091`).
 //! - `pushpin`: `POST {endpoint}/publish/` with a JSON item for channel `all` or `<index>`
@@ -39,7 +40,12 @@ use switchboard_bench::{
 use switchboard_proto::v1::{
     self as pb, attach_request, gateway_client::GatewayClient, message::Payload, target,
 };
-use tokio::{net::TcpStream, time::sleep_until};
+use tokio::{
+    net::TcpStream,
+    sync::Semaphore,
+    task::JoinSet,
+    time::{interval, sleep_until, timeout, MissedTickBehavior},
+};
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Parser)]
@@ -111,6 +117,17 @@ struct UnicastArgs {
     /// Stop issuing after this long even if behind schedule.
     #[arg(long, default_value_t = 60.0)]
     max_seconds: f64,
+    /// Switchboard only: batch period in milliseconds. Every period, every message already due
+    /// goes out in one `SendBatch` call (at most `--workers` calls in flight, spread over the
+    /// connections); each message is stamped with its due time, so the wait for the batch
+    /// counts in the measured latency. 0 = one unary `Send` per message.
+    #[arg(long, default_value_t = 0.0)]
+    batch_ms: f64,
+    /// Most encoded bytes in one `SendBatch` request: more due messages than fit go in further
+    /// calls. The gateway refuses requests over its `max_message_bytes` + 64 KiB (1 MiB +
+    /// 64 KiB by default), which 10,000 items of 100 B exceed.
+    #[arg(long, default_value_t = 1 << 20)]
+    batch_max_bytes: usize,
 }
 
 #[derive(Args)]
@@ -130,11 +147,16 @@ struct FloodArgs {
 }
 
 fn message(seq: u64, size: usize, binary: bool) -> pb::Message {
-    let now = now_ns();
+    message_at(seq, now_ns(), size, binary)
+}
+
+/// A message stamped with `sent_ns` (a batched message's due time rather than the moment its
+/// batch leaves).
+fn message_at(seq: u64, sent_ns: u64, size: usize, binary: bool) -> pb::Message {
     let p = if binary || size < payload::TEXT_STAMP {
-        Payload::Binary(payload::binary(seq, now, size))
+        Payload::Binary(payload::binary(seq, sent_ns, size))
     } else {
-        Payload::Text(payload::text(seq, now, size))
+        Payload::Text(payload::text(seq, sent_ns, size))
     };
     pb::Message { payload: Some(p) }
 }
@@ -241,6 +263,8 @@ struct Tally {
     call_ns: Vec<u64>,
     queued: u64,
     refused: u64,
+    /// Items per `SendBatch` call (batched unicast only).
+    batch_items: Vec<u64>,
 }
 
 impl Tally {
@@ -258,6 +282,7 @@ impl Tally {
         self.queued += o.queued;
         self.refused += o.refused;
         self.call_ns.extend(o.call_ns);
+        self.batch_items.extend(o.batch_items);
         for (k, v) in o.errors {
             *self.errors.entry(k).or_default() += v;
         }
@@ -273,6 +298,12 @@ impl Tally {
     ) -> PublishReport {
         let call_us: Percentiles = percentiles_us(&mut self.call_ns);
         let cpu = procfs::cpu_ticks(std::process::id());
+        let batch_calls = self.batch_items.len() as u64;
+        let batch_items_mean = if batch_calls == 0 {
+            0.0
+        } else {
+            self.batch_items.iter().sum::<u64>() as f64 / batch_calls as f64
+        };
         PublishReport {
             target: format!("{target:?}").to_lowercase(),
             mode: mode.into(),
@@ -287,6 +318,9 @@ impl Tally {
             refused: self.refused,
             call_us,
             self_cpu_ticks: (cpu.user, cpu.system),
+            batch_calls,
+            batch_items_mean,
+            batch_items_max: self.batch_items.iter().copied().max().unwrap_or(0),
         }
     }
 }
@@ -359,7 +393,43 @@ fn read_sessions(files: &[PathBuf], total: u64) -> Result<Vec<Option<String>>> {
     Ok(ids)
 }
 
+/// The most items one `SendBatch` call may carry (the API's limit).
+const MAX_BATCH: usize = 10_000;
+
+/// An upper bound on the bytes one item adds to an encoded `SendBatchRequest`: the session ID
+/// and the payload, plus a tag and a length varint (at most 5 bytes below 4 GiB) for each of
+/// the item, its session ID, its message and the message's payload.
+fn item_bytes(session_id: &str, payload: usize) -> usize {
+    session_id.len() + payload + 4 * (1 + 5)
+}
+
 async fn unicast(target: Target, endpoint: &str, a: UnicastArgs) -> Result<PublishReport> {
+    // Checked here because `Duration::from_secs_f64` panics on negative, NaN or infinite input
+    // and `j % total` on a zero total.
+    anyhow::ensure!(a.total > 0, "--total must be at least 1");
+    anyhow::ensure!(
+        a.rate.is_finite() && a.rate > 0.0,
+        "--rate must be a positive number"
+    );
+    anyhow::ensure!(
+        a.seconds.is_finite() && a.seconds >= 0.0,
+        "--seconds must be a non-negative number"
+    );
+    anyhow::ensure!(
+        a.max_seconds.is_finite() && a.max_seconds >= 0.0,
+        "--max-seconds must be a non-negative number"
+    );
+    anyhow::ensure!(
+        a.batch_ms.is_finite() && (0.0..=60_000.0).contains(&a.batch_ms),
+        "--batch-ms must be between 0 and 60000"
+    );
+    if a.batch_ms > 0.0 {
+        anyhow::ensure!(
+            target == Target::Switchboard,
+            "--batch-ms is for the switchboard target only (SendBatch)"
+        );
+        return unicast_batched(endpoint, a).await;
+    }
     let m_total = (a.rate * a.seconds).round() as u64;
     let sessions = Arc::new(if target == Target::Switchboard {
         read_sessions(&a.sessions, a.total)?
@@ -453,6 +523,149 @@ async fn unicast(target: Target, endpoint: &str, a: UnicastArgs) -> Result<Publi
     // Every fetched sequence number was sent: the attempted set is 1..=attempted.
     let attempted = (next.load(Relaxed) - 1).min(m_total);
     Ok(tally.report(target, "unicast", attempted, elapsed, a.rate))
+}
+
+/// Batched unicast: a scheduler wakes every `--batch-ms`, takes every message whose due time
+/// (start + (j-1)/rate) has passed and sends them in one `SendBatch` call (several calls when
+/// more than [`MAX_BATCH`] items or `--batch-max-bytes` are due). At most `--workers` calls
+/// are in flight, round robin over the `--connections` channels; while none is free, due
+/// messages accumulate for the next call.
+///
+/// Each message carries its due time as its send stamp, not the moment its batch leaves, so the
+/// wait for the tick, for a free call slot and for the rest of the batch all count in the
+/// latency the load generators measure.
+async fn unicast_batched(endpoint: &str, a: UnicastArgs) -> Result<PublishReport> {
+    let m_total = (a.rate * a.seconds).round() as u64;
+    let sessions = read_sessions(&a.sessions, a.total)?;
+    let mut clients = Vec::new();
+    for _ in 0..a.connections.max(1) {
+        clients.push(grpc(endpoint).await?);
+    }
+    let permits = Arc::new(Semaphore::new(a.workers.max(1)));
+    let mut calls: JoinSet<Tally> = JoinSet::new();
+    let mut tally = Tally::default();
+    let mut ticks = interval(Duration::from_secs_f64(a.batch_ms / 1000.0));
+    // After a stall (no free call slot), wake on the regular grid rather than in a burst of
+    // catch-up ticks: whatever became due meanwhile goes out in the next call anyway.
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let start = Instant::now();
+    let stop_at = start + Duration::from_secs_f64(a.max_seconds);
+    let due = |j: u64| start + Duration::from_secs_f64((j - 1) as f64 / a.rate);
+    // The first sequence number not issued yet: 1..next were each put in exactly one call (or
+    // counted failed for want of a session), so `attempted` is exact.
+    let mut next = 1u64;
+    // More was due than one call carries: send the rest without waiting for a tick.
+    let mut backlog = false;
+    let mut made = 0usize;
+    while next <= m_total {
+        if !backlog {
+            ticks.tick().await;
+        }
+        // Fold in finished calls so their tallies don't pile up in the set.
+        while let Some(r) = calls.try_join_next() {
+            tally.merge(r?);
+        }
+        let left = stop_at.saturating_duration_since(Instant::now());
+        let Ok(permit) = timeout(left, Arc::clone(&permits).acquire_owned()).await else {
+            break;
+        };
+        let permit = permit.context("call slots closed")?;
+        // Wall clock first: a stamp taken a little early overstates latency rather than hiding
+        // any of it.
+        let wall = now_ns();
+        let now = Instant::now();
+        if now >= stop_at {
+            break;
+        }
+        // Message j is due once (j-1)/rate seconds have passed.
+        let due_now = ((now - start).as_secs_f64() * a.rate).floor() as u64 + 1;
+        let last = due_now.min(m_total);
+        if last < next {
+            backlog = false;
+            continue;
+        }
+        let mut items = Vec::with_capacity(((last - next + 1) as usize).min(MAX_BATCH));
+        let mut bytes = 0;
+        while next <= last && items.len() < MAX_BATCH {
+            let j = next;
+            match sessions.get((j % a.total) as usize).and_then(|s| s.clone()) {
+                Some(id) => {
+                    // Payloads are never shorter than a stamp.
+                    let b = item_bytes(&id, a.size.max(payload::TEXT_STAMP));
+                    // Full: the rest goes in the next call (one item always goes, so a tiny
+                    // limit cannot stall the loop).
+                    if !items.is_empty() && bytes + b > a.batch_max_bytes {
+                        break;
+                    }
+                    bytes += b;
+                    let late = now.saturating_duration_since(due(j)).as_nanos() as u64;
+                    items.push(pb::SendRequest {
+                        session_id: id,
+                        message: Some(message_at(j, wall.saturating_sub(late), a.size, false)),
+                        ..Default::default()
+                    });
+                }
+                None => tally.error("no session for that socket"),
+            }
+            next += 1;
+        }
+        backlog = next <= last;
+        if items.is_empty() {
+            continue;
+        }
+        let mut client = clients[made % clients.len()].clone();
+        made += 1;
+        calls.spawn(async move {
+            // Held until the call is answered: bounds the calls in flight.
+            let _permit = permit;
+            let mut t = Tally::default();
+            let n = items.len();
+            t.batch_items.push(n as u64);
+            let started = Instant::now();
+            let r = client
+                .send_batch(pb::SendBatchRequest {
+                    items,
+                    ..Default::default()
+                })
+                .await;
+            t.call_ns.push(started.elapsed().as_nanos() as u64);
+            match r {
+                Ok(resp) => {
+                    let results = resp.into_inner().results;
+                    for res in results.iter().take(n) {
+                        if res.code == 0 {
+                            t.ok += 1;
+                        } else {
+                            let code = tonic::Code::from(res.code as i32);
+                            t.error(format!("{code:?}: {}", res.message));
+                        }
+                    }
+                    // A short answer leaves items whose fate is unknown: count them failed.
+                    for _ in results.len()..n {
+                        t.error("SendBatch answered fewer results than items");
+                    }
+                }
+                Err(e) => {
+                    let msg = format!("{:?}: {}", e.code(), e.message());
+                    for _ in 0..n {
+                        t.error(&msg);
+                    }
+                }
+            }
+            t
+        });
+    }
+    while let Some(r) = calls.join_next().await {
+        tally.merge(r?);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok(tally.report(
+        Target::Switchboard,
+        "unicast-batch",
+        next - 1,
+        elapsed,
+        a.rate,
+    ))
 }
 
 async fn flood(target: Target, endpoint: &str, a: FloodArgs) -> Result<PublishReport> {

@@ -166,7 +166,9 @@ fn f(v: Option<f64>, digits: usize) -> String {
 fn target_order(t: &str) -> usize {
     [
         "switchboard",
+        "switchboard-batch",
         "switchboard-2node",
+        "switchboard-2node-batch",
         "switchboard-redis",
         "switchboard-memory",
         "nchan",
@@ -175,6 +177,31 @@ fn target_order(t: &str) -> usize {
     .iter()
     .position(|x| *x == t)
     .unwrap_or(9)
+}
+
+/// The publisher's batch period of a unicast group, when it sent with `SendBatch`. Read from
+/// the records, not the key, whose parameters are rounded to integers; older runs have no
+/// batched rows, so their groups read as unary.
+fn batch_ms(g: &Group) -> Option<f64> {
+    g.runs
+        .iter()
+        .find_map(|r| r.params.get("batch_ms").copied())
+        .filter(|&ms| ms > 0.0)
+}
+
+/// How a unicast row's messages were sent.
+fn unicast_mode(target: &str, g: &Group) -> String {
+    match batch_ms(g) {
+        Some(ms) => {
+            let per_call = g
+                .med("batch_items_mean")
+                .map(|m| format!(", {m:.1} msgs/call"))
+                .unwrap_or_default();
+            format!("`SendBatch`, {ms} ms batches{per_call}")
+        }
+        None if target.starts_with("switchboard") => "unary `Send`".into(),
+        None => "one HTTP publish per message".into(),
+    }
 }
 
 const COLORS: [RGBColor; 4] = [
@@ -427,34 +454,86 @@ fn main() -> Result<()> {
             ));
         }
     }
+    // One gateway node, whichever way it is driven (unary `Send` or `SendBatch`): the best
+    // mode counts, and the cell says which one it was.
     let uni: Vec<(&Key, &Group)> = d
         .of("unicast")
-        .filter(|(k, _)| k.1 == "switchboard")
+        .filter(|(k, _)| k.1 == "switchboard" || k.1 == "switchboard-batch")
         .collect();
-    if !uni.is_empty() {
-        let best = uni
+    let label = |g: &Group| match batch_ms(g) {
+        Some(ms) => format!("`SendBatch`, {ms} ms batches"),
+        None => "unary `Send`".to_owned(),
+    };
+    // A rate with messages lost or duplicated is not a rate the gateway sustains: per mode, the
+    // exact row (exact in every run) with the highest median achieved rate, or the best
+    // inexact row when a mode has no exact one.
+    let all_exact = |g: &Group| g.runs.iter().all(|r| r.exact == Some(true));
+    let mut best_by_mode: BTreeMap<String, (bool, f64, f64)> = BTreeMap::new();
+    for (k, g) in &uni {
+        let Some(v) = g.med("achieved_per_s") else {
+            continue;
+        };
+        let cand = (all_exact(g), v, Data::param(k, "rate"));
+        let e = best_by_mode.entry(label(g)).or_insert(cand);
+        if (cand.0, cand.1) > (e.0, e.1) {
+            *e = cand;
+        }
+    }
+    if let Some((mode, (exact, best, asked))) = best_by_mode.iter().max_by(|a, b| {
+        (a.1 .0, a.1 .1)
+            .partial_cmp(&(b.1 .0, b.1 .1))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    }) {
+        let exact = *exact;
+        let others: Vec<String> = best_by_mode
             .iter()
-            .filter_map(|(_, g)| g.med("achieved_per_s"))
-            .fold(0.0f64, f64::max);
+            .filter(|(m, _)| *m != mode)
+            .map(|(m, (_, v, _))| format!("{m}: {v:.0}"))
+            .collect();
         checks.push((
             "unicast: ≥ 50,000 msgs/s".into(),
-            format!("{best:.0} msgs/s at most"),
-            best >= 50_000.0,
+            format!(
+                "{best:.0} msgs/s at most, with {mode} (asked {asked:.0}/s{}){}",
+                if exact { "" } else { "; **not exact**" },
+                if others.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", others.join("; "))
+                }
+            ),
+            *best >= 50_000.0 && exact,
         ));
-        if let Some((_, g)) = uni
+    }
+    // Per mode: the row asked for 25,000/s; the lowest median p99 counts.
+    let mut at_25k: Vec<(String, f64, f64)> = uni
+        .iter()
+        .filter(|(k, _)| (Data::param(k, "rate") - 25_000.0).abs() < 1.0)
+        .map(|(_, g)| {
+            (
+                label(g),
+                g.med("p99_ms").unwrap_or(f64::NAN),
+                g.med("achieved_per_s").unwrap_or(0.0),
+            )
+        })
+        .collect();
+    at_25k.sort_by(|a, b| a.1.total_cmp(&b.1));
+    if let Some((mode, p99, achieved)) = at_25k.first() {
+        let others: Vec<String> = at_25k[1..]
             .iter()
-            .find(|(k, _)| (Data::param(k, "rate") - 25_000.0).abs() < 1.0)
-        {
-            let p99 = g.med("p99_ms").unwrap_or(f64::NAN);
-            checks.push((
-                "unicast: p99 ≤ 5 ms at 25,000 msgs/s".into(),
-                format!(
-                    "{p99:.1} ms (achieved {:.0}/s)",
-                    g.med("achieved_per_s").unwrap_or(0.0)
-                ),
-                p99 <= 5.0,
-            ));
-        }
+            .map(|(m, p, _)| format!("{m}: {p:.1} ms"))
+            .collect();
+        checks.push((
+            "unicast: p99 ≤ 5 ms at 25,000 msgs/s".into(),
+            format!(
+                "{p99:.1} ms with {mode} (achieved {achieved:.0}/s){}",
+                if others.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", others.join("; "))
+                }
+            ),
+            *p99 <= 5.0,
+        ));
     }
     if let Some(g) = d.get("churn", "switchboard-redis", &[("concurrency", 64.0)]) {
         let v = g.med("cycles_per_s").unwrap_or(f64::NAN);
@@ -680,19 +759,23 @@ fn main() -> Result<()> {
     writeln!(md, "## Unicast\n")?;
     writeln!(
         md,
-        "One message per call to one socket (Switchboard: gRPC `Send` from 256 concurrent \
+        "Messages to one socket each, paced at the asked rate for a fixed time, with the sockets \
+         otherwise idle. One message per call (Switchboard: gRPC `Send` from 256 concurrent \
          callers over 4 HTTP/2 connections; nchan: `POST /pub/<id>` over 64 keep-alive \
          connections; Pushpin: an HTTP publish per message, 64 callers, a new connection per \
-         request since Pushpin answers `Connection: close`), paced at the asked rate for a fixed \
-         time, with the sockets otherwise idle. `switchboard-2node`: the sockets are on node A, \
-         the calls go to node B, which forwards them to A (Redis registry). Steps stop once a \
-         target falls below 70% of the asked rate. CPU is the server's (both nodes for \
-         2-node).\n"
+         request since Pushpin answers `Connection: close`), or, in the `-batch` rows, gRPC \
+         `SendBatch`: every batch period the publisher sends every message already due in one \
+         call (at most 16 calls in flight over 4 connections), and stamps each message with its \
+         due time, so the wait for the batch is part of the latency. The gateway's batched \
+         rows run over the same open sockets right after its unary rows. `switchboard-2node`: \
+         the sockets are on node A, the calls go to node B, which forwards them to A (Redis \
+         registry). Steps stop once a target falls below 70% of the asked rate. CPU is the \
+         server's (both nodes for 2-node).\n"
     )?;
-    writeln!(md, "| target | sockets | asked/s | achieved/s | p50 ms | p90 ms | p99 ms | max ms | user µs/msg | sys µs/msg | publisher µs/msg | delivered/expected | exact |")?;
+    writeln!(md, "| target | calls | sockets | asked/s | achieved/s | p50 ms | p90 ms | p99 ms | max ms | user µs/msg | sys µs/msg | publisher µs/msg | delivered/expected | exact |")?;
     writeln!(
         md,
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     )?;
     let mut un: Vec<(&Key, &Group)> = d.of("unicast").collect();
     un.sort_by(|a, b| {
@@ -702,8 +785,9 @@ fn main() -> Result<()> {
     for (k, g) in &un {
         writeln!(
             md,
-            "| {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} |",
+            "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} |",
             k.1,
+            unicast_mode(&k.1, g),
             Data::param(k, "sockets"),
             Data::param(k, "rate"),
             f(g.med("achieved_per_s"), 0),

@@ -9,8 +9,9 @@
 //! Scenarios: `fanout` (idle RSS per connection, then hub-wide broadcasts of 100 B and 2 KiB:
 //! latency, time to the last socket, server CPU per delivered message), `multinode` (50k+
 //! sockets over three gateway nodes sharing Redis: RSS per connection and one exact
-//! broadcast), `unicast` (Send at increasing rates to one socket each of 10k idle sockets; also
-//! through the non-owning node of a two-node Redis cluster), `churn` (connect + upgrade + close
+//! broadcast), `unicast` (Send at increasing rates to one socket each of 10k idle sockets, then
+//! SendBatch of every message due each millisecond over the same sockets; also through the
+//! non-owning node of a two-node Redis cluster), `churn` (connect + upgrade + close
 //! loops with the Redis registry; Redis commands and reads per connect), `flood` (one socket,
 //! server-to-client throughput at 20 B, 1 KiB, 16 KiB).
 
@@ -841,6 +842,10 @@ struct Plan {
     multinode_per_node: u64,
     unicast_sockets: u64,
     unicast_rates: Vec<f64>,
+    /// Rates for the gateway driven with `SendBatch` (the `-batch` rows).
+    unicast_batch_rates: Vec<f64>,
+    /// The publisher's batch period for those rows.
+    unicast_batch_ms: f64,
     unicast_seconds: f64,
     churn_seconds: f64,
     flood_seconds: f64,
@@ -856,6 +861,8 @@ impl Plan {
                 multinode_per_node: 1000,
                 unicast_sockets: 1000,
                 unicast_rates: vec![2000.0, 10000.0],
+                unicast_batch_rates: vec![5000.0, 25_000.0],
+                unicast_batch_ms: 1.0,
                 unicast_seconds: 2.0,
                 churn_seconds: 3.0,
                 flood_seconds: 1.0,
@@ -868,6 +875,8 @@ impl Plan {
                 multinode_per_node: 17_000,
                 unicast_sockets: 10_000,
                 unicast_rates: vec![5000.0, 10_000.0, 25_000.0, 50_000.0, 100_000.0],
+                unicast_batch_rates: vec![10_000.0, 25_000.0, 50_000.0, 75_000.0, 100_000.0],
+                unicast_batch_ms: 1.0,
                 unicast_seconds: 5.0,
                 churn_seconds: 10.0,
                 flood_seconds: 3.0,
@@ -1187,6 +1196,45 @@ async fn scenario_multinode(env: &mut Env, plan: &Plan, out: &mut Vec<Record>) -
     Ok(())
 }
 
+/// One way of driving a unicast target: a row name, how the publisher sends and the rates.
+struct UnicastMode {
+    /// The `target` of its records (`switchboard-batch`, say).
+    row: String,
+    /// 0: one call per message (`Send`, or an HTTP publish for the peers); otherwise the
+    /// publisher's `--batch-ms` (`SendBatch`).
+    batch_ms: f64,
+    rates: Vec<f64>,
+}
+
+impl UnicastMode {
+    fn unary(row: &str, plan: &Plan) -> UnicastMode {
+        UnicastMode {
+            row: row.into(),
+            batch_ms: 0.0,
+            rates: plan.unicast_rates.clone(),
+        }
+    }
+
+    fn batch(row: &str, plan: &Plan) -> UnicastMode {
+        UnicastMode {
+            row: row.into(),
+            batch_ms: plan.unicast_batch_ms,
+            rates: plan.unicast_batch_rates.clone(),
+        }
+    }
+
+    fn failed(&self, why: String) -> Record {
+        println!("| {} | failed: {why} |", self.row);
+        Record {
+            scenario: "unicast".into(),
+            target: self.row.clone(),
+            exact: Some(false),
+            notes: vec![format!("failed: {why}")],
+            ..Default::default()
+        }
+    }
+}
+
 async fn scenario_unicast(
     env: &mut Env,
     plan: &Plan,
@@ -1194,8 +1242,9 @@ async fn scenario_unicast(
     out: &mut Vec<Record>,
 ) -> Result<()> {
     println!(
-        "\n## Unicast: one message per call to one of {} idle sockets, rising rates\n",
-        plan.unicast_sockets
+        "\n## Unicast: messages to one of {} idle sockets each, rising rates; one call per \
+         message, and (`-batch` rows) one SendBatch of every message due each {} ms\n",
+        plan.unicast_sockets, plan.unicast_batch_ms
     );
     row(&sargs(&[
         "target",
@@ -1208,51 +1257,113 @@ async fn scenario_unicast(
         "user µs/msg",
         "sys µs/msg",
         "publisher µs/msg",
+        "msgs/call",
         "delivered/expected",
         "exact",
     ]));
-    row(&sargs(&["---"; 12]));
-    let mut all: Vec<String> = targets.to_vec();
-    all.insert(1.min(all.len()), "switchboard-2node".into());
-    for target in &all {
-        if let Err(e) = unicast_one(env, plan, target, out).await {
-            println!("| {target} | failed: {e:#} |");
-            out.push(Record {
-                scenario: "unicast".into(),
-                target: target.clone(),
-                exact: Some(false),
-                notes: vec![format!("failed: {e:#}")],
-                ..Default::default()
-            });
+    row(&sargs(&["---"; 13]));
+    // The gateway runs unary then batched over the same open sockets (opening 10k sockets is
+    // the slow part); the peers have no batch call here.
+    let mut servers: Vec<(String, Vec<UnicastMode>)> = Vec::new();
+    for target in targets {
+        if target == "switchboard" {
+            for kind in ["switchboard", "switchboard-2node"] {
+                servers.push((
+                    kind.into(),
+                    vec![
+                        UnicastMode::unary(kind, plan),
+                        UnicastMode::batch(&format!("{kind}-batch"), plan),
+                    ],
+                ));
+            }
+        } else {
+            servers.push((target.clone(), vec![UnicastMode::unary(target, plan)]));
         }
+    }
+    for (kind, modes) in &servers {
+        unicast_one(env, plan, kind, modes, out).await;
     }
     Ok(())
 }
 
+/// Starts `kind` (a server of `start_server`, or `switchboard-2node`), opens the sockets once
+/// and runs every mode's rates over them; failures become records.
 async fn unicast_one(
     env: &mut Env,
     plan: &Plan,
-    target: &str,
+    kind: &str,
+    modes: &[UnicastMode],
+    out: &mut Vec<Record>,
+) {
+    let started = async {
+        let (server, via) = if kind == "switchboard-2node" {
+            (gateway_server(env, 2, true).await?, 1)
+        } else {
+            (start_server(env, kind).await?, 0)
+        };
+        let dir = env.dir(&format!("unicast-{kind}"))?;
+        let specs = split(&server.ws_url(0), plan.unicast_sockets, 0);
+        match open_all(env, &specs, &dir, open_rate(kind)).await {
+            Ok(lgs) => Ok((server, via, lgs)),
+            Err(e) => {
+                server.stop().await;
+                Err(e)
+            }
+        }
+    }
+    .await;
+    let (server, via, mut lgs) = match started {
+        Ok(v) => v,
+        Err(e) => {
+            for m in modes {
+                out.push(m.failed(format!("{e:#}")));
+            }
+            return;
+        }
+    };
+    sleep(Duration::from_secs(1)).await;
+    let mut modes = modes.iter();
+    for m in modes.by_ref() {
+        if let Err(e) = unicast_rates(env, plan, &server, via, &mut lgs, m, out).await {
+            out.push(m.failed(format!("{e:#}")));
+            break;
+        }
+    }
+    // A failed round may leave the load generators mid-round: later modes would measure
+    // nonsense, so they are recorded as not run.
+    for m in modes {
+        out.push(m.failed("not run: an earlier mode on the same sockets failed".into()));
+    }
+    close_all(lgs).await;
+    server.stop().await;
+}
+
+/// One mode's rising rates over already open sockets.
+async fn unicast_rates(
+    env: &Env,
+    plan: &Plan,
+    server: &Server,
+    via: usize,
+    lgs: &mut [Loadgen],
+    mode: &UnicastMode,
     out: &mut Vec<Record>,
 ) -> Result<()> {
-    let (server, via) = if target == "switchboard-2node" {
-        (gateway_server(env, 2, true).await?, 1)
-    } else {
-        (start_server(env, target).await?, 0)
-    };
     let n = plan.unicast_sockets;
-    let dir = env.dir(&format!("unicast-{target}"))?;
-    let specs = split(&server.ws_url(0), n, 0);
-    let mut lgs = open_all(env, &specs, &dir, open_rate(target)).await?;
-    sleep(Duration::from_secs(1)).await;
     let sessions: Vec<String> = lgs
         .iter()
         .map(|l| l.sessions.display().to_string())
         .collect();
     let (t, endpoint) = server.publish_to(via);
-    let workers = if t == "switchboard" { "256" } else { "64" };
-    for (step, &rate) in plan.unicast_rates.iter().enumerate() {
-        let tag = format!("u{step}");
+    let batched = mode.batch_ms > 0.0;
+    // Unary: enough concurrent callers to reach the rate. Batched: one call per period carries
+    // every due message, so a few in flight suffice; more only pile up behind a slow server.
+    let workers = match (t, batched) {
+        (_, true) => "16",
+        ("switchboard", false) => "256",
+        _ => "64",
+    };
+    for (step, &rate) in mode.rates.iter().enumerate() {
+        let tag = format!("{}{step}", if batched { "b" } else { "u" });
         let mut args = sargs(&[
             "unicast",
             "--total",
@@ -1268,6 +1379,10 @@ async fn unicast_one(
             "--max-seconds",
             &format!("{}", plan.unicast_seconds * 3.0 + 5.0),
         ]);
+        if batched {
+            args.push("--batch-ms".into());
+            args.push(format!("{}", mode.batch_ms));
+        }
         for s in &sessions {
             args.push("--sessions".into());
             args.push(s.clone());
@@ -1281,19 +1396,16 @@ async fn unicast_one(
             Duration::from_secs_f64(plan.unicast_seconds * 3.0 + 120.0),
         )
         .await?;
-        let r = finish_all(
-            &mut lgs,
-            &tag,
-            &format!("unicast:{}:{n}", rep.attempted),
-            30_000,
-        )
-        .await?;
+        let r = finish_all(lgs, &tag, &format!("unicast:{}:{n}", rep.attempted), 30_000).await?;
         let cpu = server.cpu().since(cpu0);
         let user = cpu.user as f64 * env.us_per_tick() / r.delivered.max(1) as f64;
         let sys = cpu.system as f64 * env.us_per_tick() / r.delivered.max(1) as f64;
+        let publisher = (rep.self_cpu_ticks.0 + rep.self_cpu_ticks.1) as f64 * env.us_per_tick()
+            / rep.ok.max(1) as f64;
+        let per_call = if batched { rep.batch_items_mean } else { 1.0 };
         let exact = r.exact && rep.failed == 0;
         row(&[
-            target.into(),
+            mode.row.clone(),
             format!("{rate:.0}"),
             format!("{:.0}", rep.achieved_per_s),
             ms(r.latency.p50),
@@ -1302,45 +1414,48 @@ async fn unicast_one(
             ms(r.latency.max),
             format!("{user:.2}"),
             format!("{sys:.2}"),
-            format!(
-                "{:.2}",
-                (rep.self_cpu_ticks.0 + rep.self_cpu_ticks.1) as f64 * env.us_per_tick()
-                    / rep.ok.max(1) as f64
-            ),
+            format!("{publisher:.2}"),
+            format!("{per_call:.1}"),
             format!("{}/{}", r.delivered, r.expected),
             exact.to_string(),
         ]);
         let mut notes = Vec::new();
         if rep.failed > 0 {
-            notes.push(format!("{} calls failed: {:?}", rep.failed, rep.errors));
+            notes.push(format!("{} messages failed: {:?}", rep.failed, rep.errors));
         }
         if r.failed > 0 {
             notes.push(format!("{} sockets failed to open", r.failed));
         }
+        // Unary rows keep the parameters they always had (so runs of older revisions group
+        // with them); `batch_ms` marks a batched row.
+        let mut params = BTreeMap::from([("rate".into(), rate), ("sockets".into(), n as f64)]);
+        let mut metrics = BTreeMap::from([
+            ("achieved_per_s".into(), rep.achieved_per_s),
+            ("p50_ms".into(), r.latency.p50 / 1000.0),
+            ("p90_ms".into(), r.latency.p90 / 1000.0),
+            ("p99_ms".into(), r.latency.p99 / 1000.0),
+            ("max_ms".into(), r.latency.max / 1000.0),
+            ("call_p50_ms".into(), rep.call_us.p50 / 1000.0),
+            ("call_p99_ms".into(), rep.call_us.p99 / 1000.0),
+            ("cpu_user_us_per_msg".into(), user),
+            ("cpu_sys_us_per_msg".into(), sys),
+            ("cpu_total_us_per_msg".into(), user + sys),
+            ("delivered".into(), r.delivered as f64),
+            ("expected".into(), r.expected as f64),
+            ("failed_calls".into(), rep.failed as f64),
+            ("publisher_cpu_us_per_msg".into(), publisher),
+        ]);
+        if batched {
+            params.insert("batch_ms".into(), mode.batch_ms);
+            metrics.insert("batch_calls".into(), rep.batch_calls as f64);
+            metrics.insert("batch_items_mean".into(), rep.batch_items_mean);
+            metrics.insert("batch_items_max".into(), rep.batch_items_max as f64);
+        }
         out.push(Record {
             scenario: "unicast".into(),
-            target: target.into(),
-            params: BTreeMap::from([("rate".into(), rate), ("sockets".into(), n as f64)]),
-            metrics: BTreeMap::from([
-                ("achieved_per_s".into(), rep.achieved_per_s),
-                ("p50_ms".into(), r.latency.p50 / 1000.0),
-                ("p90_ms".into(), r.latency.p90 / 1000.0),
-                ("p99_ms".into(), r.latency.p99 / 1000.0),
-                ("max_ms".into(), r.latency.max / 1000.0),
-                ("call_p50_ms".into(), rep.call_us.p50 / 1000.0),
-                ("call_p99_ms".into(), rep.call_us.p99 / 1000.0),
-                ("cpu_user_us_per_msg".into(), user),
-                ("cpu_sys_us_per_msg".into(), sys),
-                ("cpu_total_us_per_msg".into(), user + sys),
-                ("delivered".into(), r.delivered as f64),
-                ("expected".into(), r.expected as f64),
-                ("failed_calls".into(), rep.failed as f64),
-                (
-                    "publisher_cpu_us_per_msg".into(),
-                    (rep.self_cpu_ticks.0 + rep.self_cpu_ticks.1) as f64 * env.us_per_tick()
-                        / rep.ok.max(1) as f64,
-                ),
-            ]),
+            target: mode.row.clone(),
+            params,
+            metrics,
             exact: Some(exact),
             notes,
             cdf: r.cdf,
@@ -1350,8 +1465,6 @@ async fn unicast_one(
             break;
         }
     }
-    close_all(lgs).await;
-    server.stop().await;
     Ok(())
 }
 
