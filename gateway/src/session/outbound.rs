@@ -251,7 +251,11 @@ impl Outbound {
         // Nothing queued and no flush running: the frame may go straight to the socket. The
         // lock is held across the non-blocking write so nothing queued meanwhile overtakes it.
         if let (true, Some(Writer::Tcp(w))) = (st.queue.is_empty(), &st.io) {
-            match w.try_write(&frame) {
+            // A plain `send(2)` on the non-blocking socket rather than tokio's `try_write`:
+            // that one first reads the socket's readiness, another cache miss per session
+            // in a broadcast. Tokio is not told of a `WouldBlock` here; the flush task's own
+            // write finds out again and waits for readiness as usual.
+            match socket2::SockRef::from(w.as_ref()).send(&frame) {
                 Ok(n) if n == frame.len() => {
                     drop(st);
                     observer.wrote(1, n);
