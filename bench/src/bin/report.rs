@@ -595,7 +595,9 @@ fn main() -> Result<()> {
     writeln!(
         md,
         "One server process (nginx: one worker), sockets opened at a fixed rate from several \
-         load-generator processes bound to different 127.0.0.x source addresses.\n"
+         load-generator processes bound to different 127.0.0.x source addresses. Server \
+         keepalive pings are off on both sides (nchan: `nchan_websocket_ping_interval 0`; \
+         gateway: `--ping-interval 1h`), so no ping round lands in a measured window.\n"
     )?;
     writeln!(md, "| target | sockets | RSS/conn KiB (median) | range | RSS before → after MiB | load generator KiB/socket |")?;
     writeln!(md, "| --- | --- | --- | --- | --- | --- |")?;
