@@ -431,6 +431,8 @@ pub enum Route {
     MethodNotAllowed,
     /// 400: the hub is not 1–64 of `[A-Za-z0-9._-]`.
     BadHub,
+    /// 400: `/ws/{hub}` over HTTP/1.0.
+    OldHttp,
     /// 426: `/ws/{hub}` without `Connection: upgrade` and `Upgrade: websocket`.
     NotUpgrade,
     /// 400: fastwebsockets refused the handshake.
@@ -445,7 +447,7 @@ impl Route {
             Route::Probe => StatusCode::OK,
             Route::NotFound => StatusCode::NOT_FOUND,
             Route::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Route::BadHub | Route::BadHandshake(_) => StatusCode::BAD_REQUEST,
+            Route::BadHub | Route::OldHttp | Route::BadHandshake(_) => StatusCode::BAD_REQUEST,
             Route::NotUpgrade => StatusCode::UPGRADE_REQUIRED,
             Route::Upgrade { .. } => StatusCode::SWITCHING_PROTOCOLS,
         }
@@ -473,6 +475,8 @@ pub fn route<B>(req: &mut Request<B>) -> (Route, Option<Handshake>) {
         (Route::MethodNotAllowed, None)
     } else if !config::is_name(hub) {
         (Route::BadHub, None)
+    } else if req.version() < http::Version::HTTP_11 {
+        (Route::OldHttp, None)
     } else if !fastwebsockets::upgrade::is_upgrade_request(req) {
         (Route::NotUpgrade, None)
     } else {

@@ -10,9 +10,21 @@ use tokio::{
 
 use crate::within;
 
-/// Sends one HTTP/1.1 request with `Connection: close` and returns (status, body).
+/// Sends one HTTP/1.1 request (with `Connection: close` unless `headers` set `Connection`) and
+/// returns (status, body) once the server closes.
 pub async fn http_request(
     addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    http_request_as(addr, "HTTP/1.1", method, path, headers).await
+}
+
+/// [`http_request`] in another HTTP version (`HTTP/1.0`).
+pub async fn http_request_as(
+    addr: SocketAddr,
+    version: &str,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
@@ -20,7 +32,13 @@ pub async fn http_request(
     let mut s = within("HTTP connect", TcpStream::connect(addr))
         .await
         .expect("connect");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} {version}\r\nHost: {addr}\r\n");
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("connection"))
+    {
+        req.push_str("Connection: close\r\n");
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }

@@ -7,7 +7,7 @@ use futures_util::future::join_all;
 use switchboard_proto::v1::{self as pb, message::Payload, target::Kind as T};
 use switchboard_tests::{
     gateway::Gateway,
-    raw::{http_request, RawWs},
+    raw::{http_request, http_request_as, RawWs},
     within,
     ws::{Client, Seen},
 };
@@ -410,6 +410,16 @@ async fn bad_client_input_gets_the_right_code_and_spares_other_sessions() {
     assert_eq!(http_request(addr, "GET", "/nope", &[]).await.0, 404);
     assert_eq!(http_request(addr, "POST", "/ws/x", &[]).await.0, 405);
     assert_eq!(http_request(addr, "POST", "/healthz", &[]).await.0, 405);
+    // A complete upgrade request, but over HTTP/1.0, which cannot switch protocols.
+    let upgrade_headers = [
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let (status, body) = http_request_as(addr, "HTTP/1.0", "GET", "/ws/x", &upgrade_headers).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("HTTP/1.1"), "{body}");
 
     // The bystander was never touched.
     api.send(send(&bystander.id, text("still here")))

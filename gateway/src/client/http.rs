@@ -29,6 +29,15 @@ pub(crate) async fn route(
                 StatusCode::BAD_REQUEST,
                 "invalid hub: 1-64 characters of [A-Za-z0-9._-]\n",
             )
+        } else if req.version() < http::Version::HTTP_11 {
+            // RFC 6455 §4.1: the opening handshake is HTTP/1.1 or later; an HTTP/1.0 peer
+            // cannot keep a connection switched to another protocol.
+            refuse(
+                &node,
+                "old_http",
+                StatusCode::BAD_REQUEST,
+                "WebSocket upgrades need HTTP/1.1\n",
+            )
         } else if !fastwebsockets::upgrade::is_upgrade_request(&req) {
             let mut r = refuse(
                 &node,
