@@ -364,7 +364,7 @@ pub enum SessionState {
 /// let room = Target::group("chat", "room-1");
 /// let alice = Target::user("alice");
 /// let alice_in_chat = Target::user_in("chat", "alice");
-/// let two = Target::sessions(["AAAAAAAAAAAAAAAAAAAAAA", "BBBBBBBBBBBBBBBBBBBBBB"]);
+/// let two = Target::sessions(["AAAAAAAAAAAAAAAAAAAAAA", "BBBBBBBBBBBBBBBBBBBBBA"]);
 /// # let _ = (everyone, room, alice, alice_in_chat, two);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -346,7 +346,7 @@ async fn check_sessions_answers_open_closed_and_unknown_in_one_call() {
     let gone_id = gone.id.clone();
     gone.close(1000, "").await;
     wait_closed(&mut api, &gone_id).await;
-    let unknown = "ZZZZZZZZZZZZZZZZZZZZZZ".to_string();
+    let unknown = "ZZZZZZZZZZZZZZZZZZZZZw".to_string();
     let r = api
         .check_sessions(pb::CheckSessionsRequest {
             session_ids: vec![open.id.clone(), gone_id.clone(), unknown.clone()],

@@ -213,7 +213,7 @@ impl Client {
     /// # async fn f(client: switchboard_sdk::Client) -> Result<(), switchboard_sdk::Error> {
     /// use switchboard_sdk::SessionState;
     ///
-    /// let ids = ["AAAAAAAAAAAAAAAAAAAAAA", "BBBBBBBBBBBBBBBBBBBBBB"];
+    /// let ids = ["AAAAAAAAAAAAAAAAAAAAAA", "BBBBBBBBBBBBBBBBBBBBBA"];
     /// let open: Vec<_> = client.check(ids).await?
     ///     .into_iter()
     ///     .filter(|(_, state)| *state == SessionState::Open)

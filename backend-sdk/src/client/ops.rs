@@ -79,7 +79,7 @@ impl<'a> Publish<'a> {
     /// ```no_run
     /// # async fn f(client: switchboard_sdk::Client) -> Result<(), switchboard_sdk::Error> {
     /// # use switchboard_sdk::Target;
-    /// let muted = ["AAAAAAAAAAAAAAAAAAAAAA", "BBBBBBBBBBBBBBBBBBBBBB"];
+    /// let muted = ["AAAAAAAAAAAAAAAAAAAAAA", "BBBBBBBBBBBBBBBBBBBBBA"];
     /// client.publish(Target::hub("chat"), "hi").exclude_all(muted).await?;
     /// # Ok(()) }
     /// ```

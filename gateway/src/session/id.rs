@@ -25,9 +25,12 @@ impl SessionId {
     /// Accepts only strings that could have been generated: anything else cannot name a session,
     /// so it is refused as an invalid argument rather than looked up.
     pub(crate) fn parse(s: &str) -> Option<Self> {
+        // 22 characters carry 132 bits, of which the last 4 are zero padding in every encoding
+        // of 16 bytes: the last character is one of the four whose low bits are zero.
         let ok = s.len() == ID_LEN
             && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && s.ends_with(['A', 'Q', 'g', 'w']);
         ok.then(|| Self(s.into()))
     }
 
@@ -69,5 +72,18 @@ mod tests {
         assert!(SessionId::parse("short").is_none());
         assert!(SessionId::parse("aaaaaaaaaaaaaaaaaaaaa/").is_none());
         assert!(SessionId::parse(&"a".repeat(23)).is_none());
+        // Right length and alphabet, but non-zero padding bits: no 16 bytes encode to it.
+        assert!(SessionId::parse("AAAAAAAAAAAAAAAAAAAAAB").is_none());
+        assert!(SessionId::parse("AAAAAAAAAAAAAAAAAAAAAw").is_some());
+    }
+
+    #[test]
+    fn exactly_the_canonical_encodings_parse() {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        for last in b'A'..=b'z' {
+            let s = format!("{}{}", "A".repeat(ID_LEN - 1), last as char);
+            let decodes = URL_SAFE_NO_PAD.decode(&s).is_ok_and(|b| b.len() == 16);
+            assert_eq!(SessionId::parse(&s).is_some(), decodes, "{s}");
+        }
     }
 }
