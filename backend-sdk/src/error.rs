@@ -1,10 +1,13 @@
 //! The SDK's one error type, and the one place where gRPC statuses become it.
 //!
 //! The gateway's statuses carry a code and a message; where one code covers several cases
-//! (`NOT_FOUND` for an unknown and for a closed session) the message tells them apart. That
-//! reading happens here and nowhere else.
+//! (`NOT_FOUND` for an unknown and for a closed session) a `google.rpc.ErrorInfo` detail in the
+//! `switchboard.v1` domain names the case, with its facts as metadata. Gateways that predate
+//! the details are still understood from the message. That reading happens here and nowhere
+//! else.
 
 use tonic::{Code, Status};
+use tonic_types::StatusExt;
 
 use crate::types::{Closed, Closer, SessionId};
 
@@ -157,6 +160,9 @@ impl Error {
                 .or_else(|| id_in(msg))
                 .unwrap_or_else(|| SessionId::from(""))
         };
+        if let Some(e) = Self::from_error_info(status, session) {
+            return e;
+        }
         match status.code() {
             Code::NotFound if msg.contains(" is closed") => Error::SessionGone {
                 session: session(),
@@ -192,6 +198,55 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Reads the gateway's `ErrorInfo` detail, when the status has one this SDK knows.
+    fn from_error_info(status: &Status, session: impl Fn() -> SessionId) -> Option<Error> {
+        let details = status.get_error_details();
+        let info = details.error_info().filter(|i| i.domain == DOMAIN)?;
+        let m = &info.metadata;
+        let session = || {
+            m.get("session")
+                .map_or_else(&session, |s| SessionId::from(s.as_str()))
+        };
+        Some(match info.reason.as_str() {
+            "SESSION_NOT_FOUND" => Error::SessionNotFound { session: session() },
+            "SESSION_CLOSED" => Error::SessionGone {
+                session: session(),
+                closed: m
+                    .get("code")
+                    .and_then(|c| c.parse().ok())
+                    .map(|code| Closed {
+                        code,
+                        reason: m.get("reason").cloned().unwrap_or_default(),
+                        closed_by: m.get("closed_by").map_or(Closer::Unknown, |c| closer(c)),
+                    }),
+            },
+            "QUEUE_FULL" => Error::QueueFull { session: session() },
+            "ALREADY_ATTACHED" => Error::AlreadyAttached { session: session() },
+            "READ_WHILE_ATTACHED" => Error::ReadWhileAttached { session: session() },
+            "TAKEN_OVER" => Error::TakenOver,
+            "SUBSCRIBER_TOO_SLOW" => Error::SubscriberTooSlow,
+            "HUB_NOT_ALLOWED" => Error::PermissionDenied(status.message().to_owned()),
+            // A reason added after this SDK: the code decides, as for any status.
+            _ => return None,
+        })
+    }
+}
+
+/// The `ErrorInfo` domain of the gateway's reasons.
+const DOMAIN: &str = "switchboard.v1";
+
+/// Who closed a session, as the gateway names it.
+fn closer(s: &str) -> Closer {
+    match s {
+        "client" => Closer::Client,
+        "gateway" => Closer::Gateway,
+        "backend" => Closer::Backend,
+        "node lost" | "node_lost" => Closer::NodeLost,
+        _ => Closer::Unknown,
+    }
+}
+
 /// The status message, plus its source (a transport error says more than "tcp connect error").
 fn describe(status: &Status) -> String {
     let mut s = status.message().to_owned();
@@ -219,18 +274,12 @@ fn id_in(msg: &str) -> Option<SessionId> {
 fn parse_closed(msg: &str) -> Option<Closed> {
     let inner = msg.split_once("(code ")?.1.strip_suffix(')')?;
     let (code, rest) = inner.split_once(", ")?;
-    let (quoted, closer) = rest.rsplit_once(", closed by ")?;
+    let (quoted, closer_name) = rest.rsplit_once(", closed by ")?;
     let reason = quoted.strip_prefix('"')?.strip_suffix('"')?;
     Some(Closed {
         code: code.parse().ok()?,
         reason: unescape(reason),
-        closed_by: match closer {
-            "client" => Closer::Client,
-            "gateway" => Closer::Gateway,
-            "backend" => Closer::Backend,
-            "node lost" | "node_lost" => Closer::NodeLost,
-            _ => Closer::Unknown,
-        },
+        closed_by: closer(closer_name),
     })
 }
 
@@ -281,6 +330,62 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_error_info_detail_decides_over_the_message() {
+        use std::collections::HashMap;
+        use tonic_types::ErrorDetails;
+        let info = |reason: &str, m: &[(&str, &str)]| {
+            let m: HashMap<String, String> = m
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            ErrorDetails::with_error_info(reason, DOMAIN, m)
+        };
+        let closed = Status::with_error_details(
+            Code::NotFound,
+            "some wording this SDK does not know",
+            info(
+                "SESSION_CLOSED",
+                &[
+                    ("session", ID),
+                    ("code", "4001"),
+                    ("reason", "a \"quoted\" reason, closed by client)"),
+                    ("closed_by", "backend"),
+                ],
+            ),
+        );
+        match Error::from_status(&closed, None) {
+            Error::SessionGone { session, closed } => {
+                assert_eq!(session, SessionId::from(ID));
+                let closed = closed.expect("from the detail");
+                assert_eq!(closed.code, 4001);
+                assert_eq!(closed.reason, "a \"quoted\" reason, closed by client)");
+                assert_eq!(closed.closed_by, Closer::Backend);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A message that reads like "closed" does not override a SESSION_NOT_FOUND detail.
+        let unknown = Status::with_error_details(
+            Code::NotFound,
+            format!("session {ID} is closed"),
+            info("SESSION_NOT_FOUND", &[("session", ID)]),
+        );
+        assert!(matches!(
+            Error::from_status(&unknown, None),
+            Error::SessionNotFound { .. }
+        ));
+        // Another domain's detail is not ours: the message is read as before.
+        let foreign = Status::with_error_details(
+            Code::NotFound,
+            format!("session {ID} not found"),
+            ErrorDetails::with_error_info("SESSION_CLOSED", "example.com", HashMap::new()),
+        );
+        assert!(matches!(
+            Error::from_status(&foreign, None),
+            Error::SessionNotFound { .. }
+        ));
     }
 
     #[test]

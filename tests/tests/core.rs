@@ -19,6 +19,17 @@ fn text(s: &str) -> Option<pb::Message> {
     })
 }
 
+/// The `switchboard.v1` ErrorInfo detail of a status: its reason and metadata.
+fn error_info(s: &tonic::Status) -> (String, std::collections::HashMap<String, String>) {
+    use tonic_types::StatusExt;
+    let details = s.get_error_details();
+    let info = details
+        .error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {s:?}"));
+    assert_eq!(info.domain, "switchboard.v1");
+    (info.reason.clone(), info.metadata.clone())
+}
+
 fn binary(b: &[u8]) -> Option<pb::Message> {
     Some(pb::Message {
         payload: Some(Payload::Binary(b.to_vec())),
@@ -153,6 +164,9 @@ async fn send_delivers_text_and_binary_in_order_and_refuses_unknown_and_closed()
         "{}",
         unknown.message()
     );
+    let (reason, meta) = error_info(&unknown);
+    assert_eq!(reason, "SESSION_NOT_FOUND");
+    assert_eq!(meta["session"], "AAAAAAAAAAAAAAAAAAAAAA");
 
     let id = c.id.clone();
     c.close(1000, "").await;
@@ -160,6 +174,12 @@ async fn send_delivers_text_and_binary_in_order_and_refuses_unknown_and_closed()
     let closed = api.send(send(&id, text("late"))).await.unwrap_err();
     assert_eq!(closed.code(), Code::NotFound);
     assert!(closed.message().contains("closed"), "{}", closed.message());
+    // The same code, told apart by a structured detail rather than by the wording.
+    let (reason, meta) = error_info(&closed);
+    assert_eq!(reason, "SESSION_CLOSED");
+    assert_eq!(meta["session"], id);
+    assert_eq!(meta["code"], "1000");
+    assert_eq!(meta["closed_by"], "client");
 
     let empty = api.send(send("", text("x"))).await.unwrap_err();
     assert_eq!(empty.code(), Code::InvalidArgument);
