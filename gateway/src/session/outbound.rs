@@ -30,7 +30,8 @@ use tokio_util::task::TaskTracker;
 
 /// The write half of a client socket.
 pub(crate) enum Writer {
-    /// A plain TCP socket, which can be offered a frame without a task (`try_write`).
+    /// A plain TCP socket, which can be offered a frame without a task (`send(2)` on the
+    /// non-blocking socket).
     Tcp(OwnedWriteHalf),
     /// Anything else (TLS): written only from the flush task.
     Stream(Pin<Box<dyn AsyncWrite + Send>>),
@@ -266,7 +267,12 @@ impl Outbound {
                     frame = frame.slice(n..);
                     observer.wrote(0, n);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                // Full (or interrupted): the flush task writes it once the socket takes more.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => {
                     let io = st.io.take();
                     Self::fail(st);
