@@ -29,7 +29,7 @@ use crate::{
     registry::{ListFilter, Liveness, Page, Registry, SessionRecord},
     session::{
         inbox::{InboxGauges, Next},
-        Closer, Ender, SendError, Session, SessionContext, SessionEnd, SessionId,
+        Closer, Ender, Flush, SendError, Session, SessionContext, SessionEnd, SessionId,
     },
 };
 
@@ -314,7 +314,7 @@ impl Node {
     pub(crate) async fn send_waiting(&self, s: &Arc<Session>, message: &Message) -> Result<()> {
         let frame = self.encode(message)?;
         loop {
-            match s.send(frame.clone()) {
+            match s.send(frame.clone(), Flush::Batched) {
                 Ok(()) => return Ok(()),
                 Err(SendError::Gone) => return Err(Self::gone(s)),
                 Err(SendError::QueueFull) => {
@@ -376,7 +376,7 @@ impl Node {
     pub(crate) async fn send(&self, id: &SessionId, message: &Message) -> Result<()> {
         let frame = self.encode(message)?;
         let s = self.open_session(id).await?;
-        match s.send(frame) {
+        match s.send(frame, Flush::Now) {
             Ok(()) => Ok(()),
             Err(SendError::Gone) => Err(Self::gone(&s)),
             Err(SendError::QueueFull) => {
@@ -418,7 +418,7 @@ impl Node {
             if exclude.contains(&s.id) {
                 continue;
             }
-            match s.send(frame.clone()) {
+            match s.send(frame.clone(), Flush::Now) {
                 Ok(()) => out.queued += 1,
                 Err(SendError::QueueFull) => {
                     out.refused += 1;

@@ -18,7 +18,7 @@ use crate::{
     jwt::{self, JwtError},
     limits::Refusal,
     node::{validate_group, Node},
-    session::{Admission, Inbox, QueueLimits, Session, SessionId},
+    session::{Admission, Flush, Inbox, QueueLimits, Session, SessionId},
 };
 
 /// The response header that tells a client its session ID.
@@ -204,7 +204,10 @@ pub(crate) async fn upgrade(
     );
     if node.config.welcome_frame {
         let welcome = serde_json::json!({"type": "welcome", "session": session.id.as_str()});
-        let _ = session.send(frame::encode(Opcode::Text, welcome.to_string().as_bytes()));
+        let _ = session.send(
+            frame::encode(Opcode::Text, welcome.to_string().as_bytes()),
+            Flush::Now,
+        );
     }
     // Admitted before the 101 goes out: once the client knows its ID, so can any backend.
     node.admit(&session).await;

@@ -24,7 +24,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use id::SessionId;
 pub(crate) use inbox::{Inbound, Inbox};
-pub(crate) use outbound::{EnqueueError, Outbound, QueueLimits, Writer};
+pub(crate) use outbound::{EnqueueError, Flush, Outbound, QueueLimits, Writer};
 
 use crate::{
     frame::{self, close_code},
@@ -300,13 +300,14 @@ impl Session {
         matches!(*self.lifecycle(), Lifecycle::Open)
     }
 
-    /// Queues an encoded data frame (the same bytes may be queued for many sessions).
-    pub(crate) fn send(self: &Arc<Self>, frame: Bytes) -> Result<(), SendError> {
+    /// Queues an encoded data frame (the same bytes may be queued for many sessions); `flush`
+    /// says whether it may be written from the caller's task.
+    pub(crate) fn send(self: &Arc<Self>, frame: Bytes, flush: Flush) -> Result<(), SendError> {
         // No look at the lifecycle (one lock and cache line less per session of a broadcast):
         // every way out of `Open` seals the queue right after (the close frame, or the release
         // of the socket), and a frame queued in between goes out before the close frame, as if
         // sent a moment earlier, or is dropped with the socket.
-        match self.outbound.push(frame, &self.ctx.tasks, self) {
+        match self.outbound.push(frame, flush, &self.ctx.tasks, self) {
             Ok(()) => Ok(()),
             Err(EnqueueError::Closed) => Err(SendError::Gone),
             Err(EnqueueError::Full) => {

@@ -88,6 +88,18 @@ impl AsyncWrite for Writer {
     }
 }
 
+/// How a data frame may leave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Flush {
+    /// Straight to an idle plain-TCP socket from the caller's task when nothing is queued:
+    /// for one frame per session per call (Send, Publish), where a task per frame would cost
+    /// more than the write.
+    Now,
+    /// Always through the flush task, so a burst of frames for one session (an Attach stream
+    /// writing as fast as it can) leaves in a few vectored writes, not a syscall per frame.
+    Batched,
+}
+
 /// At most this many frames go into one vectored write.
 const MAX_BATCH: usize = 64;
 
@@ -167,6 +179,7 @@ impl Outbound {
     pub(crate) fn push(
         self: &Arc<Self>,
         frame: Bytes,
+        flush: Flush,
         tasks: &TaskTracker,
         observer: &Arc<impl WriteObserver>,
     ) -> Result<(), EnqueueError> {
@@ -178,7 +191,7 @@ impl Outbound {
             st.full_since.get_or_insert_with(Instant::now);
             return Err(EnqueueError::Full);
         }
-        self.enqueue(st, frame, tasks, observer);
+        self.enqueue(st, frame, flush, tasks, observer);
         Ok(())
     }
 
@@ -193,7 +206,7 @@ impl Outbound {
         if st.sealed {
             return false;
         }
-        self.enqueue(st, frame, tasks, observer);
+        self.enqueue(st, frame, Flush::Now, tasks, observer);
         true
     }
 
@@ -218,7 +231,7 @@ impl Outbound {
             let freed: usize = st.queue.drain(..).map(|f| f.len()).sum();
             st.bytes -= freed;
         }
-        self.enqueue(st, frame, tasks, observer);
+        self.enqueue(st, frame, Flush::Now, tasks, observer);
         Some(dropped)
     }
 
@@ -246,12 +259,13 @@ impl Outbound {
         self: &Arc<Self>,
         mut st: MutexGuard<'_, State>,
         mut frame: Bytes,
+        flush: Flush,
         tasks: &TaskTracker,
         observer: &Arc<impl WriteObserver>,
     ) {
         // Nothing queued and no flush running: the frame may go straight to the socket. The
         // lock is held across the non-blocking write so nothing queued meanwhile overtakes it.
-        if let (true, Some(Writer::Tcp(w))) = (st.queue.is_empty(), &st.io) {
+        if let (Flush::Now, true, Some(Writer::Tcp(w))) = (flush, st.queue.is_empty(), &st.io) {
             // A plain `send(2)` on the non-blocking socket rather than tokio's `try_write`:
             // that one first reads the socket's readiness, another cache miss per session
             // in a broadcast. Tokio is not told of a `WouldBlock` here; the flush task's own
@@ -429,11 +443,13 @@ mod tests {
 
     use super::*;
 
+    /// Frames written, and the writes that carried them.
     #[derive(Default)]
-    struct Count(AtomicUsize);
+    struct Count(AtomicUsize, AtomicUsize);
     impl WriteObserver for Count {
         fn wrote(&self, frames: usize, _bytes: usize) {
             self.0.fetch_add(frames, Ordering::Relaxed);
+            self.1.fetch_add(1, Ordering::Relaxed);
         }
         fn write_failed(&self, _: &std::io::Error) {}
     }
@@ -454,7 +470,8 @@ mod tests {
         });
         let tasks = TaskTracker::new();
         for i in 0..50u8 {
-            out.push(Bytes::from(vec![i; 3]), &tasks, &obs).unwrap();
+            out.push(Bytes::from(vec![i; 3]), Flush::Now, &tasks, &obs)
+                .unwrap();
         }
         let mut got = vec![0u8; 150];
         peer.read_exact(&mut got).await.unwrap();
@@ -489,7 +506,7 @@ mod tests {
         for i in 0..frames {
             let mut f = vec![0u8; 4096];
             f[..4].copy_from_slice(&i.to_be_bytes());
-            out.push(Bytes::from(f), &tasks, &obs).unwrap();
+            out.push(Bytes::from(f), Flush::Now, &tasks, &obs).unwrap();
             if i == 0 {
                 // No flush task has run on this single-threaded runtime: the frame went out
                 // without one.
@@ -506,6 +523,40 @@ mod tests {
         assert_eq!(obs.0.load(Ordering::Relaxed), frames as usize);
     }
 
+    /// A burst pushed with `Flush::Batched` leaves through the flush task in vectored writes of
+    /// many frames, not a syscall per frame, even though the socket could take each at once.
+    #[tokio::test]
+    async fn a_batched_burst_leaves_in_few_writes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (_read, write) = server.into_split();
+        write.writable().await.unwrap();
+        let out = Arc::new(Outbound::new(QueueLimits {
+            messages: 1000,
+            bytes: 1 << 20,
+        }));
+        let obs = Arc::new(Count::default());
+        let tasks = TaskTracker::new();
+        out.install(Writer::Tcp(write), &tasks, &obs);
+        for i in 0..100u8 {
+            out.push(Bytes::from(vec![i; 20]), Flush::Batched, &tasks, &obs)
+                .unwrap();
+        }
+        // Nothing has been written yet on this single-threaded runtime: all of it is queued.
+        assert_eq!(obs.0.load(Ordering::Relaxed), 0);
+        let mut got = vec![0u8; 2000];
+        client.read_exact(&mut got).await.unwrap();
+        let want: Vec<u8> = (0..100u8).flat_map(|i| [i; 20]).collect();
+        assert_eq!(got, want);
+        assert!(out.drained(Duration::from_secs(5)).await);
+        assert_eq!(obs.0.load(Ordering::Relaxed), 100);
+        let writes = obs.1.load(Ordering::Relaxed);
+        assert!(writes <= 2, "{writes} writes for 100 frames");
+    }
+
     #[tokio::test]
     async fn a_full_queue_refuses_and_close_discards() {
         let (out, mut peer, obs) = setup(QueueLimits {
@@ -516,7 +567,9 @@ mod tests {
         // The duplex holds 64 bytes; 100-byte frames block the flush on the first one.
         let mut refused = 0;
         for _ in 0..10 {
-            if out.push(Bytes::from(vec![7; 100]), &tasks, &obs) == Err(EnqueueError::Full) {
+            if out.push(Bytes::from(vec![7; 100]), Flush::Now, &tasks, &obs)
+                == Err(EnqueueError::Full)
+            {
                 refused += 1;
             }
         }
@@ -527,7 +580,7 @@ mod tests {
             .unwrap();
         assert!(dropped >= 3);
         assert_eq!(
-            out.push(Bytes::from_static(b"late"), &tasks, &obs),
+            out.push(Bytes::from_static(b"late"), Flush::Now, &tasks, &obs),
             Err(EnqueueError::Closed)
         );
         let mut all = Vec::new();
@@ -555,7 +608,8 @@ mod tests {
         });
         drop(peer);
         let tasks = TaskTracker::new();
-        out.push(Bytes::from_static(b"x"), &tasks, &obs).unwrap();
+        out.push(Bytes::from_static(b"x"), Flush::Now, &tasks, &obs)
+            .unwrap();
         assert!(!out.drained(Duration::from_secs(5)).await);
         assert!(out.lock().sealed);
     }
