@@ -319,7 +319,7 @@ impl Node {
                 Err(SendError::Gone) => return Err(Self::gone(s)),
                 Err(SendError::QueueFull) => {
                     self.on_queue_full(s);
-                    s.room().await;
+                    s.room(frame.len()).await;
                 }
             }
         }

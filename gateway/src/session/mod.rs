@@ -259,9 +259,10 @@ impl Session {
             .is_some_and(|a| !a.ender.is_ended())
     }
 
-    /// Waits until the outbound queue has room again (or the session can no longer send).
-    pub(crate) async fn room(&self) {
-        self.outbound.room().await
+    /// Waits until the outbound queue would take a frame of `len` bytes (or the session can no
+    /// longer send).
+    pub(crate) async fn room(&self, len: usize) {
+        self.outbound.room(len).await
     }
 
     /// Connects the outbound queue to the upgraded socket.

@@ -175,6 +175,11 @@ impl Outbound {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether the bound refuses a frame of `len` bytes now.
+    fn is_full(&self, st: &State, len: usize) -> bool {
+        st.queue.len() >= self.limits.messages || st.bytes + len > self.limits.bytes
+    }
+
     /// Queues a data frame within the bound.
     pub(crate) fn push(
         self: &Arc<Self>,
@@ -187,7 +192,7 @@ impl Outbound {
         if st.sealed {
             return Err(EnqueueError::Closed);
         }
-        if st.queue.len() >= self.limits.messages || st.bytes + frame.len() > self.limits.bytes {
+        if self.is_full(&st, frame.len()) {
             st.full_since.get_or_insert_with(Instant::now);
             return Err(EnqueueError::Full);
         }
@@ -376,17 +381,17 @@ impl Outbound {
         tokio::time::timeout(limit, wait).await.unwrap_or(false)
     }
 
-    /// Waits until a frame of average size would fit again, or nothing more can be sent.
-    pub(crate) async fn room(&self) {
+    /// Waits until a frame of `len` bytes would be taken, or nothing more can be sent. The test
+    /// is `push`'s own, so a caller that retries after this never spins on a refusal. (Config
+    /// validation keeps the byte bound above the largest frame, so an empty queue takes any.)
+    pub(crate) async fn room(&self, len: usize) {
         loop {
             let freed = self.room.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
             {
                 let st = self.lock();
-                if st.sealed
-                    || (st.queue.len() < self.limits.messages && st.bytes < self.limits.bytes)
-                {
+                if st.sealed || !self.is_full(&st, len) {
                     return;
                 }
             }
@@ -555,6 +560,41 @@ mod tests {
         assert_eq!(obs.0.load(Ordering::Relaxed), 100);
         let writes = obs.1.load(Ordering::Relaxed);
         assert!(writes <= 2, "{writes} writes for 100 frames");
+    }
+
+    /// `room` answers only once the frame it was asked about would be taken: with 80 of 100
+    /// bytes queued, a 30-byte frame is refused, so `room(30)` must keep waiting even though
+    /// there is room for a smaller frame.
+    #[tokio::test]
+    async fn room_waits_until_that_frame_fits() {
+        let (out, mut peer, obs) = setup(QueueLimits {
+            messages: 100,
+            bytes: 100,
+        });
+        let tasks = TaskTracker::new();
+        // The duplex holds 64 bytes and nobody reads yet: the flush blocks and bytes stay counted.
+        for _ in 0..8 {
+            out.push(Bytes::from(vec![1; 10]), Flush::Now, &tasks, &obs)
+                .unwrap();
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(
+            out.push(Bytes::from(vec![2; 30]), Flush::Now, &tasks, &obs),
+            Err(EnqueueError::Full)
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), out.room(30))
+                .await
+                .is_err(),
+            "room(30) answered while a 30-byte frame is still refused"
+        );
+        let mut buf = [0u8; 80];
+        peer.read_exact(&mut buf).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), out.room(30))
+            .await
+            .unwrap();
+        out.push(Bytes::from(vec![2; 30]), Flush::Now, &tasks, &obs)
+            .unwrap();
     }
 
     #[tokio::test]
