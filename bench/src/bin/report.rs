@@ -403,11 +403,8 @@ fn main() -> Result<()> {
     let mut checks: Vec<(String, String, bool)> = Vec::new();
     let big = [19_000.0, 10_000.0, 1000.0]
         .into_iter()
-        .find(|&n| d.get("idle", "switchboard", &[("sockets", n)]).is_some());
-    if let Some(n) = big {
-        let g = d
-            .get("idle", "switchboard", &[("sockets", n)])
-            .expect("found");
+        .find_map(|n| Some((n, d.get("idle", "switchboard", &[("sockets", n)])?)));
+    if let Some((n, g)) = big {
         let v = g.med("rss_per_conn_kib").unwrap_or(f64::NAN);
         checks.push((
             format!("idle: gateway RSS per connection ≤ 4 KB ({n:.0} sockets)"),
@@ -415,22 +412,15 @@ fn main() -> Result<()> {
             v * 1.024 <= 4.0,
         ));
     }
-    let fan = [10_000.0, 1000.0].into_iter().find(|&n| {
-        d.get(
+    let fan = [10_000.0, 1000.0].into_iter().find_map(|n| {
+        let g = d.get(
             "fanout",
             "switchboard",
             &[("sockets", n), ("payload", 100.0)],
-        )
-        .is_some()
+        )?;
+        Some((n, g))
     });
-    if let Some(n) = fan {
-        let g = d
-            .get(
-                "fanout",
-                "switchboard",
-                &[("sockets", n), ("payload", 100.0)],
-            )
-            .expect("found");
+    if let Some((n, g)) = fan {
         let user = g.med("cpu_user_us_per_msg").unwrap_or(f64::NAN);
         checks.push((
             format!("broadcast to {n:.0}: user CPU ≤ 1 µs per delivered message"),

@@ -467,6 +467,28 @@ mod tests {
         (out, b, obs)
     }
 
+    /// A queue on the server end of a loopback TCP connection; the client end reads. The
+    /// server's read half is returned so the connection stays open.
+    async fn setup_tcp(
+        limits: QueueLimits,
+    ) -> (
+        Arc<Outbound>,
+        tokio::net::TcpStream,
+        Arc<Count>,
+        tokio::net::tcp::OwnedReadHalf,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (read, write) = server.into_split();
+        let out = Arc::new(Outbound::new(limits));
+        let obs = Arc::new(Count::default());
+        out.install(Writer::Tcp(write), &TaskTracker::new(), &obs);
+        (out, client, obs, read)
+    }
+
     #[tokio::test]
     async fn frames_arrive_in_order() {
         let (out, mut peer, obs) = setup(QueueLimits {
@@ -490,21 +512,12 @@ mod tests {
     /// the order they were pushed.
     #[tokio::test]
     async fn tcp_writes_directly_then_queues_in_order() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        let (_read, write) = server.into_split();
-        let out = Arc::new(Outbound::new(QueueLimits {
+        let (out, mut client, obs, _server_read) = setup_tcp(QueueLimits {
             messages: 100_000,
             bytes: 64 << 20,
-        }));
-        let obs = Arc::new(Count::default());
+        })
+        .await;
         let tasks = TaskTracker::new();
-        // Once the runtime has seen the socket writable, frames take the direct path.
-        write.writable().await.unwrap();
-        out.install(Writer::Tcp(write), &tasks, &obs);
         // 8 MiB in 4 KiB frames is more than loopback buffers hold while nobody reads, so
         // later frames find the socket blocked and go through the queue.
         let frames = 2048u32;
@@ -532,20 +545,12 @@ mod tests {
     /// many frames, not a syscall per frame, even though the socket could take each at once.
     #[tokio::test]
     async fn a_batched_burst_leaves_in_few_writes() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        let (_read, write) = server.into_split();
-        write.writable().await.unwrap();
-        let out = Arc::new(Outbound::new(QueueLimits {
+        let (out, mut client, obs, _server_read) = setup_tcp(QueueLimits {
             messages: 1000,
             bytes: 1 << 20,
-        }));
-        let obs = Arc::new(Count::default());
+        })
+        .await;
         let tasks = TaskTracker::new();
-        out.install(Writer::Tcp(write), &tasks, &obs);
         for i in 0..100u8 {
             out.push(Bytes::from(vec![i; 20]), Flush::Batched, &tasks, &obs)
                 .unwrap();
