@@ -23,6 +23,7 @@ use tonic::{
 };
 
 use crate::{
+    config::Config,
     events::{Event, EventBody},
     node::Node,
     registry::{node_lost, RedisRegistry},
@@ -59,23 +60,26 @@ pub(crate) struct Cluster {
     /// How to reach peers whose backend listener speaks TLS.
     tls: Option<ClientTlsConfig>,
     max_message: usize,
+    /// HTTP/2 windows (stream, connection): relayed Attach and Deliver streams bring small
+    /// messages that wait here when the backend reads slowly, as on the backend listener.
+    windows: (u32, u32),
     /// One lazily connected channel per peer address.
     channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl Cluster {
-    pub(crate) fn new(
-        advertise: String,
-        token: Option<&str>,
-        max_message: usize,
-        tls: Option<ClientTlsConfig>,
-    ) -> Self {
+    pub(crate) fn new(advertise: String, config: &Config, tls: Option<ClientTlsConfig>) -> Self {
+        let token = config.backend_token.as_deref();
         let hop = Hop(token.and_then(|t| format!("Bearer {t}").parse().ok()));
         Self {
             advertise,
             hop,
             tls,
-            max_message,
+            max_message: config.max_message_bytes.get(),
+            windows: (
+                config.backend_stream_window,
+                config.backend_connection_window,
+            ),
             channels: Mutex::new(HashMap::new()),
         }
     }
@@ -88,7 +92,9 @@ impl Cluster {
         let mut endpoint = Endpoint::from_shared(addr.to_owned())
             .map_err(|e| Status::unavailable(format!("bad peer address {addr:?}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .initial_stream_window_size(self.windows.0)
+            .initial_connection_window_size(self.windows.1);
         if let (Some(tls), true) = (&self.tls, addr.starts_with("https://")) {
             endpoint = endpoint
                 .tls_config(tls.clone())

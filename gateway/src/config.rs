@@ -310,6 +310,17 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_BACKEND_MAX_STREAMS", default_value = "1024")]
     pub backend_max_streams: u32,
 
+    /// HTTP/2 flow-control window of one gRPC call, in bytes (also on calls between nodes):
+    /// what a backend may send on an Attach stream beyond what its session has taken.
+    #[arg(long, env = "SWITCHBOARD_BACKEND_STREAM_WINDOW", default_value = "262144", value_parser = clap::value_parser!(u32).range(65_535..=2_147_483_647))]
+    pub backend_stream_window: u32,
+
+    /// HTTP/2 flow-control window of one backend connection, in bytes. The HTTP/2 stack closes
+    /// a connection whose unread small DATA frames cost more than half of it, so it must be
+    /// well above --backend-stream-window (16 times at least).
+    #[arg(long, env = "SWITCHBOARD_BACKEND_CONNECTION_WINDOW", default_value = "33554432", value_parser = clap::value_parser!(u32).range(65_535..=2_147_483_647))]
+    pub backend_connection_window: u32,
+
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -347,6 +358,11 @@ pub enum ConfigError {
     BadOrigin(String),
     #[error("give one of --jwt-secret, --jwt-public-key, --jwt-jwks")]
     JwtKeys,
+    #[error(
+        "--backend-connection-window must be at least 16 times --backend-stream-window: \
+         unread small frames of one stream would otherwise close the whole connection"
+    )]
+    WindowsTooClose,
     #[error("--redis-url must start with redis://, rediss://, redis+cluster:// or unix://")]
     BadRedisUrl,
     #[error("--redis-prefix must be 1-64 characters of [A-Za-z0-9._-]")]
@@ -411,6 +427,9 @@ impl Config {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration { name });
             }
+        }
+        if u64::from(self.backend_connection_window) < 16 * u64::from(self.backend_stream_window) {
+            return Err(ConfigError::WindowsTooClose);
         }
         if self.idle_timeout <= self.ping_interval {
             return Err(ConfigError::IdleBeforePing {
@@ -568,6 +587,8 @@ impl fmt::Debug for Config {
             .field("max_bytes_per_second", &self.max_bytes_per_second)
             .field("max_groups_per_session", &self.max_groups_per_session)
             .field("backend_max_streams", &self.backend_max_streams)
+            .field("backend_stream_window", &self.backend_stream_window)
+            .field("backend_connection_window", &self.backend_connection_window)
             .field("log_format", &self.log_format)
             .field("log", &self.log)
             .finish()
@@ -603,6 +624,26 @@ mod tests {
         assert_eq!(parse("128").unwrap(), 128);
         assert!(parse("0").is_err());
         assert!(parse("70000").is_err());
+    }
+
+    #[test]
+    fn a_connection_window_close_to_the_stream_window_is_refused() {
+        let windows = |stream: &str, connection: &str| {
+            parse(&[
+                "--backend-stream-window",
+                stream,
+                "--backend-connection-window",
+                connection,
+            ])
+            .validate()
+        };
+        windows("65535", "1048560").unwrap();
+        assert!(matches!(
+            windows("1048576", "1048576"),
+            Err(ConfigError::WindowsTooClose)
+        ));
+        let too_small = ["switchboard-gateway", "--backend-stream-window", "1024"];
+        assert!(Config::try_parse_from(too_small).is_err());
     }
 
     #[test]

@@ -153,12 +153,7 @@ impl Gateway {
                     .unwrap_or_else(|| format!("{scheme}://{backend_addr}"));
                 let peer_tls =
                     cluster::peer_tls(&config).map_err(|e| Error::Security(e.to_string()))?;
-                let cluster = Cluster::new(
-                    advertise,
-                    config.backend_token.as_deref(),
-                    config.max_message_bytes.get(),
-                    peer_tls,
-                );
+                let cluster = Cluster::new(advertise, &config, peer_tls);
                 (Registry::Redis(redis), Some(Arc::new(cluster)))
             }
         };

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+    net::{TcpSocket, TcpStream},
 };
 
 use crate::within;
@@ -69,9 +69,24 @@ pub struct RawWs {
 
 impl RawWs {
     pub async fn connect(addr: SocketAddr, hub: &str) -> RawWs {
-        let mut stream = within("raw connect", TcpStream::connect(addr))
+        let stream = within("raw connect", TcpStream::connect(addr))
             .await
             .expect("connect");
+        Self::upgrade(stream, addr, hub).await
+    }
+
+    /// Connects with a receive buffer of about `bytes`, so that a client that does not read
+    /// fills the gateway's socket after a few KiB rather than a few MiB.
+    pub async fn connect_with_recv_buffer(addr: SocketAddr, hub: &str, bytes: u32) -> RawWs {
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        let stream = within("raw connect", socket.connect(addr))
+            .await
+            .expect("connect");
+        Self::upgrade(stream, addr, hub).await
+    }
+
+    async fn upgrade(mut stream: TcpStream, addr: SocketAddr, hub: &str) -> RawWs {
         let req = format!(
             "GET /ws/{hub} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"

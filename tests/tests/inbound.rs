@@ -9,6 +9,7 @@ use switchboard_proto::v1::{
 };
 use switchboard_tests::{
     gateway::{Api, Gateway},
+    raw::RawWs,
     within,
     ws::{Client, Seen},
 };
@@ -547,4 +548,167 @@ async fn with_manual_ack_unacknowledged_messages_return_to_the_inbox_on_detach()
         }
     }
     assert_eq!(got, vec![(2, "m2".to_string()), (3, "m3".to_string())]);
+}
+
+/// One gRPC message in its length-prefixed frame.
+fn grpc_frame(req: &pb::AttachRequest) -> bytes::Bytes {
+    let body = prost::Message::encode_to_vec(req);
+    let mut f = Vec::with_capacity(5 + body.len());
+    f.push(0);
+    f.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+    f.extend_from_slice(&body);
+    f.into()
+}
+
+/// Sends `frame` as one DATA frame once the stream's flow-control window has room for it;
+/// returns whether it had to wait for the window.
+async fn send_when_window_allows(
+    tx: &mut h2::SendStream<bytes::Bytes>,
+    frame: bytes::Bytes,
+) -> Result<bool, String> {
+    let len = frame.len();
+    tx.reserve_capacity(len);
+    let mut waited = false;
+    while tx.capacity() < len {
+        waited = true;
+        match std::future::poll_fn(|cx| tx.poll_capacity(cx)).await {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("the stream closed".into()),
+        }
+    }
+    tx.send_data(frame, false).map_err(|e| e.to_string())?;
+    Ok(waited)
+}
+
+/// Reads the next gRPC message of a response body.
+async fn next_grpc(body: &mut h2::RecvStream, buf: &mut Vec<u8>) -> pb::AttachResponse {
+    loop {
+        if buf.len() >= 5 {
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if buf.len() >= 5 + len {
+                let msg = prost::Message::decode(&buf[5..5 + len]).expect("an AttachResponse");
+                buf.drain(..5 + len);
+                return msg;
+            }
+        }
+        let chunk = within("the attach response", body.data())
+            .await
+            .expect("the response body ended")
+            .expect("the response body failed");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        buf.extend_from_slice(&chunk);
+    }
+}
+
+/// A backend writing many small messages, each in its own HTTP/2 DATA frame, to a client that
+/// does not read: the writes wait in HTTP/2 flow control, the backend's connection stays up
+/// (HTTP/2 stacks close a connection whose unread small frames cost more than a budget tied to
+/// its window), and the client gets every message once, in order, when it reads again.
+#[tokio::test]
+async fn small_attach_writes_to_a_client_that_does_not_read_wait_and_all_arrive() {
+    let gw = Gateway::start(&[
+        "--outbound-queue-messages",
+        "64",
+        "--slow-consumer-grace",
+        "10m",
+    ])
+    .await;
+    let mut client = RawWs::connect_with_recv_buffer(gw.client_addr, "h", 4096).await;
+
+    // A raw HTTP/2 client: a gRPC library would merge messages that are ready together into
+    // one DATA frame, and this test needs one frame per message.
+    let tcp = within(
+        "backend connect",
+        tokio::net::TcpStream::connect(gw.backend_addr),
+    )
+    .await
+    .unwrap();
+    let (h2, connection) = within("HTTP/2 handshake", h2::client::handshake(tcp))
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let mut h2 = within("HTTP/2 ready", h2.ready()).await.unwrap();
+    let request = http::Request::post(format!(
+        "http://{}/switchboard.v1.Gateway/Attach",
+        gw.backend_addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let (response, mut tx) = h2.send_request(request, false).unwrap();
+    let open = pb::AttachRequest {
+        kind: Some(Req::Open(pb::AttachOpen {
+            session_id: client.session.clone(),
+            ..Default::default()
+        })),
+    };
+    send_when_window_allows(&mut tx, grpc_frame(&open))
+        .await
+        .unwrap();
+    let response = within("the Attach response", response).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut buf = Vec::new();
+    assert!(matches!(
+        next_grpc(&mut body, &mut buf).await.kind,
+        Some(Resp::Attached(_))
+    ));
+
+    // 60,000 frames of 13 bytes: far more than the socket, the outbound queue and one stream
+    // window hold together, so the writer must wait for the client.
+    const N: u32 = 60_000;
+    let (held_tx, held) = tokio::sync::oneshot::channel();
+    let writer = tokio::spawn(async move {
+        let mut held_tx = Some(held_tx);
+        for i in 0..N {
+            let write = pb::AttachRequest {
+                kind: Some(Req::Write(pb::Message {
+                    payload: Some(Payload::Binary(i.to_be_bytes().to_vec())),
+                })),
+            };
+            if send_when_window_allows(&mut tx, grpc_frame(&write))
+                .await
+                .map_err(|e| format!("write {i}: {e}"))?
+            {
+                if let Some(h) = held_tx.take() {
+                    let _ = h.send(i);
+                }
+            }
+        }
+        Ok::<_, String>(tx)
+    });
+    let Ok(held_at) = within("the writer to wait for the window", held).await else {
+        let ended = within("the writer", writer).await.unwrap().map(drop);
+        panic!("the writer ended before its window ran out: {ended:?}");
+    };
+    // Held back by a full window, not by the start of the connection.
+    assert!(held_at > 1_000, "held back after only {held_at} writes");
+
+    for i in 0..N {
+        let (opcode, payload) = within("the next message", client.read_frame())
+            .await
+            .unwrap_or_else(|| panic!("the socket ended before message {i}"));
+        assert_eq!((opcode, payload), (0x2, i.to_be_bytes().to_vec()));
+    }
+    let mut tx = within("the writer", writer).await.unwrap().unwrap();
+
+    // The stream and its connection still work: a close travels through and is reported.
+    let close = pb::AttachRequest {
+        kind: Some(Req::Close(pb::CloseSession {
+            code: 4000,
+            reason: "done".into(),
+        })),
+    };
+    send_when_window_allows(&mut tx, grpc_frame(&close))
+        .await
+        .unwrap();
+    assert_eq!(client.close_code().await, Some(4000));
+    client.send_frame(true, 0x8, &4000u16.to_be_bytes()).await;
+    assert!(matches!(
+        next_grpc(&mut body, &mut buf).await.kind,
+        Some(Resp::Closed(_))
+    ));
+    assert!(!connection.is_finished(), "the backend connection ended");
 }

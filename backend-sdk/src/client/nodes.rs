@@ -23,6 +23,12 @@ use crate::error::{Error, Result};
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 /// How long a keepalive ping may go unanswered before the connection is dropped.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 flow-control windows. An `Attach` or `Subscribe` stream read slowly leaves small
+/// messages buffered, and the HTTP/2 stack closes the whole connection (every call on it)
+/// once such frames cost more than half the connection window; a modest stream window under a
+/// large connection window keeps that out of reach.
+const STREAM_WINDOW: u32 = 256 * 1024;
+const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 
 /// One gateway node: its backend URL and the channel to it.
 #[derive(Clone)]
@@ -92,7 +98,9 @@ impl Nodes {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true);
+            .keep_alive_while_idle(true)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW);
         Ok(Node {
             url: url.into(),
             channel: endpoint.connect_lazy(),

@@ -79,6 +79,8 @@ pub(crate) async fn serve(
     let router = Server::builder()
         .tcp_nodelay(true)
         .max_concurrent_streams(Some(node.config.backend_max_streams))
+        .initial_stream_window_size(node.config.backend_stream_window)
+        .initial_connection_window_size(node.config.backend_connection_window)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
