@@ -691,10 +691,20 @@ async fn flood(target: Target, endpoint: &str, a: FloodArgs) -> Result<PublishRe
         .message()
         .await?
         .context("no `attached` response")?;
-    let drain = tokio::spawn(async move { while let Ok(Some(_)) = responses.message().await {} });
+    // The stream's end, if it ends early: an error here means writes were lost with it.
+    let mut drain = tokio::spawn(async move {
+        loop {
+            match responses.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    });
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(a.seconds);
     let mut sent = 0;
+    let mut stream_failed = false;
     for seq in 1..=a.count {
         if Instant::now() >= deadline {
             break;
@@ -703,15 +713,22 @@ async fn flood(target: Target, endpoint: &str, a: FloodArgs) -> Result<PublishRe
             kind: Some(attach_request::Kind::Write(message(seq, a.size, true))),
         };
         if tx.send(req).await.is_err() {
+            stream_failed = true;
             break;
         }
         sent = seq;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let tally = Tally {
+    let mut tally = Tally {
         ok: sent,
         ..Default::default()
     };
+    if stream_failed || drain.is_finished() {
+        match tokio::time::timeout(Duration::from_secs(5), &mut drain).await {
+            Ok(Ok(Some(status))) => tally.error(format!("the Attach stream failed: {status}")),
+            _ => tally.error("the Attach stream ended while writing"),
+        }
+    }
     let report = tally.report(target, "flood", sent, elapsed, 0.0);
     // Writes still buffered in the HTTP/2 stream would be lost if the call ended now: print the
     // report, then hold the stream until stdin closes (the suite closes it once the client got

@@ -1660,6 +1660,14 @@ async fn scenario_flood(env: &mut Env, plan: &Plan, out: &mut Vec<Record>) -> Re
         let secs = (r.last_recv_ns.saturating_sub(r.first_sent_ns)) as f64 / 1e9;
         let rate = r.delivered as f64 / secs.max(1e-9);
         let mbs = rate * size as f64 / 1e6;
+        // A write lost with a failed stream is a failure even if the count matches what
+        // the publisher believes it sent.
+        let exact = r.exact && rep.failed == 0;
+        let notes = if rep.failed > 0 {
+            vec![format!("publish errors: {:?}", rep.errors)]
+        } else {
+            vec![]
+        };
         row(&[
             format!("{size} B"),
             format!("{rate:.0}"),
@@ -1667,7 +1675,7 @@ async fn scenario_flood(env: &mut Env, plan: &Plan, out: &mut Vec<Record>) -> Re
             ms(r.latency.p50),
             ms(r.latency.p99),
             format!("{}/{}", r.delivered, r.expected),
-            r.exact.to_string(),
+            exact.to_string(),
         ]);
         out.push(Record {
             scenario: "flood".into(),
@@ -1681,8 +1689,8 @@ async fn scenario_flood(env: &mut Env, plan: &Plan, out: &mut Vec<Record>) -> Re
                 ("delivered".into(), r.delivered as f64),
                 ("expected".into(), r.expected as f64),
             ]),
-            exact: Some(r.exact),
-            notes: vec![],
+            exact: Some(exact),
+            notes,
             cdf: vec![],
         });
     }
@@ -1969,10 +1977,10 @@ async fn smoke(common: CommonArgs) -> Result<()> {
         let _ = timeout(Duration::from_secs(10), child.wait()).await;
         check(
             "flood 20 B",
-            r.exact && rep.attempted == 20_000,
+            r.exact && rep.attempted == 20_000 && rep.failed == 0,
             format!(
-                "delivered {}/{} (sent {})",
-                r.delivered, r.expected, rep.attempted
+                "delivered {}/{} (sent {}, errors {:?})",
+                r.delivered, r.expected, rep.attempted, rep.errors
             ),
         );
         close_all(lgs).await;
