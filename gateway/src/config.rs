@@ -111,7 +111,8 @@ pub struct Config {
     )]
     pub outbound_queue_bytes: NonZeroUsize,
 
-    /// How long a session's outbound queue may stay full before it is closed with 1013.
+    /// How long a session's outbound queue may stay full, without its client taking half of
+    /// it, before the session is closed with 1013.
     #[arg(long, env = "SWITCHBOARD_SLOW_CONSUMER_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub slow_consumer_grace: Duration,
 

@@ -138,8 +138,12 @@ struct State {
     sealed: bool,
     /// The write half failed; the session is over.
     failed: bool,
-    /// When the queue first refused a frame, cleared once it drains to half its bound.
+    /// When the queue first refused a frame; cleared once the socket has taken half the
+    /// queue's bound since (frames or bytes). Progress, not emptiness, is the test: a backend
+    /// waiting for room (Attach) refills the queue as fast as a healthy client drains it.
     full_since: Option<Instant>,
+    /// Frames and bytes written since `full_since` was set.
+    written_since_full: (usize, usize),
     /// The session ended: the write half is dropped instead of returned, closing the socket.
     released: bool,
 }
@@ -161,6 +165,7 @@ impl Outbound {
                 sealed: false,
                 failed: false,
                 full_since: None,
+                written_since_full: (0, 0),
                 released: false,
             }),
             limits,
@@ -193,7 +198,10 @@ impl Outbound {
             return Err(EnqueueError::Closed);
         }
         if self.is_full(&st, frame.len()) {
-            st.full_since.get_or_insert_with(Instant::now);
+            if st.full_since.is_none() {
+                st.full_since = Some(Instant::now());
+                st.written_since_full = (0, 0);
+            }
             return Err(EnqueueError::Full);
         }
         self.enqueue(st, frame, flush, tasks, observer);
@@ -318,13 +326,15 @@ impl Outbound {
             {
                 let mut st = self.lock();
                 st.bytes = st.bytes.saturating_sub(batch_bytes);
-                batch.clear();
-                if st.full_since.is_some()
-                    && st.queue.len() <= self.limits.messages / 2
-                    && st.bytes <= self.limits.bytes / 2
-                {
-                    st.full_since = None;
+                if st.full_since.is_some() {
+                    let (frames, bytes) = &mut st.written_since_full;
+                    *frames += batch.len();
+                    *bytes += batch_bytes;
+                    if *frames >= self.limits.messages / 2 || *bytes >= self.limits.bytes / 2 {
+                        st.full_since = None;
+                    }
                 }
+                batch.clear();
                 if st.queue.is_empty() || st.released {
                     if !st.released {
                         st.io = Some(io);
@@ -643,6 +653,50 @@ mod tests {
             .await
             .unwrap();
         assert!(out.drained(Duration::from_secs(5)).await);
+    }
+
+    #[tokio::test]
+    async fn a_writer_keeping_the_queue_full_is_not_stalled_while_frames_leave() {
+        // A queue longer than one flush batch: a writer waiting for room refills it while each
+        // batch is written, so it never drains to half although the client reads all it can.
+        let (out, mut peer, obs) = setup(QueueLimits {
+            messages: 4 * MAX_BATCH,
+            bytes: 1 << 20,
+        });
+        let writer = tokio::spawn({
+            let out = Arc::clone(&out);
+            async move {
+                let tasks = TaskTracker::new();
+                for _ in 0..1000 * MAX_BATCH {
+                    let frame = Bytes::from(vec![1; 10]);
+                    loop {
+                        match out.push(frame.clone(), Flush::Batched, &tasks, &obs) {
+                            Ok(()) => break,
+                            Err(EnqueueError::Full) => out.room(10).await,
+                            Err(EnqueueError::Closed) => return,
+                        }
+                    }
+                }
+            }
+        });
+        let mut buf = vec![0u8; 10 * MAX_BATCH * 10];
+        let limit = Duration::from_secs(10);
+        let read = tokio::time::timeout(limit, peer.read_exact(&mut buf)).await;
+        read.unwrap().unwrap();
+        let mid = Instant::now();
+        let read = tokio::time::timeout(limit, peer.read_exact(&mut buf)).await;
+        read.unwrap().unwrap();
+        // The writer has filled the queue again and waits. Ten batches left after `mid`, so
+        // whatever refusal started the clock before was cleared by that progress: the clock,
+        // if it runs, started after `mid`.
+        let now = Instant::now();
+        assert!(out.stalled_for(Duration::ZERO, now), "the queue is full");
+        assert!(!out.stalled_for(now - mid, now));
+        drop(peer);
+        tokio::time::timeout(Duration::from_secs(10), writer)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]
