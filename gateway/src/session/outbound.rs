@@ -139,8 +139,9 @@ struct State {
     /// The write half failed; the session is over.
     failed: bool,
     /// When the queue first refused a frame; cleared once the socket has taken half the
-    /// queue's bound since (frames or bytes). Progress, not emptiness, is the test: a backend
-    /// waiting for room (Attach) refills the queue as fast as a healthy client drains it.
+    /// queue's bound since (frames or bytes), or the queue is down to half. Progress is the
+    /// test that matters: a backend waiting for room (Attach) refills the queue as fast as a
+    /// healthy client drains it, so it may never get down to half.
     full_since: Option<Instant>,
     /// Frames and bytes written since `full_since` was set.
     written_since_full: (usize, usize),
@@ -330,7 +331,12 @@ impl Outbound {
                     let (frames, bytes) = &mut st.written_since_full;
                     *frames += batch.len();
                     *bytes += batch_bytes;
-                    if *frames >= self.limits.messages / 2 || *bytes >= self.limits.bytes / 2 {
+                    let progressed =
+                        *frames >= self.limits.messages / 2 || *bytes >= self.limits.bytes / 2;
+                    // A refused large frame may have found little queued before it.
+                    let drained = st.queue.len() <= self.limits.messages / 2
+                        && st.bytes <= self.limits.bytes / 2;
+                    if progressed || drained {
                         st.full_since = None;
                     }
                 }
@@ -697,6 +703,26 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_queue_that_drains_after_refusing_a_large_frame_is_not_stalled() {
+        let (out, mut peer, obs) = setup(QueueLimits {
+            messages: 1024,
+            bytes: 1000,
+        });
+        let tasks = TaskTracker::new();
+        out.push(Bytes::from(vec![1; 100]), Flush::Now, &tasks, &obs)
+            .unwrap();
+        assert_eq!(
+            out.push(Bytes::from(vec![2; 950]), Flush::Now, &tasks, &obs),
+            Err(EnqueueError::Full)
+        );
+        let mut buf = [0u8; 100];
+        peer.read_exact(&mut buf).await.unwrap();
+        assert!(out.drained(Duration::from_secs(5)).await);
+        // Only 100 bytes left since the refusal, but nothing is waiting any more.
+        assert!(!out.stalled_for(Duration::ZERO, Instant::now()));
     }
 
     #[tokio::test]
