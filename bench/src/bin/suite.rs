@@ -1543,7 +1543,9 @@ async fn scenario_churn(env: &mut Env, plan: &Plan, out: &mut Vec<Record>) -> Re
                     })
                     .filter(|(_, v)| *v > 0.005)
                     .collect();
-                d.sort_by(|a, b| b.1.total_cmp(&a.1));
+                // Ties as printed (two decimals) in name order, so runs list them alike.
+                let shown = |v: f64| (v * 100.0).round() as i64;
+                d.sort_by(|a, b| shown(b.1).cmp(&shown(a.1)).then_with(|| a.0.cmp(&b.0)));
                 let total: f64 = d.iter().map(|x| x.1).sum();
                 let top = d
                     .iter()
