@@ -178,6 +178,11 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_LEASE_REFRESH", default_value = "3s", value_parser = parse_duration)]
     pub lease_refresh: Duration,
 
+    /// How often this node compares its entries in Redis with the sessions it holds and
+    /// repairs both ways (a failed write is also retried as soon as Redis answers again).
+    #[arg(long, env = "SWITCHBOARD_RECONCILE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub reconcile_interval: Duration,
+
     /// While Redis is unreachable: keep admitting clients locally (`accept`) or refuse them
     /// with 503 (`refuse`).
     #[arg(
@@ -423,6 +428,7 @@ impl Config {
             ("--subscriber-timeout", self.subscriber_timeout),
             ("--lease-ttl", self.lease_ttl),
             ("--lease-refresh", self.lease_refresh),
+            ("--reconcile-interval", self.reconcile_interval),
             ("--handshake-timeout", self.handshake_timeout),
         ] {
             if d.is_zero() {
@@ -557,6 +563,7 @@ impl fmt::Debug for Config {
             .field("advertise_backend", &self.advertise_backend)
             .field("lease_ttl", &self.lease_ttl)
             .field("lease_refresh", &self.lease_refresh)
+            .field("reconcile_interval", &self.reconcile_interval)
             .field("registry_outage", &self.registry_outage)
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)

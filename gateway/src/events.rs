@@ -31,7 +31,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     cluster::Cluster,
     metrics::{GroupLabel, Metrics},
-    registry::{MemberRecord, Registry, SessionRecord},
+    registry::{MemberRecord, SessionRecord},
     session::{Inbound, SessionEnd, SessionId},
 };
 
@@ -107,12 +107,6 @@ impl Drop for Membership {
     }
 }
 
-/// What the bus needs of the cluster, when there is one.
-pub(crate) struct Shared {
-    pub registry: Arc<Registry>,
-    pub cluster: Arc<Cluster>,
-}
-
 pub(crate) struct EventBus {
     node: Arc<str>,
     hubs: Mutex<HashMap<Arc<str>, Hub>>,
@@ -120,7 +114,8 @@ pub(crate) struct EventBus {
     slow_after: Duration,
     metrics: Arc<Metrics>,
     tasks: TaskTracker,
-    shared: Option<Shared>,
+    /// The cluster, when this node is part of one: members elsewhere, delivery to them.
+    cluster: Option<Arc<Cluster>>,
     /// Cluster-wide members per hub, refreshed at most every `VIEW_TTL`.
     views: Mutex<HashMap<Arc<str>, View>>,
 }
@@ -174,7 +169,7 @@ impl EventBus {
         slow_after: Duration,
         metrics: Arc<Metrics>,
         tasks: TaskTracker,
-        shared: Option<Shared>,
+        cluster: Option<Arc<Cluster>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             node,
@@ -183,7 +178,7 @@ impl EventBus {
             slow_after,
             metrics,
             tasks,
-            shared,
+            cluster,
             views: Mutex::new(HashMap::new()),
         })
     }
@@ -225,19 +220,17 @@ impl EventBus {
                 tx,
                 cut_off: cut_off.clone(),
             });
-        if let Some(shared) = &self.shared {
-            if let Some(redis) = shared.registry.shared() {
-                let record = MemberRecord {
-                    uid: self.uid(id),
-                    node: self.node.to_string(),
-                    group: group.to_string(),
-                    kinds: kinds.0,
-                };
-                if let Err(e) = redis.add_member(&hub, &record).await {
-                    // Other nodes will not route to this member until Redis returns and the
-                    // node registers its members again; local events still reach it.
-                    tracing::warn!(error = %e, "could not register subscriber in the registry");
-                }
+        if let Some(cluster) = &self.cluster {
+            let record = MemberRecord {
+                uid: self.uid(id),
+                node: self.node.to_string(),
+                group: group.to_string(),
+                kinds: kinds.0,
+            };
+            if let Err(e) = cluster.redis.add_member(&hub, &record).await {
+                // Other nodes will not route to this member until Redis returns and the
+                // node registers its members again; local events still reach it.
+                tracing::warn!(error = %e, "could not register subscriber in the registry");
             }
         }
         Subscription {
@@ -268,20 +261,19 @@ impl EventBus {
                 hubs.remove(hub);
             }
         }
-        if self.shared.is_some() {
-            let bus = Arc::clone(self);
+        if let Some(cluster) = &self.cluster {
+            let cluster = Arc::clone(cluster);
+            let uid = self.uid(id);
             let hub = hub.to_owned();
             self.tasks.spawn(async move {
-                if let Some(redis) = bus.shared.as_ref().and_then(|s| s.registry.shared()) {
-                    let _ = redis.remove_member(&hub, &bus.uid(id)).await;
-                }
+                let _ = cluster.redis.remove_member(&hub, &uid).await;
             });
         }
     }
 
     /// Registers every local member again (after Redis lost its data).
     pub(crate) async fn register_members_again(&self) {
-        let Some(redis) = self.shared.as_ref().and_then(|s| s.registry.shared()) else {
+        let Some(redis) = self.cluster.as_ref().map(|c| &c.redis) else {
             return;
         };
         let records: Vec<(Arc<str>, MemberRecord)> = self
@@ -310,7 +302,7 @@ impl EventBus {
 
     /// Cluster-wide members of `hub` on other nodes.
     async fn remote_members(&self, hub: &Arc<str>) -> Arc<Vec<MemberRecord>> {
-        let Some(redis) = self.shared.as_ref().and_then(|s| s.registry.shared()) else {
+        let Some(redis) = self.cluster.as_ref().map(|c| &c.redis) else {
             return Arc::default();
         };
         let cached = self
@@ -426,13 +418,13 @@ impl EventBus {
     }
 
     async fn deliver_remote(&self, node: &str, uid: &str, event: &Encoded) -> bool {
-        let Some(shared) = &self.shared else {
+        let Some(cluster) = &self.cluster else {
             return false;
         };
-        let Some(addr) = shared.registry.shared().and_then(|r| r.node_addr(node)) else {
+        let Some(addr) = cluster.redis.node_addr(node) else {
             return false;
         };
-        let Ok(mut peer) = shared.cluster.peer(&addr) else {
+        let Ok(mut peer) = cluster.peer(&addr) else {
             return false;
         };
         let call = peer.deliver(pb::DeliverRequest {

@@ -4,7 +4,8 @@
 //! Module map:
 //! - [`config`]: flags and environment, validated into one `Config`.
 //! - `client`: the client listener: HTTP routes, upgrade admission, one reader task per session.
-//! - `cluster`: node lease, dead-node reaping, clients to the other nodes for forwarded calls.
+//! - `cluster`: the shared registry's node: lease (own task), joining, reaping of dead nodes,
+//!   reconciliation of its own entries, clients to the other nodes for forwarded calls.
 //! - `gate`, `jwt`, `limits`: what a client must pass before its upgrade (origin allow-list,
 //!   connection limits, JWTs), and per-session message/byte rates.
 //! - `tls`: rustls for both listeners, reloadable on SIGHUP.
@@ -136,8 +137,8 @@ impl Gateway {
             close_timeout: config.close_timeout,
             node: Arc::clone(&node_id),
         });
-        let (registry, cluster) = match &config.redis_url {
-            None => (Registry::memory(TOMBSTONES), None),
+        let registry = match &config.redis_url {
+            None => Registry::memory(TOMBSTONES),
             Some(url) => {
                 let redis = RedisRegistry::connect(url, &config.redis_prefix)
                     .await
@@ -153,29 +154,19 @@ impl Gateway {
                     .unwrap_or_else(|| format!("{scheme}://{backend_addr}"));
                 let peer_tls =
                     cluster::peer_tls(&config).map_err(|e| Error::Security(e.to_string()))?;
-                let cluster = Cluster::new(advertise, &config, peer_tls);
-                (Registry::Redis(redis), Some(Arc::new(cluster)))
+                Registry::Cluster(Arc::new(Cluster::new(redis, advertise, &config, peer_tls)))
             }
         };
         let node = Arc::new(Node::new(
             Arc::new(config),
             node_id,
             Arc::new(registry),
-            cluster,
             metrics,
             ctx,
             gate,
         ));
-        if let (Some(redis), Some(cluster)) = (node.registry.shared(), &node.cluster) {
-            cluster::clean_own_leftovers(&node, redis).await;
-            match redis
-                .renew_lease(&node.id, &cluster.advertise, node.config.lease_ttl)
-                .await
-            {
-                Ok(_) => redis.note_live(&node.id, &cluster.advertise),
-                Err(e) => tracing::warn!(error = %e, "redis unreachable at start; serving locally"),
-            }
-            let _ = redis.refresh_nodes().await;
+        if let Some(cluster) = node.registry.cluster() {
+            cluster::reaper::clean_own_leftovers(&node, cluster).await;
         }
         Ok(Self {
             node,
@@ -232,13 +223,36 @@ impl Gateway {
             stop_http.clone(),
         ));
         background.spawn(sweeper::run(Arc::clone(&node), stop_http.clone()));
-        background.spawn(cluster::maintain(Arc::clone(&node), stop_http.clone()));
         let api = tokio::spawn(api::serve(
             backend,
             Arc::clone(&node),
             backend_tls,
             stop_api.clone(),
         ));
+        if let Some(cluster) = node.registry.cluster() {
+            // Joining needs this node's backend API up: peers joining at the same time call it.
+            let stop = stop_http.clone();
+            background.spawn(cluster::lease::join(
+                Arc::clone(&node),
+                Arc::clone(cluster),
+                stop.clone(),
+            ));
+            background.spawn(cluster::lease::keep(
+                Arc::clone(&node),
+                Arc::clone(cluster),
+                stop.clone(),
+            ));
+            background.spawn(cluster::reaper::run(
+                Arc::clone(&node),
+                Arc::clone(cluster),
+                stop.clone(),
+            ));
+            background.spawn(cluster::reconcile::run(
+                Arc::clone(&node),
+                Arc::clone(cluster),
+                stop,
+            ));
+        }
         tracing::info!(node = %node.id, "gateway running");
 
         tokio::pin!(api);
@@ -278,9 +292,9 @@ impl Gateway {
         background.close();
         http_tasks.close();
         let _ = tokio::time::timeout_at(deadline, background.wait()).await;
-        if let Some(redis) = node.registry.shared() {
+        if let Some(cluster) = node.registry.cluster() {
             // Leaving cleanly: no survivor needs to reap this node.
-            if let Err(e) = redis.release_lease(&node.id).await {
+            if let Err(e) = cluster.redis.release_lease(&node.id).await {
                 tracing::warn!(error = %e, "could not release the node lease");
             }
         }

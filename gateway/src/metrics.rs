@@ -51,6 +51,7 @@ pub(crate) struct Metrics {
     pub subscriber_events: Family<GroupLabel, Counter>,
     pub subscribers_cut_off: Counter,
     pub sessions_lost: Counter,
+    pub registry_repairs: Counter,
     pub rate_limited: Counter,
     pub grpc_calls: Family<GrpcLabel, Counter>,
 }
@@ -76,6 +77,7 @@ impl Metrics {
             subscriber_events: Family::default(),
             subscribers_cut_off: Counter::default(),
             sessions_lost: Counter::default(),
+            registry_repairs: Counter::default(),
             rate_limited: Counter::default(),
             grpc_calls: Family::default(),
             registry: Registry::default(),
@@ -157,6 +159,11 @@ impl Metrics {
             "sessions_lost",
             "Sessions of dead nodes removed from the registry by this node",
             m.sessions_lost.clone(),
+        );
+        r.register(
+            "registry_repairs",
+            "Registry entries of this node put right by reconciliation (missing or stale)",
+            m.registry_repairs.clone(),
         );
         r.register(
             "rate_limited",

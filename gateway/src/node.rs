@@ -16,10 +16,10 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cluster::{Cluster, GatewayPeer},
+    cluster::GatewayPeer,
     config::{is_name, Config},
     error::{Error, Result},
-    events::{Event, EventBody, EventBus, Shared},
+    events::{Event, EventBody, EventBus},
     frame::{self, close_code, Opcode},
     gate::Gate,
     message::{Kind, Message},
@@ -42,9 +42,8 @@ pub(crate) struct Node {
     pub config: Arc<Config>,
     pub id: Arc<str>,
     pub pool: Pool,
+    /// The registry, and through it the cluster when there is one.
     pub registry: Arc<Registry>,
-    /// Links to the other nodes, when the registry is shared.
-    pub cluster: Option<Arc<Cluster>>,
     pub metrics: Arc<Metrics>,
     pub ctx: Arc<SessionContext>,
     /// Origin allow-list, connection limits, JWTs, connect hook.
@@ -86,7 +85,6 @@ impl Node {
         config: Arc<Config>,
         id: Arc<str>,
         registry: Arc<Registry>,
-        cluster: Option<Arc<Cluster>>,
         metrics: Arc<Metrics>,
         ctx: Arc<SessionContext>,
         gate: Gate,
@@ -95,16 +93,12 @@ impl Node {
             messages: metrics.inbox_messages.clone(),
             paused: metrics.paused_sockets.clone(),
         };
-        let shared = cluster.as_ref().map(|c| Shared {
-            registry: Arc::clone(&registry),
-            cluster: Arc::clone(c),
-        });
         let events = EventBus::new(
             Arc::clone(&id),
             config.subscriber_timeout,
             Arc::clone(&metrics),
             ctx.tasks.clone(),
-            shared,
+            registry.cluster().cloned(),
         );
         Self {
             events,
@@ -113,7 +107,6 @@ impl Node {
             id,
             pool: Pool::default(),
             registry,
-            cluster,
             metrics,
             ctx,
             gate,
@@ -125,6 +118,12 @@ impl Node {
 
     pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Whether every live peer has learnt this node (always, alone): until then a session here
+    /// could be missed by a publish sent to another node, so clients wait.
+    pub(crate) fn has_joined(&self) -> bool {
+        self.registry.cluster().is_none_or(|c| c.is_joined())
     }
 
     /// Stops admitting sessions and closes every open one with 1001.
@@ -149,12 +148,12 @@ impl Node {
         {
             return Ok(Route::Here);
         }
-        let (Some(cluster), Some(redis)) = (&self.cluster, self.registry.shared()) else {
+        let Some(cluster) = self.registry.cluster() else {
             return Ok(Route::Here);
         };
         match self.registry.owner(id).await? {
             Some(owner) if *owner != *self.id => {
-                let addr = redis.node_addr(&owner).ok_or_else(|| {
+                let addr = cluster.redis.node_addr(&owner).ok_or_else(|| {
                     Error::Registry(crate::registry::RegistryError::Unavailable(format!(
                         "node {owner} holding session {id} has no known address"
                     )))
@@ -177,10 +176,11 @@ impl Node {
 
     /// The other live nodes, for fan-out calls (empty on a single node).
     pub(crate) fn peers(&self) -> Vec<(String, GatewayPeer)> {
-        let (Some(cluster), Some(redis)) = (&self.cluster, self.registry.shared()) else {
+        let Some(cluster) = self.registry.cluster() else {
             return Vec::new();
         };
-        redis
+        cluster
+            .redis
             .live_nodes()
             .into_iter()
             .filter(|n| *n.id != *self.id)
@@ -194,9 +194,10 @@ impl Node {
         &self,
         ids: &[SessionId],
     ) -> Result<(Vec<SessionId>, Vec<(String, GatewayPeer, Vec<SessionId>)>)> {
-        let (Some(cluster), Some(redis)) = (&self.cluster, self.registry.shared()) else {
+        let Some(cluster) = self.registry.cluster() else {
             return Ok((ids.to_vec(), Vec::new()));
         };
+        let redis = &cluster.redis;
         let (local, elsewhere): (Vec<SessionId>, Vec<SessionId>) = ids
             .iter()
             .cloned()

@@ -137,13 +137,32 @@ impl Gateway {
             .iter()
             .position(|a| *a == "--backend-token")
             .map(|i| args[i + 1].to_owned());
-        Gateway {
+        let gw = Gateway {
             client_addr: field("client=").parse().expect("client address"),
             backend_addr: field("backend=").parse().expect("backend address"),
             node_id: field("node="),
             child,
             token,
+        };
+        if args.contains(&"--redis-url") {
+            gw.joined().await;
         }
+        gw
+    }
+
+    /// Waits until a cluster node has joined (it refuses clients until every live peer knows
+    /// it); `/readyz` says so, there is no other signal to await from outside.
+    pub async fn joined(&self) {
+        within("the node to join its cluster", async {
+            loop {
+                let (_, body) = self.http_get("/readyz").await;
+                if !body.starts_with("joining") {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await
     }
 
     pub fn ws_url(&self, hub: &str) -> String {

@@ -116,6 +116,25 @@ impl Redis {
     pub async fn cli(&self, args: &[&str]) -> Vec<String> {
         cli(self.server.port, args).await
     }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is answered.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.server.child.id().expect("redis-server running");
+        let status = std::process::Command::new("kill")
+            .args(["-s", signal, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {signal} redis-server");
+    }
 }
 
 async fn cli(port: u16, args: &[&str]) -> Vec<String> {

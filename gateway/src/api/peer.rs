@@ -31,4 +31,30 @@ impl Peer for PeerService {
         self.node.metrics.grpc("Deliver", tonic::Code::Ok);
         Ok(Response::new(pb::DeliverResponse { accepted }))
     }
+
+    async fn join(
+        &self,
+        req: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        let node = req.into_inner().node;
+        let Some(cluster) = self.node.registry.cluster() else {
+            return Err(Status::failed_precondition("this node is not in a cluster"));
+        };
+        // The caller's word is checked against its lease, not taken.
+        let r = match cluster.redis.learn_node(&node).await {
+            Ok(true) => {
+                tracing::info!(peer = %node, "a node joined");
+                Ok(Response::new(pb::JoinResponse {}))
+            }
+            Ok(false) => Err(Status::failed_precondition(format!(
+                "node {node:?} has no lease in the registry"
+            ))),
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        };
+        self.node.metrics.grpc(
+            "Join",
+            r.as_ref().err().map_or(tonic::Code::Ok, Status::code),
+        );
+        r
+    }
 }

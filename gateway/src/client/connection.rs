@@ -41,9 +41,13 @@ pub(crate) fn run(
     node: Arc<Node>,
     session: Arc<Session>,
     upgrade: fastwebsockets::upgrade::UpgradeFut,
+    admitted: tokio::sync::oneshot::Sender<()>,
 ) -> impl Future<Output = ()> + Send + 'static {
     let span = tracing::info_span!("session", id = %session.id, hub = %session.hub);
     async move {
+        Box::pin(node.admit(&session)).await;
+        // The handler may be gone (the client left): the upgrade then fails below.
+        let _ = admitted.send(());
         let Some(socket) = connect(&session, upgrade.await) else {
             Box::pin(node.retire(&session, dropped(&session))).await;
             return;

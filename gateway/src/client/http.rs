@@ -79,8 +79,13 @@ pub(crate) async fn route(
 }
 
 fn readiness(node: &Node) -> Response<Body> {
+    let cluster = node.registry.cluster();
     if node.is_draining() {
         text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if !node.has_joined() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "joining the cluster\n")
+    } else if cluster.is_some_and(|c| !c.lease_healthy()) {
+        text(StatusCode::SERVICE_UNAVAILABLE, "node lease not renewed\n")
     } else if !node.registry.is_healthy() {
         text(StatusCode::SERVICE_UNAVAILABLE, "registry degraded\n")
     } else {

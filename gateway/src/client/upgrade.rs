@@ -38,6 +38,14 @@ pub(crate) async fn upgrade(
             "server is shutting down\n",
         );
     }
+    if !node.has_joined() {
+        return refuse(
+            &node,
+            "starting",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server is starting\n",
+        );
+    }
     if node.config.registry_outage == OutagePolicy::Refuse && !node.registry.is_healthy() {
         return refuse(
             &node,
@@ -210,9 +218,13 @@ pub(crate) async fn upgrade(
         );
     }
     // Admitted before the 101 goes out: once the client knows its ID, so can any backend.
-    node.admit(&session).await;
+    // The session's own task admits it, so that a client gone meanwhile (hyper then drops
+    // this handler, and the upgrade fails) still has its session torn down: pool and registry
+    // never keep a session that has no task.
+    let (admitted, wait) = tokio::sync::oneshot::channel();
     let tasks = node.ctx.tasks.clone();
-    tasks.spawn(connection::run(node, session, upgrade));
+    tasks.spawn(connection::run(node, session, upgrade, admitted));
+    let _ = wait.await;
     resp
 }
 

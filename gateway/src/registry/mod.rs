@@ -11,13 +11,17 @@ mod redis;
 
 use std::{
     collections::BTreeMap,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
 pub(crate) use memory::MemoryRegistry;
-pub(crate) use redis::{node_lost, MemberRecord, RedisRegistry};
+pub(crate) use redis::{node_lost, MemberRecord, RedisRegistry, PAGE};
 
-use crate::session::{SessionEnd, SessionId};
+use crate::{
+    cluster::Cluster,
+    session::{SessionEnd, SessionId},
+};
 
 /// What the registry knows of one open session.
 #[derive(Clone, Debug, PartialEq)]
@@ -84,12 +88,14 @@ pub(crate) enum RegistryError {
 /// How long a closed session is remembered as "closed" rather than "unknown".
 pub(crate) const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 
-/// The registry this node uses.
+/// The registry this node uses, and with it the node's topology: a lone node, or one node of
+/// a cluster (shared Redis, a lease, links to the others). Nothing else says which: code that
+/// needs the cluster asks [`Registry::cluster`].
 pub(crate) enum Registry {
     /// One node, no external store: the default.
     Memory(MemoryRegistry),
     /// Many nodes sharing Redis (or Redis Cluster).
-    Redis(RedisRegistry),
+    Cluster(Arc<Cluster>),
 }
 
 impl Registry {
@@ -99,13 +105,14 @@ impl Registry {
 
     /// Records a newly admitted session.
     pub(crate) async fn register(&self, record: SessionRecord) -> Result<(), RegistryError> {
-        match self {
+        let r = match self {
             Registry::Memory(m) => {
                 m.register(record);
                 Ok(())
             }
-            Registry::Redis(r) => r.register(&record).await,
-        }
+            Registry::Cluster(c) => c.redis.register(&record).await,
+        };
+        r.inspect_err(|_| self.lost_write())
     }
 
     /// Forgets a session and remembers how it ended.
@@ -114,13 +121,14 @@ impl Registry {
         record: &SessionRecord,
         end: &SessionEnd,
     ) -> Result<(), RegistryError> {
-        match self {
+        let r = match self {
             Registry::Memory(m) => {
                 m.unregister(&record.id, end);
                 Ok(())
             }
-            Registry::Redis(r) => r.unregister(record, end).await,
-        }
+            Registry::Cluster(c) => c.redis.unregister(record, end).await,
+        };
+        r.inspect_err(|_| self.lost_write())
     }
 
     /// Records a change of group membership; `record` already shows the new groups.
@@ -130,19 +138,20 @@ impl Registry {
         group: &str,
         member: bool,
     ) -> Result<(), RegistryError> {
-        match self {
+        let r = match self {
             Registry::Memory(m) => {
                 m.set_group(&record.id, group, member);
                 Ok(())
             }
-            Registry::Redis(r) => r.set_group(record, group, member).await,
-        }
+            Registry::Cluster(c) => c.redis.set_group(record, group, member).await,
+        };
+        r.inspect_err(|_| self.lost_write())
     }
 
     pub(crate) async fn get(&self, id: &SessionId) -> Result<Option<SessionRecord>, RegistryError> {
         match self {
             Registry::Memory(m) => Ok(m.get(id)),
-            Registry::Redis(r) => r.get(id).await,
+            Registry::Cluster(c) => c.redis.get(id).await,
         }
     }
 
@@ -150,7 +159,7 @@ impl Registry {
     pub(crate) async fn owner(&self, id: &SessionId) -> Result<Option<String>, RegistryError> {
         match self {
             Registry::Memory(_) => Ok(None),
-            Registry::Redis(r) => r.owner(id).await,
+            Registry::Cluster(c) => c.redis.owner(id).await,
         }
     }
 
@@ -158,7 +167,7 @@ impl Registry {
     pub(crate) async fn check(&self, ids: &[SessionId]) -> Result<Vec<Liveness>, RegistryError> {
         match self {
             Registry::Memory(m) => Ok(ids.iter().map(|id| m.liveness(id)).collect()),
-            Registry::Redis(r) => r.check(ids).await,
+            Registry::Cluster(c) => c.redis.check(ids).await,
         }
     }
 
@@ -170,7 +179,7 @@ impl Registry {
     ) -> Result<Page, RegistryError> {
         match self {
             Registry::Memory(m) => m.list(filter, page_size, cursor),
-            Registry::Redis(r) => r.list(filter, page_size, cursor).await,
+            Registry::Cluster(c) => c.redis.list(filter, page_size, cursor).await,
         }
     }
 
@@ -178,15 +187,22 @@ impl Registry {
     pub(crate) fn is_healthy(&self) -> bool {
         match self {
             Registry::Memory(_) => true,
-            Registry::Redis(r) => r.is_healthy(),
+            Registry::Cluster(c) => c.redis.is_healthy(),
         }
     }
 
-    /// The shared registry, when there is one.
-    pub(crate) fn shared(&self) -> Option<&RedisRegistry> {
+    /// The cluster this node belongs to, if any.
+    pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
         match self {
             Registry::Memory(_) => None,
-            Registry::Redis(r) => Some(r),
+            Registry::Cluster(c) => Some(c),
+        }
+    }
+
+    /// A registry write was lost: let the cluster repair it as soon as it can.
+    fn lost_write(&self) {
+        if let Registry::Cluster(c) = self {
+            c.mark_dirty();
         }
     }
 }

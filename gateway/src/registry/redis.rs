@@ -14,14 +14,23 @@
 //! | `P:idx:user:{user}` | zset | sessions of a user |
 //! | `P:subs:{hub}` | hash | `Subscribe` members of a hub: `{node}/{n}` → `node \t group \t kinds` |
 //! | `P:node-subs:{node}` | set | hubs where a node has subscribers |
-//! | `P:reap:{node}` | string, short TTL | lock: one survivor cleans up a dead node |
+//! | `P:reap:{node}` | string, short TTL | lock: one survivor cleans up a dead node (extended while it works) |
 //!
 //! Indexes are sorted sets with score 0, so `ZRANGEBYLEX` pages through them by session ID:
 //! a page token is the last ID returned, stable while sessions come and go.
 //!
 //! Every multi-key write is a batch of single-key commands: one pipeline (one round trip) on a
 //! single Redis, concurrent single commands on Redis Cluster (whose pipelines must stay within
-//! one slot). No command scans the keyspace.
+//! one slot); a batch longer than [`MAX_PIPELINE`] goes out in several, so no request of any
+//! size holds Redis (or one connection) for long. No command scans the keyspace.
+//!
+//! A session record leaves Redis through [`TAKE_SCRIPT`] only when it names the node being
+//! cleaned up: the script answers the record to exactly one caller, so two cleaners (a reaper
+//! and the node itself after a restart, or two reapers after a lock expired) never announce one
+//! session twice, and a record that moved on is never taken.
+//!
+//! The lease is renewed on a connection of its own, so a long reap or a large reconciliation
+//! queued on the shared connection never delays it.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -29,7 +38,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Mutex,
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use futures_util::future::join_all;
@@ -44,6 +53,19 @@ use crate::session::{Closer, SessionEnd, SessionId};
 
 /// How long one Redis operation may take before the registry counts as unreachable.
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most commands sent as one pipeline.
+pub(crate) const MAX_PIPELINE: usize = 1_000;
+
+/// Sessions of a node handled per step of reaping or reconciliation.
+pub(crate) const PAGE: usize = 1_000;
+
+/// How long a reaper's lock lasts unless the reaper extends it (it does after every page).
+const REAP_LOCK: Duration = Duration::from_secs(30);
+
+/// Most index reads one `ListSessions` page may take before it answers with what it has and a
+/// token to go on from (so a page of filtered-out or dead entries cannot hold a call for long).
+const LIST_READS: usize = 64;
 
 #[derive(Clone)]
 enum Conn {
@@ -69,17 +91,20 @@ pub(crate) struct MemberRecord {
 
 pub(crate) struct RedisRegistry {
     conn: Conn,
+    /// The lease's own connection: nothing queued on `conn` can delay a renewal.
+    lease_conn: Conn,
     prefix: String,
     healthy: AtomicBool,
-    /// Live nodes as of the last refresh, so reads can skip records of dead nodes.
-    live: Mutex<HashMap<String, String>>,
+    /// Live nodes (address, when learnt) as of the last refresh, so reads can skip records of
+    /// dead nodes and fan-out reaches every live one.
+    live: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 impl RedisRegistry {
     /// Connects (lazily for a single Redis, so a node can start while Redis is down).
     /// `redis+cluster://h1:p1,h2:p2` selects Redis Cluster.
     pub(crate) async fn connect(url: &str, prefix: &str) -> Result<Self, RegistryError> {
-        let conn = if let Some(nodes) = url.strip_prefix("redis+cluster://") {
+        let (conn, lease_conn) = if let Some(nodes) = url.strip_prefix("redis+cluster://") {
             let seeds: Vec<String> = nodes
                 .split(',')
                 .filter(|s| !s.is_empty())
@@ -91,7 +116,9 @@ impl RedisRegistry {
                 .retries(2)
                 .build()
                 .map_err(unavailable)?;
-            Conn::Cluster(client.get_async_connection().await.map_err(unavailable)?)
+            let conn = Conn::Cluster(client.get_async_connection().await.map_err(unavailable)?);
+            let lease = Conn::Cluster(client.get_async_connection().await.map_err(unavailable)?);
+            (conn, lease)
         } else {
             let client = redis::Client::open(url).map_err(unavailable)?;
             let config = ConnectionManagerConfig::new()
@@ -99,12 +126,17 @@ impl RedisRegistry {
                 .set_response_timeout(Some(OP_TIMEOUT))
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_millis(500));
-            Conn::Single(
-                ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?,
+            let manager = |c: redis::Client| {
+                ConnectionManager::new_lazy_with_config(c, config.clone()).map_err(unavailable)
+            };
+            (
+                Conn::Single(manager(client.clone())?),
+                Conn::Single(manager(client)?),
             )
         };
         Ok(Self {
             conn,
+            lease_conn,
             prefix: prefix.to_owned(),
             healthy: AtomicBool::new(true),
             live: Mutex::new(HashMap::new()),
@@ -139,8 +171,12 @@ impl RedisRegistry {
     }
 
     async fn query<T: FromRedisValue>(&self, cmd: Cmd) -> Result<T, RegistryError> {
+        self.query_on(&self.conn, cmd).await
+    }
+
+    async fn query_on<T: FromRedisValue>(&self, conn: &Conn, cmd: Cmd) -> Result<T, RegistryError> {
         let fut = async {
-            match &self.conn {
+            match conn {
                 Conn::Single(c) => cmd.query_async::<T>(&mut c.clone()).await,
                 Conn::Cluster(c) => cmd.query_async::<T>(&mut c.clone()).await,
             }
@@ -154,13 +190,25 @@ impl RedisRegistry {
         self.observe(r)
     }
 
-    /// Runs commands as one round trip (a pipeline, or concurrent commands on Cluster).
+    /// Runs commands in order, in round trips of at most [`MAX_PIPELINE`] commands.
     async fn batch(&self, cmds: Vec<Cmd>) -> Result<Vec<Value>, RegistryError> {
-        if cmds.is_empty() {
-            return Ok(Vec::new());
+        self.batch_on(&self.conn, cmds).await
+    }
+
+    async fn batch_on(&self, conn: &Conn, cmds: Vec<Cmd>) -> Result<Vec<Value>, RegistryError> {
+        let mut out = Vec::with_capacity(cmds.len());
+        let mut cmds = cmds.into_iter().peekable();
+        while cmds.peek().is_some() {
+            let chunk: Vec<Cmd> = cmds.by_ref().take(MAX_PIPELINE).collect();
+            out.extend(self.round_trip(conn, chunk).await?);
         }
+        Ok(out)
+    }
+
+    /// One pipeline (or concurrent commands on Cluster).
+    async fn round_trip(&self, conn: &Conn, cmds: Vec<Cmd>) -> Result<Vec<Value>, RegistryError> {
         let fut = async {
-            match &self.conn {
+            match conn {
                 Conn::Single(c) => {
                     let mut p = redis::pipe();
                     for cmd in cmds {
@@ -241,20 +289,17 @@ impl RedisRegistry {
         self.batch(cmds).await.map(drop)
     }
 
-    /// Registers many sessions (after Redis came back), in chunks.
+    /// Registers many sessions (after Redis came back, or what reconciliation found missing).
     pub(crate) async fn register_all(
         &self,
         records: &[SessionRecord],
     ) -> Result<(), RegistryError> {
-        for chunk in records.chunks(200) {
-            let mut cmds = Vec::new();
-            for r in chunk {
-                cmds.push(self.record_cmd(r));
-                cmds.extend(self.index_cmds(r, true));
-            }
-            self.batch(cmds).await?;
+        let mut cmds = Vec::new();
+        for r in records {
+            cmds.push(self.record_cmd(r));
+            cmds.extend(self.index_cmds(r, true));
         }
-        Ok(())
+        self.batch(cmds).await.map(drop)
     }
 
     /// Removes the record and its index entries and leaves a tombstone: one round trip.
@@ -306,22 +351,19 @@ impl RedisRegistry {
         &self,
         seen: &[(SessionId, SystemTime)],
     ) -> Result<(), RegistryError> {
-        for chunk in seen.chunks(500) {
-            // HSET only where the record still exists: a closed session must not reappear.
-            let cmds = chunk
-                .iter()
-                .map(|(id, at)| {
-                    redis::cmd("EVAL")
-                        .arg(TOUCH_SCRIPT)
-                        .arg(1)
-                        .arg(self.key(&["session", id.as_str()]))
-                        .arg(millis(*at))
-                        .clone()
-                })
-                .collect();
-            self.batch(cmds).await?;
-        }
-        Ok(())
+        // HSET only where the record still exists: a closed session must not reappear.
+        let cmds = seen
+            .iter()
+            .map(|(id, at)| {
+                redis::cmd("EVAL")
+                    .arg(TOUCH_SCRIPT)
+                    .arg(1)
+                    .arg(self.key(&["session", id.as_str()]))
+                    .arg(millis(*at))
+                    .clone()
+            })
+            .collect();
+        self.batch(cmds).await.map(drop)
     }
 
     pub(crate) async fn get(&self, id: &SessionId) -> Result<Option<SessionRecord>, RegistryError> {
@@ -437,6 +479,7 @@ impl RedisRegistry {
     ) -> Result<Page, RegistryError> {
         // Which index to walk. Without a filter, walk each live node's index in turn; the
         // token then says which node and where in it.
+        let mut nodes_walked: Vec<String> = Vec::new();
         let (keys, mut key_at, mut after) =
             match (&filter.hub, &filter.group, &filter.user, &filter.node) {
                 (Some(hub), Some(group), _, _) => (
@@ -463,17 +506,21 @@ impl RedisRegistry {
                     let mut nodes: Vec<String> =
                         self.live_nodes().into_iter().map(|n| n.id).collect();
                     nodes.sort();
-                    let (start, after) = match cursor.and_then(|c| c.split_once('/')) {
-                        Some((node, id)) => (
-                            nodes
+                    let (start, after) = match cursor.map(|c| c.split_once('/')) {
+                        Some(Some((node, id))) => {
+                            let start = nodes
                                 .iter()
                                 .position(|n| n.as_str() >= node)
-                                .unwrap_or(nodes.len()),
-                            Some(id.to_owned()),
-                        ),
-                        None if cursor.is_some() => return Err(RegistryError::BadPageToken),
+                                .unwrap_or(nodes.len());
+                            // The position within a node's index means nothing in another
+                            // node's (the token's node may have died since).
+                            let same = nodes.get(start).is_some_and(|n| n == node);
+                            (start, (same && !id.is_empty()).then(|| id.to_owned()))
+                        }
+                        Some(None) => return Err(RegistryError::BadPageToken),
                         None => (0, None),
                     };
+                    nodes_walked = nodes.clone();
                     let keys = nodes
                         .iter()
                         .map(|n| self.key(&["idx", "node", n]))
@@ -486,11 +533,22 @@ impl RedisRegistry {
                 return Err(RegistryError::BadPageToken);
             }
         }
-        let walking_nodes = filter.hub.is_none() && filter.user.is_none() && filter.node.is_none();
+        // Where a next page starts: the last ID looked at, and for a walk over every node's
+        // index, which node (an empty ID there means "from its start").
+        let token = |key_at: usize, after: Option<&str>| -> String {
+            match nodes_walked.get(key_at) {
+                Some(node) => format!("{node}/{}", after.unwrap_or_default()),
+                None => after.unwrap_or_default().to_owned(),
+            }
+        };
         let mut records: Vec<SessionRecord> = Vec::new();
-        // Bounded: a page is filled from at most this many index reads.
-        for _ in 0..64 {
-            let Some(key) = keys.get(key_at) else { break };
+        for _ in 0..LIST_READS {
+            let Some(key) = keys.get(key_at) else {
+                return Ok(Page {
+                    records,
+                    next: None,
+                });
+            };
             let want = page_size + 1 - records.len().min(page_size);
             let min = match &after {
                 Some(a) => format!("({a}"),
@@ -511,32 +569,29 @@ impl RedisRegistry {
             let exhausted = ids.len() < want;
             let fetched = self.fetch(&ids).await?;
             for (id, record) in ids.iter().zip(fetched) {
-                after = Some(id.clone());
                 if let Some(r) = record.filter(|r| super::memory::matches(filter, r)) {
-                    if let (true, Some(last)) = (records.len() == page_size, records.last()) {
+                    if records.len() == page_size {
                         // One more exists: the page ends at the previous record.
-                        let token = if walking_nodes {
-                            format!("{}/{}", last.node, last.id)
-                        } else {
-                            last.id.to_string()
-                        };
                         return Ok(Page {
                             records,
-                            next: Some(token),
+                            next: Some(token(key_at, after.as_deref())),
                         });
                     }
                     records.push(r);
                 }
+                after = Some(id.clone());
             }
             if exhausted {
                 key_at += 1;
                 after = None;
             }
         }
-        Ok(Page {
-            records,
-            next: None,
-        })
+        // Out of reads for this call: a short (even empty) page, and where to go on from.
+        let next = keys
+            .get(key_at)
+            .is_some()
+            .then(|| token(key_at, after.as_deref()));
+        Ok(Page { records, next })
     }
 
     /// Records of live nodes for these IDs, in order (`None` for missing or dead).
@@ -568,8 +623,9 @@ impl RedisRegistry {
 
     // ---- node leases ----------------------------------------------------------------------
 
-    /// Writes this node's lease; returns whether it already existed (false after a restart
-    /// of Redis, a long outage, or at first start: the caller then registers its sessions).
+    /// Writes this node's lease (on the lease's own connection); returns whether it already
+    /// existed (false after a restart of Redis, a long outage, or at first start: the caller
+    /// then registers its sessions).
     pub(crate) async fn renew_lease(
         &self,
         node: &str,
@@ -577,37 +633,61 @@ impl RedisRegistry {
         ttl: Duration,
     ) -> Result<bool, RegistryError> {
         let replies = self
-            .batch(vec![
-                redis::cmd("SET")
-                    .arg(self.key(&["node", node]))
-                    .arg(addr)
-                    .arg("PX")
-                    .arg(ttl.as_millis() as u64)
-                    .arg("GET")
-                    .clone(),
-                redis::cmd("SADD")
-                    .arg(self.key(&["nodes"]))
-                    .arg(node)
-                    .clone(),
-            ])
+            .batch_on(
+                &self.lease_conn,
+                vec![
+                    redis::cmd("SET")
+                        .arg(self.key(&["node", node]))
+                        .arg(addr)
+                        .arg("PX")
+                        .arg(ttl.as_millis() as u64)
+                        .arg("GET")
+                        .clone(),
+                    redis::cmd("SADD")
+                        .arg(self.key(&["nodes"]))
+                        .arg(node)
+                        .clone(),
+                ],
+            )
             .await?;
         Ok(!matches!(replies.first(), Some(Value::Nil) | None))
     }
 
-    /// Drops this node's lease (clean shutdown).
+    /// Drops this node's lease and its `Subscribe` members (clean shutdown). The node leaves
+    /// the node set only when it holds no session any more: records left behind (an
+    /// unregister that failed, a grace that ran out) stay findable, so a survivor reaps them.
     pub(crate) async fn release_lease(&self, node: &str) -> Result<(), RegistryError> {
-        self.batch(vec![
-            redis::cmd("DEL").arg(self.key(&["node", node])).clone(),
-            redis::cmd("SREM")
-                .arg(self.key(&["nodes"]))
-                .arg(node)
-                .clone(),
-            redis::cmd("DEL")
-                .arg(self.key(&["node-subs", node]))
-                .clone(),
-        ])
-        .await
-        .map(drop)
+        self.drop_members_of(node).await?;
+        let replies = self
+            .batch(vec![
+                redis::cmd("DEL").arg(self.key(&["node", node])).clone(),
+                redis::cmd("DEL")
+                    .arg(self.key(&["node-subs", node]))
+                    .clone(),
+                redis::cmd("ZCARD")
+                    .arg(self.key(&["idx", "node", node]))
+                    .clone(),
+            ])
+            .await?;
+        let left = replies
+            .get(2)
+            .and_then(|v| redis::from_redis_value_ref::<u64>(v).ok())
+            .unwrap_or(1);
+        if left == 0 {
+            self.query::<Value>(
+                redis::cmd("SREM")
+                    .arg(self.key(&["nodes"]))
+                    .arg(node)
+                    .clone(),
+            )
+            .await?;
+        } else {
+            tracing::warn!(
+                sessions = left,
+                "sessions still registered at shutdown; a surviving node will reap them"
+            );
+        }
+        Ok(())
     }
 
     /// Reads every registered node's lease; refreshes the live-node cache. Returns the live
@@ -615,6 +695,7 @@ impl RedisRegistry {
     pub(crate) async fn refresh_nodes(
         &self,
     ) -> Result<(Vec<NodeLease>, Vec<String>), RegistryError> {
+        let started = Instant::now();
         let ids: Vec<String> = self
             .query(redis::cmd("SMEMBERS").arg(self.key(&["nodes"])).clone())
             .await?;
@@ -631,10 +712,14 @@ impl RedisRegistry {
                 None => dead.push(id),
             }
         }
-        *self.live.lock().unwrap_or_else(|e| e.into_inner()) = live
-            .iter()
-            .map(|n| (n.id.clone(), n.addr.clone()))
-            .collect();
+        let mut cache = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        // A node learnt while this read was on its way (a joining node announcing itself)
+        // may be missing from it: keep it until the next refresh.
+        cache.retain(|_, (_, learnt)| *learnt >= started);
+        let now = Instant::now();
+        for n in &live {
+            cache.insert(n.id.clone(), (n.addr.clone(), now));
+        }
         Ok((live, dead))
     }
 
@@ -643,7 +728,19 @@ impl RedisRegistry {
         self.live
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(node.to_owned(), addr.to_owned());
+            .insert(node.to_owned(), (addr.to_owned(), Instant::now()));
+    }
+
+    /// Reads one node's lease and, if it exists, counts the node live from now on (a node
+    /// that announced itself: its word is checked against Redis, not taken).
+    pub(crate) async fn learn_node(&self, node: &str) -> Result<bool, RegistryError> {
+        let addr: Option<String> = self
+            .query(redis::cmd("GET").arg(self.key(&["node", node])).clone())
+            .await?;
+        if let Some(addr) = &addr {
+            self.note_live(node, addr);
+        }
+        Ok(addr.is_some())
     }
 
     /// Looks up the leases of nodes this node has not seen yet (one that started after the last
@@ -683,7 +780,7 @@ impl RedisRegistry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|(id, addr)| NodeLease {
+            .map(|(id, (addr, _))| NodeLease {
                 id: id.clone(),
                 addr: addr.clone(),
             })
@@ -695,8 +792,10 @@ impl RedisRegistry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(node)
-            .cloned()
+            .map(|(addr, _)| addr.clone())
     }
+
+    // ---- reaping and reconciliation -------------------------------------------------------
 
     /// Takes the right to clean up a dead node; false when another survivor has it.
     pub(crate) async fn lock_reap(&self, dead: &str, me: &str) -> Result<bool, RegistryError> {
@@ -707,52 +806,172 @@ impl RedisRegistry {
                     .arg(me)
                     .arg("NX")
                     .arg("PX")
-                    .arg(30_000)
+                    .arg(REAP_LOCK.as_millis() as u64)
                     .clone(),
             )
             .await?;
         Ok(r.is_some())
     }
 
-    /// Removes a dead node's sessions, members and registration; returns the sessions removed
-    /// (so their `disconnected` events can be sent). Safe to repeat.
-    pub(crate) async fn reap(&self, dead: &str) -> Result<Vec<SessionRecord>, RegistryError> {
-        let node_index = self.key(&["idx", "node", dead]);
-        let mut removed = Vec::new();
-        // Bounded: 10,000 sessions per pass; a larger node is finished by the next pass.
-        for _ in 0..10 {
-            let ids: Vec<String> = self
-                .query(
-                    redis::cmd("ZRANGE")
-                        .arg(&node_index)
-                        .arg(0)
-                        .arg(999)
-                        .clone(),
-                )
-                .await?;
-            if ids.is_empty() {
-                break;
+    /// Extends the reap lock while this node still holds it; false if it was lost.
+    pub(crate) async fn extend_reap(&self, dead: &str, me: &str) -> Result<bool, RegistryError> {
+        let r: i64 = self
+            .query(
+                redis::cmd("EVAL")
+                    .arg(EXTEND_SCRIPT)
+                    .arg(1)
+                    .arg(self.key(&["reap", dead]))
+                    .arg(me)
+                    .arg(REAP_LOCK.as_millis() as u64)
+                    .clone(),
+            )
+            .await?;
+        Ok(r == 1)
+    }
+
+    /// Whether a node's lease exists (a node reaped as dead may have come back).
+    pub(crate) async fn has_lease(&self, node: &str) -> Result<bool, RegistryError> {
+        let n: i64 = self
+            .query(redis::cmd("EXISTS").arg(self.key(&["node", node])).clone())
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// One page of the session IDs a node's index holds, after `after`, in ID order.
+    pub(crate) async fn node_page(
+        &self,
+        node: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, RegistryError> {
+        let min = match after {
+            Some(a) => format!("({a}"),
+            None => "-".to_owned(),
+        };
+        self.query(
+            redis::cmd("ZRANGEBYLEX")
+                .arg(self.key(&["idx", "node", node]))
+                .arg(min)
+                .arg("+")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .clone(),
+        )
+        .await
+    }
+
+    /// Which of these sessions have a record naming `node` (one round trip per pipeline).
+    pub(crate) async fn held_by(
+        &self,
+        node: &str,
+        ids: &[SessionId],
+    ) -> Result<Vec<bool>, RegistryError> {
+        let cmds = ids
+            .iter()
+            .map(|id| {
+                redis::cmd("HGET")
+                    .arg(self.key(&["session", id.as_str()]))
+                    .arg("node")
+                    .clone()
+            })
+            .collect();
+        Ok(self
+            .batch(cmds)
+            .await?
+            .iter()
+            .map(|v| {
+                redis::from_redis_value_ref::<Option<String>>(v)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|n| n == node)
+            })
+            .collect())
+    }
+
+    /// Removes one page of a dead node's sessions: records, index entries, a tombstone for
+    /// each. Returns the records this call took (each session is taken by one caller only),
+    /// or `None` once the node's index is empty.
+    pub(crate) async fn reap_page(
+        &self,
+        dead: &str,
+    ) -> Result<Option<Vec<SessionRecord>>, RegistryError> {
+        let ids = self.node_page(dead, None, PAGE).await?;
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        self.take(dead, &ids, &node_lost(), true).await.map(Some)
+    }
+
+    /// Removes records of `node` for sessions it no longer holds (what a failed unregister
+    /// left); a tombstone is written only where none is (the real end may be there already).
+    pub(crate) async fn remove_stale(
+        &self,
+        node: &str,
+        ids: &[String],
+    ) -> Result<usize, RegistryError> {
+        let end = SessionEnd {
+            code: crate::frame::close_code::ABNORMAL,
+            reason: "session ended".into(),
+            closed_by: Closer::Gateway,
+        };
+        self.take(node, ids, &end, false).await.map(|r| r.len())
+    }
+
+    /// Takes the records of `ids` that name `node` (atomically per record), and clears every
+    /// index entry of the ones taken and the node-index entry of all.
+    async fn take(
+        &self,
+        node: &str,
+        ids: &[String],
+        end: &SessionEnd,
+        overwrite_tombstone: bool,
+    ) -> Result<Vec<SessionRecord>, RegistryError> {
+        let cmds = ids
+            .iter()
+            .map(|id| {
+                redis::cmd("EVAL")
+                    .arg(TAKE_SCRIPT)
+                    .arg(1)
+                    .arg(self.key(&["session", id]))
+                    .arg(node)
+                    .clone()
+            })
+            .collect();
+        let replies = self.batch(cmds).await?;
+        let node_index = self.key(&["idx", "node", node]);
+        let mut taken = Vec::new();
+        let mut cmds = Vec::new();
+        for (id, v) in ids.iter().zip(replies) {
+            cmds.push(redis::cmd("ZREM").arg(&node_index).arg(id).clone());
+            let Ok(map) = redis::from_redis_value::<HashMap<String, String>>(v) else {
+                continue;
+            };
+            let Some(r) = SessionId::parse(id).and_then(|sid| parse_record(&sid, map)) else {
+                continue;
+            };
+            let mut tombstone = redis::cmd("SET");
+            tombstone
+                .arg(self.key(&["closed", id]))
+                .arg(encode_end(end))
+                .arg("EX")
+                .arg(TOMBSTONE_TTL.as_secs());
+            if !overwrite_tombstone {
+                tombstone.arg("NX");
             }
-            let records = self.fetch_any(&ids).await?;
-            let end = node_lost();
-            let mut cmds = Vec::new();
-            for (id, r) in ids.iter().zip(records) {
-                cmds.push(redis::cmd("ZREM").arg(&node_index).arg(id).clone());
-                if let Some(r) = r {
-                    cmds.push(redis::cmd("DEL").arg(self.key(&["session", id])).clone());
-                    cmds.push(
-                        redis::cmd("SET")
-                            .arg(self.key(&["closed", id]))
-                            .arg(encode_end(&end))
-                            .arg("EX")
-                            .arg(TOMBSTONE_TTL.as_secs())
-                            .clone(),
-                    );
-                    cmds.extend(self.index_cmds(&r, false));
-                    removed.push(r);
-                }
-            }
-            self.batch(cmds).await?;
+            cmds.push(tombstone);
+            cmds.extend(self.index_cmds(&r, false));
+            taken.push(r);
+        }
+        self.batch(cmds).await?;
+        Ok(taken)
+    }
+
+    /// Forgets a dead node once its sessions are gone: its members and its place in the node
+    /// set. Leaves it registered if it came back (its lease exists) or holds sessions again.
+    pub(crate) async fn finish_reap(&self, dead: &str) -> Result<(), RegistryError> {
+        if self.has_lease(dead).await? || !self.node_page(dead, None, 1).await?.is_empty() {
+            return Ok(());
         }
         self.drop_members_of(dead).await?;
         self.batch(vec![
@@ -764,29 +983,8 @@ impl RedisRegistry {
                 .arg(self.key(&["node-subs", dead]))
                 .clone(),
         ])
-        .await?;
-        Ok(removed)
-    }
-
-    /// Records whatever their node, for cleanup.
-    async fn fetch_any(&self, ids: &[String]) -> Result<Vec<Option<SessionRecord>>, RegistryError> {
-        let cmds = ids
-            .iter()
-            .map(|id| {
-                redis::cmd("HGETALL")
-                    .arg(self.key(&["session", id]))
-                    .clone()
-            })
-            .collect();
-        let replies = self.batch(cmds).await?;
-        Ok(ids
-            .iter()
-            .zip(replies)
-            .map(|(id, v)| {
-                let map: HashMap<String, String> = redis::from_redis_value(v).ok()?;
-                parse_record(&SessionId::parse(id)?, map)
-            })
-            .collect())
+        .await
+        .map(drop)
     }
 
     // ---- subscribe members ----------------------------------------------------------------
@@ -878,6 +1076,12 @@ impl RedisRegistry {
         Ok(())
     }
 }
+
+/// Returns a session's record and deletes it, only if the record names the node `ARGV[1]`.
+const TAKE_SCRIPT: &str = "if redis.call('HGET', KEYS[1], 'node') == ARGV[1] then local r = redis.call('HGETALL', KEYS[1]) redis.call('DEL', KEYS[1]) return r end return false";
+
+/// Extends a lock held by `ARGV[1]` to `ARGV[2]` ms.
+const EXTEND_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0";
 
 /// Sets `last_active_at` only on a record that still exists.
 const TOUCH_SCRIPT: &str =

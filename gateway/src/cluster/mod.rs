@@ -1,5 +1,11 @@
-//! Several nodes as one system: the node lease, the reaping of dead nodes, and gRPC clients
-//! to the other nodes for calls about sessions they hold.
+//! Several nodes as one system: the shared registry, the node lease, joining, reaping of dead
+//! nodes, reconciliation of this node's entries, and gRPC clients to the other nodes.
+//!
+//! - [`lease`]: the lease on its own task (nothing slow shares its loop), and joining: a node
+//!   admits clients only once every live peer has learnt it.
+//! - [`reaper`]: the live-node view, dead nodes reaped page by page under an extended lock,
+//!   their sessions announced with bounded concurrency; `last_active_at` batches.
+//! - [`reconcile`]: this node's node index against its pool, both ways, in pages.
 //!
 //! Cross-node calls go directly from node to node over the backend API (the address is in each
 //! node's lease), marked with `x-switchboard-hop` so the receiving node answers from its own
@@ -7,14 +13,21 @@
 //! owner's real answer (`NOT_FOUND`, `RESOURCE_EXHAUSTED`, a `Read` result), Redis stays off the
 //! message path, and an unreachable node is a clear `UNAVAILABLE` instead of a silent loss.
 
+pub(crate) mod lease;
+pub(crate) mod reaper;
+pub(crate) mod reconcile;
+
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Mutex,
+    },
+    time::{Duration, Instant},
 };
 
 use switchboard_proto::v1::{gateway_client::GatewayClient, peer_client::PeerClient};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 use tonic::{
     metadata::{Ascii, MetadataValue},
     service::{interceptor::InterceptedService, Interceptor},
@@ -22,18 +35,16 @@ use tonic::{
     Request, Status,
 };
 
-use crate::{
-    config::Config,
-    events::{Event, EventBody},
-    node::Node,
-    registry::{node_lost, RedisRegistry},
-};
+use crate::{config::Config, registry::RedisRegistry};
 
 /// Metadata that marks a call forwarded by another node.
 pub(crate) const HOP_HEADER: &str = "x-switchboard-hop";
 
 /// How long a forwarded call may take to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often a joining node asks the peers that have not answered yet.
+const JOIN_RETRY: Duration = Duration::from_millis(200);
 
 /// Adds the backend token and the hop marker to node-to-node calls.
 #[derive(Clone)]
@@ -53,9 +64,18 @@ impl Interceptor for Hop {
 pub(crate) type GatewayPeer = GatewayClient<InterceptedService<Channel, Hop>>;
 pub(crate) type EventPeer = PeerClient<InterceptedService<Channel, Hop>>;
 
+/// A node of a cluster: the shared registry, the lease's health, and links to the others.
 pub(crate) struct Cluster {
+    /// The registry every node of the cluster shares.
+    pub redis: RedisRegistry,
     /// The URL other nodes use to reach this node's backend API.
     pub advertise: String,
+    /// Since when the lease is known to be held (see [`Cluster::lease_healthy`]).
+    lease: LeaseHealth,
+    /// Every live peer has learnt this node: clients may be admitted.
+    joined: AtomicBool,
+    /// A registry write failed or Redis lost our data: reconcile as soon as Redis answers.
+    pub(crate) dirty: Notify,
     hop: Hop,
     /// How to reach peers whose backend listener speaks TLS.
     tls: Option<ClientTlsConfig>,
@@ -68,11 +88,20 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
-    pub(crate) fn new(advertise: String, config: &Config, tls: Option<ClientTlsConfig>) -> Self {
+    pub(crate) fn new(
+        redis: RedisRegistry,
+        advertise: String,
+        config: &Config,
+        tls: Option<ClientTlsConfig>,
+    ) -> Self {
         let token = config.backend_token.as_deref();
         let hop = Hop(token.and_then(|t| format!("Bearer {t}").parse().ok()));
         Self {
+            redis,
             advertise,
+            lease: LeaseHealth::new(config.lease_ttl),
+            joined: AtomicBool::new(false),
+            dirty: Notify::new(),
             hop,
             tls,
             max_message: config.max_message_bytes.get(),
@@ -103,6 +132,20 @@ impl Cluster {
         let channel = endpoint.connect_lazy();
         channels.insert(addr.to_owned(), channel.clone());
         Ok(channel)
+    }
+
+    pub(crate) fn is_joined(&self) -> bool {
+        self.joined.load(Ordering::Relaxed)
+    }
+
+    /// Whether the lease was renewed recently enough that it cannot have expired.
+    pub(crate) fn lease_healthy(&self) -> bool {
+        self.lease.healthy()
+    }
+
+    /// Asks for a reconciliation pass as soon as Redis answers (a write was lost).
+    pub(crate) fn mark_dirty(&self) {
+        self.dirty.notify_one();
     }
 
     /// The backend API of the node at `addr`, for forwarded calls.
@@ -150,100 +193,32 @@ pub(crate) fn is_hop<T>(req: &Request<T>) -> bool {
     req.metadata().contains_key(HOP_HEADER)
 }
 
-/// Before serving: forget whatever a previous run of this node ID left behind.
-pub(crate) async fn clean_own_leftovers(node: &Node, redis: &RedisRegistry) {
-    match redis.reap(&node.id).await {
-        Ok(stale) if !stale.is_empty() => {
-            tracing::info!(
-                sessions = stale.len(),
-                "removed sessions a previous run of this node left behind"
-            );
-            announce_lost(node, stale).await;
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "could not clean up this node's leftovers"),
-    }
+/// When the lease was last written, against its TTL.
+struct LeaseHealth {
+    start: Instant,
+    /// Milliseconds after `start` of the last successful renewal; 0: never.
+    renewed_ms: AtomicU64,
+    ttl: Duration,
 }
 
-/// Keeps the lease, re-registers after Redis lost our data, reaps dead nodes, and writes
-/// `last_active_at` in batches; every `lease_refresh` until `stop`.
-pub(crate) async fn maintain(node: Arc<Node>, stop: CancellationToken) {
-    let Some(redis) = node.registry.shared() else {
-        return;
-    };
-    let Some(cluster) = node.cluster.as_ref() else {
-        return;
-    };
-    let mut interval = tokio::time::interval(node.config.lease_refresh);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = interval.tick() => {}
-        }
-        match redis
-            .renew_lease(&node.id, &cluster.advertise, node.config.lease_ttl)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => {
-                // Our lease was gone: Redis restarted empty, or an outage outlived the lease
-                // (and a survivor may have reaped us). Register everything we hold again.
-                redis.note_live(&node.id, &cluster.advertise);
-                resync(&node, redis).await;
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "lease renewal failed");
-                continue;
-            }
-        }
-        let dead = match redis.refresh_nodes().await {
-            Ok((_, dead)) => dead,
-            Err(_) => continue,
-        };
-        for d in dead.into_iter().filter(|d| **d != *node.id) {
-            match redis.lock_reap(&d, &node.id).await {
-                Ok(true) => match redis.reap(&d).await {
-                    Ok(lost) => {
-                        tracing::warn!(node = %d, sessions = lost.len(), "node lost; its sessions are gone");
-                        announce_lost(&node, lost).await;
-                    }
-                    Err(e) => tracing::warn!(node = %d, error = %e, "reaping a dead node failed"),
-                },
-                Ok(false) => {}
-                Err(_) => break,
-            }
-        }
-        let active = node.pool.recently_active(&node.ctx.clock);
-        if let Err(e) = redis.touch_all(&active).await {
-            tracing::debug!(error = %e, "last_active_at update failed");
+impl LeaseHealth {
+    fn new(ttl: Duration) -> Self {
+        Self {
+            start: Instant::now(),
+            renewed_ms: AtomicU64::new(0),
+            ttl,
         }
     }
-}
 
-/// Registers every local session and subscriber again.
-async fn resync(node: &Node, redis: &RedisRegistry) {
-    let records: Vec<_> = node.pool.all().iter().map(|s| s.record()).collect();
-    match redis.register_all(&records).await {
-        Ok(()) => tracing::info!(
-            sessions = records.len(),
-            "registered this node's sessions again"
-        ),
-        Err(e) => tracing::warn!(error = %e, "re-registration failed; will retry"),
+    /// Records a renewal that began at `sent` (the lease runs from when it was written, which
+    /// is no earlier than that).
+    fn renewed(&self, sent: Instant) {
+        let ms = sent.saturating_duration_since(self.start).as_millis() as u64;
+        self.renewed_ms.fetch_max(ms.max(1), Ordering::Relaxed);
     }
-    node.events.register_members_again().await;
-}
 
-/// Tells subscribers that sessions of a lost node are gone.
-async fn announce_lost(node: &Node, lost: Vec<crate::registry::SessionRecord>) {
-    node.metrics.sessions_lost.inc_by(lost.len() as u64);
-    for r in lost {
-        node.events
-            .publish(Event {
-                session: r.id,
-                hub: r.hub.into(),
-                body: EventBody::Disconnected(node_lost()),
-            })
-            .await;
+    fn healthy(&self) -> bool {
+        let ms = self.renewed_ms.load(Ordering::Relaxed);
+        ms != 0 && self.start.elapsed().as_millis() as u64 <= ms + self.ttl.as_millis() as u64
     }
 }

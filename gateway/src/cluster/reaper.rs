@@ -1,0 +1,135 @@
+//! Watching the other nodes: the live-node view, reaping of dead nodes, and the batched
+//! `last_active_at` writes; every `--lease-refresh`, on a task apart from the lease.
+//!
+//! Reaping is safe to repeat and to run concurrently: a survivor takes the node's reap lock
+//! (extended after every page, so a node of any size is finished by one reaper), and each
+//! record is taken by exactly one caller ([`RedisRegistry::reap_page`]), so each lost session
+//! gets one `disconnected` event. The node leaves the node set only once its index is empty.
+//!
+//! [`RedisRegistry::reap_page`]: crate::registry::RedisRegistry::reap_page
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::Cluster;
+use crate::{
+    events::{Event, EventBody},
+    node::Node,
+    registry::{node_lost, SessionRecord},
+};
+
+/// Most `disconnected` events of lost sessions in flight at once.
+const ANNOUNCE_CONCURRENCY: usize = 64;
+
+pub(crate) async fn run(node: Arc<Node>, cluster: Arc<Cluster>, stop: CancellationToken) {
+    let mut interval = tokio::time::interval(node.config.lease_refresh);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let dead = match cluster.redis.refresh_nodes().await {
+            Ok((_, dead)) => dead,
+            Err(_) => continue,
+        };
+        for d in dead.into_iter().filter(|d| **d != *node.id) {
+            match cluster.redis.lock_reap(&d, &node.id).await {
+                Ok(true) => reap(&node, &cluster, &d, &stop).await,
+                Ok(false) => {}
+                Err(_) => break,
+            }
+        }
+        let active = node.pool.recently_active(&node.ctx.clock);
+        if let Err(e) = cluster.redis.touch_all(&active).await {
+            tracing::debug!(error = %e, "last_active_at update failed");
+        }
+    }
+}
+
+/// Removes every session of a dead node, page by page, announcing each page's sessions as it
+/// goes; stops if the lock is lost or the node comes back.
+async fn reap(node: &Node, cluster: &Cluster, dead: &str, stop: &CancellationToken) {
+    let mut lost = 0usize;
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        match cluster.redis.has_lease(dead).await {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::info!(node = %dead, "node came back; not reaping it");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(node = %dead, error = %e, "reaping paused: registry unavailable");
+                return;
+            }
+        }
+        let page = match cluster.redis.reap_page(dead).await {
+            Ok(Some(page)) => page,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(node = %dead, error = %e, "reaping a dead node failed; a later pass goes on");
+                return;
+            }
+        };
+        lost += page.len();
+        announce_lost(node, page).await;
+        match cluster.redis.extend_reap(dead, &node.id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(node = %dead, "lost the reap lock; another node goes on");
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+    if let Err(e) = cluster.redis.finish_reap(dead).await {
+        tracing::warn!(node = %dead, error = %e, "could not forget a reaped node; a later pass will");
+    }
+    tracing::warn!(node = %dead, sessions = lost, "node lost; its sessions are gone");
+}
+
+/// Tells subscribers that sessions of a lost node are gone, a bounded number at a time.
+pub(crate) async fn announce_lost(node: &Node, lost: Vec<SessionRecord>) {
+    node.metrics.sessions_lost.inc_by(lost.len() as u64);
+    futures_util::stream::iter(lost)
+        .for_each_concurrent(ANNOUNCE_CONCURRENCY, |r| async move {
+            node.events
+                .publish(Event {
+                    session: r.id,
+                    hub: r.hub.into(),
+                    body: EventBody::Disconnected(node_lost()),
+                })
+                .await;
+        })
+        .await;
+}
+
+/// Before serving: take back whatever a previous run of this node ID left in Redis (its
+/// sessions are gone with that process), announcing each once.
+pub(crate) async fn clean_own_leftovers(node: &Node, cluster: &Cluster) {
+    let mut stale = 0;
+    loop {
+        match cluster.redis.reap_page(&node.id).await {
+            Ok(Some(page)) => {
+                stale += page.len();
+                announce_lost(node, page).await;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not clean up this node's leftovers");
+                return;
+            }
+        }
+    }
+    if stale > 0 {
+        tracing::info!(
+            sessions = stale,
+            "removed sessions a previous run of this node left behind"
+        );
+    }
+}
