@@ -2,8 +2,8 @@
 //! status in one place.
 
 use crate::{
+    model::{SessionEnd, SessionId},
     registry::RegistryError,
-    session::{SessionEnd, SessionId},
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -10,6 +10,7 @@
 //!   connection limits, JWTs), and per-session message/byte rates.
 //! - `tls`: rustls for both listeners, reloadable on SIGHUP.
 //! - `hook`: the connect hook client (`ConnectHook/Authorize`).
+//! - `model`: the shared vocabulary: session IDs, how a session ended, registry records.
 //! - `session`: one session: ID, counters, lifecycle, outbound queue, inbox.
 //! - `frame`: server frame encoding (encode once, share the bytes) and close payloads.
 //! - `message`: reassembly and validation of client messages.
@@ -36,6 +37,7 @@ mod jwt;
 mod limits;
 mod message;
 mod metrics;
+mod model;
 mod node;
 mod pool;
 mod registry;

@@ -226,17 +226,21 @@ async fn aborted_upgrades_leave_no_session_behind_while_redis_stalls() {
     aborted_upgrades_leave_nothing(true).await;
 }
 
-/// Connects `n` clients to `gw` and has each join `group` through `api`.
-async fn group_members(gw: &Gateway, api: &mut Api, n: usize, group: &str) -> Vec<Client> {
+/// Connects `n` clients to `gw` and has each join `group` through `api`, all at once.
+async fn group_members(gw: &Gateway, api: &Api, n: usize, group: &str) -> Vec<Client> {
     let clients = join_all((0..n).map(|_| gw.connect("h"))).await;
-    for c in &clients {
-        api.join_group(pb::JoinGroupRequest {
-            session_id: c.id.clone(),
-            group: group.into(),
-        })
-        .await
-        .expect("join group");
-    }
+    join_all(clients.iter().map(|c| {
+        let mut api = api.clone();
+        async move {
+            api.join_group(pb::JoinGroupRequest {
+                session_id: c.id.clone(),
+                group: group.into(),
+            })
+            .await
+            .expect("join group")
+        }
+    }))
+    .await;
     clients
 }
 
@@ -264,26 +268,48 @@ async fn a_publish_right_after_nodes_start_reaches_every_node() {
     // Default leases: a node would learn another only at its next refresh, seconds later.
     let gws = join_all(["node-a", "node-b", "node-c"].map(|id| node(&redis, id, &[]))).await;
     let mut api_a = gws[0].api().await;
-    let mut members = Vec::new();
-    for gw in &gws {
-        members.extend(group_members(gw, &mut api_a, 20, "g").await);
-    }
+    let members = join_all(gws.iter().map(|gw| group_members(gw, &api_a, 20, "g"))).await;
+    let mut members: Vec<Client> = members.into_iter().flatten().collect();
     let group = Some(pb::Target {
         kind: Some(T::Group(pb::GroupTarget {
             hub: "h".into(),
             group: "g".into(),
         })),
     });
-    let mut api_b = gws[1].api().await;
-    let r = publish(&mut api_b, group, "to the group").await;
-    assert_eq!((r.queued, r.unreachable_nodes.len()), (60, 0), "{r:?}");
-    let mut api_c = gws[2].api().await;
-    let r = publish(&mut api_c, hub("h"), "to the hub").await;
-    assert_eq!((r.queued, r.unreachable_nodes.len()), (60, 0), "{r:?}");
-    for c in members.iter_mut() {
-        assert_eq!(c.text().await, "to the group", "session {}", c.id);
+    // From every node: whichever pair of nodes started in whichever order.
+    for (i, gw) in gws.iter().enumerate() {
+        let mut api = gw.api().await;
+        let r = publish(&mut api, group.clone(), &format!("to the group {i}")).await;
+        assert_eq!(
+            (r.queued, r.unreachable_nodes.len()),
+            (60, 0),
+            "via {i}: {r:?}"
+        );
+        let r = publish(&mut api, hub("h"), &format!("to the hub {i}")).await;
+        assert_eq!(
+            (r.queued, r.unreachable_nodes.len()),
+            (60, 0),
+            "via {i}: {r:?}"
+        );
     }
-    each_gets_once(&mut members, "to the hub", &mut api_a).await;
+    for c in members.iter_mut() {
+        for i in 0..2 {
+            assert_eq!(
+                c.text().await,
+                format!("to the group {i}"),
+                "session {}",
+                c.id
+            );
+            assert_eq!(
+                c.text().await,
+                format!("to the hub {i}"),
+                "session {}",
+                c.id
+            );
+        }
+        assert_eq!(c.text().await, "to the group 2", "session {}", c.id);
+    }
+    each_gets_once(&mut members, "to the hub 2", &mut api_a).await;
 }
 
 #[tokio::test]

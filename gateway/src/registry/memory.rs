@@ -10,7 +10,7 @@ use std::{
 };
 
 use super::{ListFilter, Liveness, Page, RegistryError, SessionRecord};
-use crate::session::{SessionEnd, SessionId};
+use crate::model::{SessionEnd, SessionId};
 
 pub(crate) struct MemoryRegistry {
     inner: Mutex<Inner>,
@@ -223,7 +223,7 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::session::Closer;
+    use crate::model::Closer;
 
     fn record(hub: &str, user: &str, groups: &[&str]) -> SessionRecord {
         SessionRecord {

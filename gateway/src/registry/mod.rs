@@ -9,56 +9,16 @@
 mod memory;
 mod redis;
 
-use std::{
-    collections::BTreeMap,
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{sync::Arc, time::Duration};
 
 pub(crate) use memory::MemoryRegistry;
 pub(crate) use redis::{node_lost, MemberRecord, RedisRegistry, PAGE};
 
+pub(crate) use crate::model::{Liveness, SessionRecord};
 use crate::{
     cluster::Cluster,
-    session::{SessionEnd, SessionId},
+    model::{SessionEnd, SessionId},
 };
-
-/// What the registry knows of one open session.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) struct SessionRecord {
-    pub id: SessionId,
-    pub hub: String,
-    pub user: String,
-    pub groups: Vec<String>,
-    pub metadata: BTreeMap<String, String>,
-    pub node: String,
-    pub connected_at: SystemTime,
-    pub last_active_at: SystemTime,
-    pub remote_addr: String,
-    pub subprotocol: String,
-    /// Live counters; present only when the record comes from the node holding the session.
-    pub counters: Option<SessionCounters>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct SessionCounters {
-    pub messages_in: u64,
-    pub bytes_in: u64,
-    pub messages_out: u64,
-    pub bytes_out: u64,
-    pub outbound_queue_depth: u64,
-    pub inbox_depth: u64,
-}
-
-/// The registry's answer to "is this session still open?".
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Liveness {
-    Open,
-    /// Closed recently enough that the registry still remembers how.
-    Closed(SessionEnd),
-    /// Never seen, or closed too long ago to remember.
-    Unknown,
-}
 
 /// Filters of `ListSessions`; `None` does not filter.
 #[derive(Clone, Debug, Default)]
@@ -91,6 +51,8 @@ pub(crate) const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 /// The registry this node uses, and with it the node's topology: a lone node, or one node of
 /// a cluster (shared Redis, a lease, links to the others). Nothing else says which: code that
 /// needs the cluster asks [`Registry::cluster`].
+// One per process, behind an `Arc`: the size of a variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Registry {
     /// One node, no external store: the default.
     Memory(MemoryRegistry),
@@ -215,10 +177,10 @@ pub(crate) fn tests_record(id: &SessionId) -> SessionRecord {
         hub: "h".into(),
         user: String::new(),
         groups: Vec::new(),
-        metadata: BTreeMap::new(),
+        metadata: std::collections::BTreeMap::new(),
         node: "n".into(),
-        connected_at: SystemTime::now(),
-        last_active_at: SystemTime::now(),
+        connected_at: std::time::SystemTime::now(),
+        last_active_at: std::time::SystemTime::now(),
         remote_addr: "127.0.0.1:1".into(),
         subprotocol: String::new(),
         counters: None,

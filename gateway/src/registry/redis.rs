@@ -49,7 +49,7 @@ use redis::{
 };
 
 use super::{ListFilter, Liveness, Page, RegistryError, SessionRecord, TOMBSTONE_TTL};
-use crate::session::{Closer, SessionEnd, SessionId};
+use crate::model::{Closer, SessionEnd, SessionId};
 
 /// How long one Redis operation may take before the registry counts as unreachable.
 const OP_TIMEOUT: Duration = Duration::from_secs(2);

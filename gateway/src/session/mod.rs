@@ -4,7 +4,6 @@
 //! when the session ends; everything else (gRPC calls, fan-out, the sweeper) talks to the
 //! session through this handle.
 
-mod id;
 pub(crate) mod inbox;
 pub(crate) mod outbound;
 
@@ -22,44 +21,15 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-pub use id::SessionId;
+pub use crate::model::{Closer, SessionEnd, SessionId};
 pub(crate) use inbox::{Inbound, Inbox};
 pub(crate) use outbound::{EnqueueError, Flush, Outbound, QueueLimits, Writer};
 
 use crate::{
     frame::{self, close_code},
     metrics::Metrics,
-    registry::{SessionCounters, SessionRecord},
+    model::{SessionCounters, SessionRecord},
 };
-
-/// Who ended a session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Closer {
-    Client,
-    Gateway,
-    Backend,
-    NodeLost,
-}
-
-impl Closer {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Closer::Client => "client",
-            Closer::Gateway => "gateway",
-            Closer::Backend => "backend",
-            Closer::NodeLost => "node_lost",
-        }
-    }
-}
-
-/// How a session ended: the close code and reason on the wire (1006 when the connection simply
-/// dropped) and who started it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SessionEnd {
-    pub code: u16,
-    pub reason: String,
-    pub closed_by: Closer,
-}
 
 /// A monotonic millisecond clock shared by all sessions, with its wall-clock origin, so a
 /// session stores timestamps as one atomic `u64`.
