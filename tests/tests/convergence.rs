@@ -160,7 +160,7 @@ async fn abort_upgrade(addr: SocketAddr, how: Abort) {
             let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut sink)).await;
         }
         Abort::Reset => {
-            let _ = s.set_linger(Some(Duration::ZERO));
+            let _ = s.set_zero_linger();
             drop(s);
         }
     }
