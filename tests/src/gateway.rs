@@ -23,7 +23,7 @@ use crate::{within, ws::Client};
 
 /// Builds targets of a workspace package with the same profile as the running tests, into
 /// the same target directory, and returns that profile's output directory.
-fn cargo_build(package: &str, targets: &[&str]) -> PathBuf {
+pub(crate) fn cargo_build(package: &str, targets: &[&str]) -> PathBuf {
     // The test executable lives in <target>/<profile>/deps/.
     let exe = std::env::current_exe().expect("test executable path");
     let profile_dir = exe
