@@ -167,6 +167,27 @@ impl Gateway {
             .max_encoding_message_size(64 << 20)
     }
 
+    /// A gRPC client (with this gateway's token) on its own connection whose HTTP/2 stream
+    /// window is `bytes`: a stream read slowly through it holds the gateway back after about
+    /// that much, instead of after the default window's megabytes.
+    pub async fn api_with_stream_window(&self, bytes: u32) -> Api {
+        let channel = within(
+            "gRPC connect",
+            Endpoint::from_shared(format!("http://{}", self.backend_addr))
+                .expect("endpoint")
+                .initial_stream_window_size(bytes)
+                .connect(),
+        )
+        .await
+        .expect("connect to the backend port");
+        let bearer = Bearer(self.token.as_deref().map(|t| {
+            format!("Bearer {t}")
+                .parse()
+                .expect("token is valid metadata")
+        }));
+        GatewayClient::with_interceptor(channel, bearer)
+    }
+
     pub async fn channel(&self) -> Channel {
         within(
             "gRPC connect",

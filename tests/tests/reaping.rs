@@ -346,9 +346,11 @@ async fn a_survivor_busy_announcing_to_a_slow_subscriber_keeps_its_lease() {
     let a = node(&url, "node-a", &["--subscriber-timeout", "5m"]).await;
     let mut b = node(&url, "node-b", &[]).await;
     let mut api_a = a.api().await;
-    // About one event per millisecond: 10,000 take several lease lifetimes.
+    // About one event per millisecond, through a small HTTP/2 window so that the gateway, not
+    // the client's buffers, holds what is not read yet: 10,000 take several lease lifetimes.
+    let mut slow = a.api_with_stream_window(4096).await;
     let mut rx =
-        subscribe_disconnects(&mut api_a, "h", "slow", Some(Duration::from_millis(1))).await;
+        subscribe_disconnects(&mut slow, "h", "slow", Some(Duration::from_millis(1))).await;
     let mut own = vec![
         a.connect("h").await,
         a.connect("h").await,
