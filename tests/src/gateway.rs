@@ -23,7 +23,7 @@ use crate::{within, ws::Client};
 
 /// Builds targets of a workspace package with the same profile as the running tests, into
 /// the same target directory, and returns that profile's output directory.
-fn cargo_build(package: &str, targets: &[&str]) -> PathBuf {
+pub(crate) fn cargo_build(package: &str, targets: &[&str]) -> PathBuf {
     // The test executable lives in <target>/<profile>/deps/.
     let exe = std::env::current_exe().expect("test executable path");
     let profile_dir = exe
@@ -184,6 +184,27 @@ impl Gateway {
         GatewayClient::with_interceptor(channel, bearer)
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20)
+    }
+
+    /// A gRPC client (with this gateway's token) on its own connection whose HTTP/2 stream
+    /// window is `bytes`: a stream read slowly through it holds the gateway back after about
+    /// that much, instead of after the default window's megabytes.
+    pub async fn api_with_stream_window(&self, bytes: u32) -> Api {
+        let channel = within(
+            "gRPC connect",
+            Endpoint::from_shared(format!("http://{}", self.backend_addr))
+                .expect("endpoint")
+                .initial_stream_window_size(bytes)
+                .connect(),
+        )
+        .await
+        .expect("connect to the backend port");
+        let bearer = Bearer(self.token.as_deref().map(|t| {
+            format!("Bearer {t}")
+                .parse()
+                .expect("token is valid metadata")
+        }));
+        GatewayClient::with_interceptor(channel, bearer)
     }
 
     pub async fn channel(&self) -> Channel {

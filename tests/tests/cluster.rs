@@ -2,7 +2,10 @@
 //! Redis Cluster): any node reaches any session, dead nodes' sessions vanish, Redis outages are
 //! survived, nothing is left behind.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use futures_util::future::join_all;
 use switchboard_proto::v1::{
@@ -21,6 +24,9 @@ use tonic::Code;
 
 /// Short leases so a dead node is noticed within seconds.
 const LEASE: &[&str] = &["--lease-ttl", "2s", "--lease-refresh", "500ms"];
+/// After the expected count of events, this long without one before "no duplicate" is
+/// believed: a lease's lifetime, so a second reaping of a dead node would be heard too.
+const QUIET: Duration = Duration::from_secs(2);
 
 async fn nodes(url: &str, n: usize) -> Vec<Gateway> {
     let mut out = Vec::new();
@@ -278,6 +284,13 @@ async fn publish_across_nodes(url: String) {
             assert_eq!(c.text().await, "to the list");
         }
     }
+    // Exactly once: a marker sent after both shows nothing else was queued in between.
+    for c in &members {
+        send(&mut api, &c.id, "marker").await.unwrap();
+    }
+    for c in members.iter_mut() {
+        assert_eq!(c.text().await, "marker", "a member got a publish twice");
+    }
 
     // Hub-wide to 3 x 500 sessions.
     let mut crowd = Vec::new();
@@ -300,13 +313,26 @@ async fn publish_across_nodes(url: String) {
     assert_eq!(r.queued, 1500);
     let got = join_all(crowd.iter_mut().map(|c| c.text())).await;
     assert!(got.iter().all(|t| t == "to everyone"));
-    // Exactly once: a marker sent after shows nothing else was queued in between.
-    for c in crowd.iter().take(20) {
-        send(&mut api, &c.id, "marker").await.unwrap();
-    }
-    for c in crowd.iter_mut().take(20) {
-        assert_eq!(c.text().await, "marker");
-    }
+    // Exactly once, on every node: a marker sent after (one batch, split by owner) shows
+    // nothing else was queued in between.
+    let items = crowd
+        .iter()
+        .map(|c| pb::SendRequest {
+            session_id: c.id.clone(),
+            message: text("marker"),
+        })
+        .collect();
+    let results = api
+        .send_batch(pb::SendBatchRequest { items })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), crowd.len());
+    assert!(results.iter().all(|r| r.code == 0), "every marker queued");
+    let got = join_all(crowd.iter_mut().map(|c| c.text())).await;
+    let twice = got.iter().filter(|t| *t != "marker").count();
+    assert_eq!(twice, 0, "{twice} sessions got the hub-wide publish twice");
 }
 
 #[tokio::test]
@@ -365,6 +391,16 @@ async fn dead_node_vanishes(url: String) {
     let mut seen: HashMap<&str, Vec<String>> = HashMap::new();
     while seen.values().map(Vec::len).sum::<usize>() < 2 * ids.len() {
         let (group, id, by) = within("node-lost events", rx.recv()).await.unwrap();
+        assert_eq!(by, pb::Closer::NodeLost as i32);
+        seen.entry(group).or_default().push(id);
+    }
+    // Keep listening until a quiet period: a late duplicate must count too. Bounded: past
+    // twice the expected total the counts below fail anyway.
+    while seen.values().map(Vec::len).sum::<usize>() < 4 * ids.len() {
+        let Ok(next) = tokio::time::timeout(QUIET, rx.recv()).await else {
+            break;
+        };
+        let (group, id, by) = next.unwrap();
         assert_eq!(by, pb::Closer::NodeLost as i32);
         seen.entry(group).or_default().push(id);
     }
@@ -566,6 +602,15 @@ async fn subscribers_on_any_node_share_a_hubs_events_across_the_cluster() {
     let mut by_group: HashMap<&str, Vec<(usize, String, u8)>> = HashMap::new();
     while by_group.values().map(Vec::len).sum::<usize>() < 2 * 3 * N {
         let (node, group, id, kind) = within("events", rx.recv()).await.unwrap();
+        by_group.entry(group).or_default().push((node, id, kind));
+    }
+    // Keep listening until a quiet period, so a late duplicate fails the counts below.
+    // Bounded: past twice the expected total they fail anyway.
+    while by_group.values().map(Vec::len).sum::<usize>() < 2 * 2 * 3 * N {
+        let Ok(next) = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await else {
+            break;
+        };
+        let (node, group, id, kind) = next.unwrap();
         by_group.entry(group).or_default().push((node, id, kind));
     }
     for group in ["w", "all"] {

@@ -328,38 +328,19 @@ async fn a_consumer_group_splits_events_once_each_and_another_group_gets_them_al
     let audit = subscribe(&mut api, "h", "audit").await;
 
     const N: usize = 1000;
-    // Collect each stream until it has seen its share of disconnects.
-    let (done_tx, mut done_rx) = mpsc::channel::<(usize, Vec<pb::Event>)>(4);
-    let total_disconnects = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Every stream's events go to one channel, tagged with the stream's index (2: audit).
+    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, pb::Event)>();
     for (i, mut s) in members.into_iter().chain([audit]).enumerate() {
-        let done_tx = done_tx.clone();
-        let total = total_disconnects.clone();
+        let tx = tx.clone();
         tokio::spawn(async move {
-            let mut got = Vec::new();
-            let want = if i == 2 { N } else { usize::MAX };
-            let mut disconnects = 0;
-            loop {
-                let e = tokio::select! {
-                    e = s.message() => e,
-                    // The group members stop once the group as a whole has seen N disconnects.
-                    _ = wait_for(&total, N), if i < 2 => break,
-                };
-                let Ok(Some(e)) = e else { break };
-                if matches!(e.kind, Some(Ev::Disconnected(_))) {
-                    disconnects += 1;
-                    if i < 2 {
-                        total.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    }
-                }
-                got.push(e);
-                if disconnects == want {
+            while let Ok(Some(e)) = s.message().await {
+                if tx.send((i, e)).is_err() {
                     break;
                 }
             }
-            let _ = done_tx.send((i, got)).await;
         });
     }
-    drop(done_tx);
+    drop(tx);
 
     // 1,000 sessions, each: connect, one message, close.
     for chunk in 0..(N / 100) {
@@ -376,9 +357,30 @@ async fn a_consumer_group_splits_events_once_each_and_another_group_gets_them_al
         .await;
     }
 
-    let mut results: HashMap<usize, Vec<pb::Event>> = HashMap::new();
-    while let Some((i, got)) = within("subscribers to finish", done_rx.recv()).await {
-        results.insert(i, got);
+    // Until the group and the audit stream have each seen N disconnects...
+    let mut results: HashMap<usize, Vec<pb::Event>> = (0..3).map(|i| (i, Vec::new())).collect();
+    let disconnects = |events: &[pb::Event]| {
+        events
+            .iter()
+            .filter(|e| matches!(e.kind, Some(Ev::Disconnected(_))))
+            .count()
+    };
+    while disconnects(&results[&0]) + disconnects(&results[&1]) < N || disconnects(&results[&2]) < N
+    {
+        let (i, e) = within("events", rx.recv())
+            .await
+            .expect("the streams ended");
+        results.get_mut(&i).unwrap().push(e);
+    }
+    // ... and then until a quiet second, so a late duplicate fails the counts below. Bounded:
+    // past twice the expected total they fail anyway.
+    while results.values().map(Vec::len).sum::<usize>() < 2 * 2 * 3 * N {
+        let Ok(next) = tokio::time::timeout(std::time::Duration::from_secs(1), rx.recv()).await
+        else {
+            break;
+        };
+        let (i, e) = next.expect("the streams ended");
+        results.get_mut(&i).unwrap().push(e);
     }
     // The group: every event exactly once across its two members, 3 per session.
     let mut owner: HashMap<String, usize> = HashMap::new();
@@ -400,18 +402,17 @@ async fn a_consumer_group_splits_events_once_each_and_another_group_gets_them_al
         }
     }
     assert_eq!(seen.len(), 3 * N);
+    assert_eq!(
+        results[&0].len() + results[&1].len(),
+        3 * N,
+        "no duplicates"
+    );
     assert!(
         !results[&0].is_empty() && !results[&1].is_empty(),
         "both members worked"
     );
     // The other group got all of them too.
     assert_eq!(results[&2].len(), 3 * N);
-}
-
-async fn wait_for(counter: &std::sync::atomic::AtomicUsize, n: usize) {
-    while counter.load(std::sync::atomic::Ordering::SeqCst) < n {
-        tokio::task::yield_now().await;
-    }
 }
 
 #[tokio::test]
@@ -448,9 +449,15 @@ async fn with_nobody_reading_the_socket_pauses_and_nothing_is_lost() {
             other => panic!("message {i}: {other:?}"),
         }
     }
-    let _c = within("the client to finish sending", sender)
+    let mut c = within("the client to finish sending", sender)
         .await
         .unwrap();
+    // A final marker comes next: nothing was read twice.
+    c.send_text("end").await;
+    match read(&mut api, &id, secs(10)).await {
+        R::Message(m) => assert_eq!((m.seq, text_of(&m).as_str()), (N as u64 + 1, "end")),
+        other => panic!("after {N} messages: {other:?}"),
+    }
     assert!(matches!(
         read(&mut api, &id, millis(50)).await,
         R::TimedOut(_)
@@ -548,6 +555,12 @@ async fn with_manual_ack_unacknowledged_messages_return_to_the_inbox_on_detach()
         }
     }
     assert_eq!(got, vec![(2, "m2".to_string()), (3, "m3".to_string())]);
+    // A final marker comes next: m2 and m3 came back once.
+    c.send_text("m4").await;
+    match read(&mut api, &c.id, secs(10)).await {
+        R::Message(m) => assert_eq!((m.seq, text_of(&m).as_str()), (4, "m4")),
+        other => panic!("{other:?}"),
+    }
 }
 
 /// One gRPC message in its length-prefixed frame.
@@ -704,7 +717,20 @@ async fn small_attach_writes_to_a_client_that_does_not_read_wait_and_all_arrive(
     send_when_window_allows(&mut tx, grpc_frame(&close))
         .await
         .unwrap();
-    assert_eq!(client.close_code().await, Some(4000));
+    // The close is the next frame after the N messages (pings aside): none came twice.
+    loop {
+        let (opcode, payload) = within("the close", client.read_frame())
+            .await
+            .expect("the socket ended before the close");
+        match opcode {
+            0x9 | 0xA => continue,
+            0x8 => {
+                assert_eq!(payload.get(..2), Some(&4000u16.to_be_bytes()[..]));
+                break;
+            }
+            _ => panic!("a frame after the {N} messages: opcode {opcode} {payload:?}"),
+        }
+    }
     client.send_frame(true, 0x8, &4000u16.to_be_bytes()).await;
     assert!(matches!(
         next_grpc(&mut body, &mut buf).await.kind,
