@@ -631,3 +631,51 @@ async fn subscribers_on_any_node_share_a_hubs_events_across_the_cluster() {
     let members: HashSet<usize> = by_group["w"].iter().map(|(n, _, _)| *n).collect();
     assert_eq!(members, HashSet::from([0, 2]), "both members of w got work");
 }
+
+/// Runs the gateway binary with `args` until it exits; returns its status and stderr.
+async fn run_to_exit(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let out = within(
+        "the gateway to refuse its configuration",
+        tokio::process::Command::new(switchboard_tests::gateway::gateway_bin())
+            .args(["--listen", "127.0.0.1:0", "--backend-listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("run the gateway");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_redis_url_of_the_wrong_kind_is_refused_at_start() {
+    // A node of a Redis Cluster behind redis:// would answer MOVED to most registry writes.
+    let cluster = RedisCluster::start().await;
+    let seed = cluster.url();
+    let seed = seed
+        .trim_start_matches("redis+cluster://")
+        .split(',')
+        .next()
+        .expect("a seed")
+        .to_owned();
+    let (status, stderr) = run_to_exit(&["--redis-url", &format!("redis://{seed}")]).await;
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!("use redis+cluster://{seed}")),
+        "{stderr}"
+    );
+    // And the reverse: a single server behind redis+cluster://.
+    let single = Redis::start().await;
+    let port = single.port();
+    let (status, stderr) =
+        run_to_exit(&["--redis-url", &format!("redis+cluster://127.0.0.1:{port}")]).await;
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!("use redis://127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}

@@ -30,7 +30,9 @@ pub(crate) fn status(e: &Error) -> Status {
         Error::TooManyGroups(..) => Code::ResourceExhausted,
         Error::HubNotAllowed(_) => Code::PermissionDenied,
         Error::Registry(RegistryError::BadPageToken) => Code::InvalidArgument,
-        Error::Registry(RegistryError::Unavailable(_)) => Code::Unavailable,
+        Error::Registry(RegistryError::Unavailable(_) | RegistryError::Misconfigured(_)) => {
+            Code::Unavailable
+        }
     };
     match info(e) {
         Some((reason, metadata)) => Status::with_error_details(

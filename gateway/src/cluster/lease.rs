@@ -13,7 +13,11 @@
 //! wrote, so either it told the other, or the other read it: every publish, wherever it is
 //! sent, knows every node that may hold a target.
 
-use std::{collections::HashSet, sync::Arc, time::Instant};
+use std::{
+    collections::HashSet,
+    sync::{atomic::Ordering, Arc},
+    time::Instant,
+};
 
 use switchboard_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
@@ -50,6 +54,18 @@ pub(crate) async fn renew(node: &Node, cluster: &Cluster) -> bool {
     match r {
         Ok(Ok(existed)) => {
             cluster.lease.renewed(sent);
+            if !cluster.topology_verified.load(Ordering::Relaxed) {
+                // Redis was down at start: the check that it is the kind of Redis the URL says
+                // happens now (a mismatch keeps the node unready and logs why).
+                match cluster.redis.verify_topology().await {
+                    Ok(false) => {}
+                    Ok(true) => cluster.topology_verified.store(true, Ordering::Relaxed),
+                    Err(e) => {
+                        tracing::error!(error = %e, "not serving as a cluster node");
+                        cluster.topology_verified.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
             cluster.redis.note_live(&node.id, &cluster.advertise);
             if !existed && cluster.is_joined() {
                 tracing::warn!("lease was gone (Redis lost it, or an outage outlived it); registering this node's sessions again");

@@ -76,6 +76,8 @@ pub(crate) struct Cluster {
     joined: AtomicBool,
     /// A registry write failed or Redis lost our data: reconcile as soon as Redis answers.
     pub(crate) dirty: Notify,
+    /// Redis was found to be the kind the URL names (checked at start, or once it answers).
+    topology_verified: AtomicBool,
     hop: Hop,
     /// How to reach peers whose backend listener speaks TLS.
     tls: Option<ClientTlsConfig>,
@@ -102,6 +104,7 @@ impl Cluster {
             lease: LeaseHealth::new(config.lease_ttl),
             joined: AtomicBool::new(false),
             dirty: Notify::new(),
+            topology_verified: AtomicBool::new(false),
             hop,
             tls,
             max_message: config.max_message_bytes.get(),

@@ -43,6 +43,8 @@ pub(crate) enum RegistryError {
     BadPageToken,
     #[error("registry unavailable: {0}")]
     Unavailable(String),
+    #[error("registry misconfigured: {0}")]
+    Misconfigured(String),
 }
 
 /// How long a closed session is remembered as "closed" rather than "unknown".

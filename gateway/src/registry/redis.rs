@@ -98,12 +98,17 @@ pub(crate) struct RedisRegistry {
     /// Live nodes (address, when learnt) as of the last refresh, so reads can skip records of
     /// dead nodes and fan-out reaches every live one.
     live: Mutex<HashMap<String, (String, Instant)>>,
+    /// `host:port` of a single Redis (`redis://`); `None` for Redis Cluster.
+    single: Option<String>,
+    /// The URL names the wrong kind of Redis: never healthy.
+    misconfigured: AtomicBool,
 }
 
 impl RedisRegistry {
     /// Connects (lazily for a single Redis, so a node can start while Redis is down).
     /// `redis+cluster://h1:p1,h2:p2` selects Redis Cluster.
     pub(crate) async fn connect(url: &str, prefix: &str) -> Result<Self, RegistryError> {
+        let mut single = None;
         let (conn, lease_conn) = if let Some(nodes) = url.strip_prefix("redis+cluster://") {
             let seeds: Vec<String> = nodes
                 .split(',')
@@ -116,9 +121,23 @@ impl RedisRegistry {
                 .retries(2)
                 .build()
                 .map_err(unavailable)?;
-            let conn = Conn::Cluster(client.get_async_connection().await.map_err(unavailable)?);
-            let lease = Conn::Cluster(client.get_async_connection().await.map_err(unavailable)?);
-            (conn, lease)
+            let connect = || async {
+                client.get_async_connection().await.map_err(|e| {
+                    if e.to_string().contains("cluster support disabled") {
+                        RegistryError::Misconfigured(format!(
+                            "the Redis at {nodes} is a single server, not a Redis Cluster; \
+                             use redis://{}",
+                            nodes.split(',').next().unwrap_or_default()
+                        ))
+                    } else {
+                        unavailable(e)
+                    }
+                })
+            };
+            (
+                Conn::Cluster(connect().await?),
+                Conn::Cluster(connect().await?),
+            )
         } else {
             let client = redis::Client::open(url).map_err(unavailable)?;
             let config = ConnectionManagerConfig::new()
@@ -129,22 +148,51 @@ impl RedisRegistry {
             let manager = |c: redis::Client| {
                 ConnectionManager::new_lazy_with_config(c, config.clone()).map_err(unavailable)
             };
+            single = Some(client.get_connection_info().addr().to_string());
             (
                 Conn::Single(manager(client.clone())?),
                 Conn::Single(manager(client)?),
             )
         };
-        Ok(Self {
+        let registry = Self {
             conn,
             lease_conn,
             prefix: prefix.to_owned(),
             healthy: AtomicBool::new(true),
             live: Mutex::new(HashMap::new()),
-        })
+            single,
+            misconfigured: AtomicBool::new(false),
+        };
+        // A Redis that is down at start is checked again once it answers (`verify_topology`).
+        match registry.verify_topology().await {
+            Err(e @ RegistryError::Misconfigured(_)) => Err(e),
+            _ => Ok(registry),
+        }
+    }
+
+    /// Refuses a Redis Cluster node behind a `redis://` URL: it would answer MOVED to every
+    /// command for a key on another shard, so the node would serve while most registry writes
+    /// fail. Ok(false) when Redis could not be asked (yet).
+    pub(crate) async fn verify_topology(&self) -> Result<bool, RegistryError> {
+        let Some(addr) = &self.single else {
+            return Ok(true);
+        };
+        let info: String = match self.query(redis::cmd("INFO").arg("cluster").clone()).await {
+            Ok(info) => info,
+            Err(_) => return Ok(false),
+        };
+        if info.lines().any(|l| l.trim() == "cluster_enabled:1") {
+            self.misconfigured.store(true, Ordering::Relaxed);
+            return Err(RegistryError::Misconfigured(format!(
+                "the Redis at {addr} is a node of a Redis Cluster; use \
+                 redis+cluster://{addr} (more nodes may follow, comma-separated)"
+            )));
+        }
+        Ok(true)
     }
 
     pub(crate) fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.healthy.load(Ordering::Relaxed) && !self.misconfigured.load(Ordering::Relaxed)
     }
 
     fn key(&self, parts: &[&str]) -> String {
