@@ -3,6 +3,7 @@
 //! on a node with Redis, with lists longer than any internal chunk of the registry.
 
 use switchboard_proto::v1::{self as pb, message::Payload, target::Kind as T};
+use switchboard_sdk::SessionState;
 use switchboard_tests::{
     gateway::{Api, Gateway},
     redis::Redis,
@@ -255,4 +256,30 @@ async fn a_scoped_token_sees_and_reaches_only_its_hub_across_nodes() {
     .await
     .unwrap();
     assert_eq!(news_b.text().await, "first");
+}
+
+#[tokio::test]
+async fn the_sdk_checks_any_number_of_ids_and_names_a_malformed_one_invalid() {
+    let gw = Gateway::start(&[]).await;
+    let sb = switchboard_sdk::Client::builder()
+        .gateway(format!("http://{}", gw.backend_addr))
+        .build()
+        .await
+        .unwrap();
+    let open = gw.connect("h").await;
+    // More than one call's worth: the SDK splits the list and keeps the order.
+    let mut ids = unknown_ids(CAP + 2);
+    ids[3] = "not an id".into();
+    ids[CAP + 1] = open.id.clone();
+    let states = sb.check(ids.iter().map(String::as_str)).await.unwrap();
+    assert_eq!(states.len(), ids.len());
+    for (i, (id, state)) in states.iter().enumerate() {
+        assert_eq!(id.as_str(), ids[i]);
+        let want = match i {
+            3 => SessionState::Invalid,
+            i if i == CAP + 1 => SessionState::Open,
+            _ => SessionState::Unknown,
+        };
+        assert_eq!(*state, want, "ID #{i} {id}");
+    }
 }
