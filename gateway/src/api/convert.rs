@@ -119,11 +119,7 @@ pub(crate) fn closed(end: &SessionEnd) -> pb::Closed {
     }
 }
 
-/// A `CheckSessions` answer: the liveness of a well-formed ID, or `INVALID` for a malformed one.
-pub(crate) fn state(l: Option<&Liveness>) -> pb::SessionState {
-    let Some(l) = l else {
-        return pb::SessionState::Invalid;
-    };
+pub(crate) fn state(l: &Liveness) -> pb::SessionState {
     match l {
         Liveness::Open => pb::SessionState::Open,
         Liveness::Closed(_) => pb::SessionState::Closed,

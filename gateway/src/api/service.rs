@@ -13,7 +13,7 @@ use crate::{
     error::{Error, Result},
     node::{Node, Route, Scope},
     pool::Target,
-    registry::ListFilter,
+    registry::{ListFilter, Liveness},
     session::{inbox::Next, SessionId},
 };
 
@@ -425,7 +425,7 @@ impl Gateway for GatewayService {
             // A scoped token learns nothing about sessions of other hubs.
             for (state, permit) in states.iter_mut().zip(self.permits(&grant, &ids).await?) {
                 if permit.is_err() {
-                    *state = crate::registry::Liveness::Unknown;
+                    *state = Liveness::Unknown;
                 }
             }
             let mut states = states.into_iter();
@@ -435,10 +435,13 @@ impl Gateway for GatewayService {
                     .into_iter()
                     .zip(parsed)
                     .map(|(session_id, id)| {
-                        let state = id.and_then(|_| states.next());
+                        let state = match id {
+                            Some(_) => convert::state(&states.next().unwrap_or(Liveness::Unknown)),
+                            None => pb::SessionState::Invalid,
+                        };
                         pb::SessionStatus {
                             session_id,
-                            state: convert::state(state.as_ref()) as i32,
+                            state: state as i32,
                         }
                     })
                     .collect(),
