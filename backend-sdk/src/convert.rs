@@ -84,6 +84,7 @@ pub(crate) fn state(s: i32) -> SessionState {
     match pb::SessionState::try_from(s) {
         Ok(pb::SessionState::Open) => SessionState::Open,
         Ok(pb::SessionState::Closed) => SessionState::Closed,
+        Ok(pb::SessionState::Invalid) => SessionState::Invalid,
         _ => SessionState::Unknown,
     }
 }

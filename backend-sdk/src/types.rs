@@ -345,7 +345,10 @@ pub struct SessionCounters {
 /// }
 /// # Ok(()) }
 /// ```
+///
+/// Further states may be added, so a `match` needs a wildcard arm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum SessionState {
     /// Open: messages can be sent to it.
     Open,
@@ -353,6 +356,9 @@ pub enum SessionState {
     Closed,
     /// Never seen, or closed too long ago to remember.
     Unknown,
+    /// Not a well-formed session ID, so no session ever had it (a typo, a truncated or
+    /// foreign string). The other IDs of the same check are still answered.
+    Invalid,
 }
 
 /// Whom a [`Client::publish`](crate::Client::publish) reaches.

@@ -5,6 +5,7 @@
 //! registry is shared) lives here alone.
 
 use std::{
+    collections::HashSet,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -37,6 +38,8 @@ use crate::{
 const MAX_GROUP_LEN: usize = 128;
 /// Largest page `ListSessions` returns.
 pub(crate) const MAX_PAGE: usize = 1000;
+/// Sessions a publish offers its frame to between two yields to the runtime.
+const FAN_OUT_YIELD: usize = 1_000;
 
 pub(crate) struct Node {
     pub config: Arc<Config>,
@@ -172,6 +175,31 @@ impl Node {
             return Ok(Some(s.hub.to_string()));
         }
         Ok(self.registry.get(id).await?.map(|r| r.hub))
+    }
+
+    /// The hub of each session anywhere in the cluster, in order, when known: this node's
+    /// sessions from the pool, all others from the registry in one round trip.
+    pub(crate) async fn session_hubs(&self, ids: &[SessionId]) -> Result<Vec<Option<String>>> {
+        let mut hubs = Vec::with_capacity(ids.len());
+        let mut ask = Vec::new();
+        let mut ask_at = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            match self.pool.get(id).or_else(|| self.pool.get_closed(id)) {
+                Some(s) => hubs.push(Some(s.hub.to_string())),
+                None => {
+                    hubs.push(None);
+                    ask.push(id.clone());
+                    ask_at.push(i);
+                }
+            }
+        }
+        if !ask.is_empty() {
+            let found = self.registry.hubs(&ask).await?;
+            for (i, hub) in ask_at.into_iter().zip(found) {
+                hubs[i] = hub;
+            }
+        }
+        Ok(hubs)
     }
 
     /// The other live nodes, for fan-out calls (empty on a single node).
@@ -414,10 +442,12 @@ impl Node {
     ) -> Result<Delivery> {
         validate_target(target)?;
         let frame = self.encode(message)?;
+        // A set, so a long exclusion list does not cost its length for every target.
+        let exclude: HashSet<&SessionId> = exclude.iter().collect();
         let mut out = Delivery::default();
-        for s in self.pool.targets(target) {
+        fan_out(self.pool.targets(target), |s| {
             if exclude.contains(&s.id) {
-                continue;
+                return;
             }
             match s.send(frame.clone(), Flush::Now) {
                 Ok(()) => out.queued += 1,
@@ -427,7 +457,8 @@ impl Node {
                 }
                 Err(SendError::Gone) => {}
             }
-        }
+        })
+        .await;
         Ok(out)
     }
 
@@ -602,6 +633,18 @@ impl Acks {
     }
 }
 
+/// Calls `each` for every item, yielding to the runtime after every [`FAN_OUT_YIELD`]: each
+/// call may be a `send(2)` and none of them awaits, so without the yields a publish to 100k
+/// sessions would hold its runtime worker, and every task queued behind it, for the whole run.
+async fn fan_out<T>(items: impl IntoIterator<Item = T>, mut each: impl FnMut(T)) {
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 && i % FAN_OUT_YIELD == 0 {
+            tokio::task::yield_now().await;
+        }
+        each(item);
+    }
+}
+
 /// Checks the names a publish target carries.
 fn validate_target(target: &Target) -> Result<()> {
     let hub_ok = |h: &str| {
@@ -639,4 +682,42 @@ pub(crate) fn validate_group(group: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        cell::Cell,
+        sync::atomic::{AtomicBool, Ordering},
+    };
+
+    use super::*;
+
+    /// On a single-threaded runtime another task runs only when the fan-out yields: it must get
+    /// its turn while a fan-out longer than one stretch is still going.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_long_fan_out_lets_other_tasks_run() {
+        let ran = Arc::new(AtomicBool::new(false));
+        let other = tokio::spawn({
+            let ran = Arc::clone(&ran);
+            async move { ran.store(true, Ordering::Relaxed) }
+        });
+        let items = 3 * FAN_OUT_YIELD;
+        let seen_at = Cell::new(None);
+        let done = Cell::new(0);
+        fan_out(0..items, |i| {
+            if seen_at.get().is_none() && ran.load(Ordering::Relaxed) {
+                seen_at.set(Some(i));
+            }
+            done.set(done.get() + 1);
+        })
+        .await;
+        assert_eq!(done.get(), items, "every item is visited once");
+        assert_eq!(
+            seen_at.get(),
+            Some(FAN_OUT_YIELD),
+            "the other task ran at the first yield, not after the whole fan-out"
+        );
+        other.await.unwrap();
+    }
 }

@@ -32,6 +32,9 @@ use crate::{
     types::{Message, ReadOutcome, SessionId, SessionInfo, SessionState, Target},
 };
 
+/// Most IDs the gateway checks in one `CheckSessions` call.
+const MAX_CHECK: usize = 10_000;
+
 /// A handle on the gateway's backend API. Cheap to clone: clones share the connections.
 ///
 /// Every method that names a session takes `impl Into<SessionId>` (`&str`, `String`,
@@ -207,7 +210,8 @@ impl Client {
         Ok(info)
     }
 
-    /// Whether each session is open, closed or unknown, in one call, in the order asked.
+    /// Whether each session is open, closed, unknown or not a valid ID at all, in the order
+    /// asked: one call per 10,000 IDs, the most the gateway answers at once.
     ///
     /// ```no_run
     /// # async fn f(client: switchboard_sdk::Client) -> Result<(), switchboard_sdk::Error> {
@@ -230,22 +234,28 @@ impl Client {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let req = pb::CheckSessionsRequest {
-            session_ids: ids.iter().map(ToString::to_string).collect(),
-        };
-        let resp = self
-            .inner
-            .call(Retry::Idempotent, None, Duration::ZERO, |mut api, d| {
-                let req = request(req.clone(), d);
-                async move { api.check_sessions(req).await }
-            })
-            .await?;
-        // One entry per ID, in request order; pair them by position.
-        let states = resp.sessions.into_iter().map(|s| convert::state(s.state));
-        Ok(ids
-            .into_iter()
-            .zip(states.chain(std::iter::repeat(SessionState::Unknown)))
-            .collect())
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_CHECK) {
+            let req = pb::CheckSessionsRequest {
+                session_ids: chunk.iter().map(ToString::to_string).collect(),
+            };
+            let resp = self
+                .inner
+                .call(Retry::Idempotent, None, Duration::ZERO, |mut api, d| {
+                    let req = request(req.clone(), d);
+                    async move { api.check_sessions(req).await }
+                })
+                .await?;
+            // One entry per ID, in request order; pair them by position.
+            let states = resp.sessions.into_iter().map(|s| convert::state(s.state));
+            out.extend(
+                chunk
+                    .iter()
+                    .cloned()
+                    .zip(states.chain(std::iter::repeat(SessionState::Unknown))),
+            );
+        }
+        Ok(out)
     }
 
     /// Open sessions, filtered by hub, group, user or node, as a stream that fetches page after

@@ -21,8 +21,25 @@ pub(crate) fn session_id(s: &str) -> Result<SessionId> {
     SessionId::parse(s).ok_or_else(|| Error::NotFound(s.to_owned()))
 }
 
-/// IDs of a list; malformed ones are refused, so a typo is not a silent "unknown".
-pub(crate) fn session_ids(ids: &[String]) -> Result<Vec<SessionId>> {
+/// Most entries any list in one call may hold (`SendBatch` items, `CheckSessions` IDs, a
+/// publish's sessions and exclusions): the work of one call, and the Redis pipelines behind it,
+/// stay bounded whatever a backend sends.
+pub(crate) const MAX_LIST: usize = 10_000;
+
+/// Refuses a list longer than [`MAX_LIST`], naming its field.
+pub(crate) fn bounded(field: &str, len: usize) -> Result<()> {
+    if len > MAX_LIST {
+        return Err(Error::InvalidArgument(format!(
+            "{field} has {len} entries; at most {MAX_LIST} are allowed in one call"
+        )));
+    }
+    Ok(())
+}
+
+/// IDs of a list of at most [`MAX_LIST`]; malformed ones are refused, so a typo is not a
+/// silent "unknown".
+pub(crate) fn session_ids(field: &str, ids: &[String]) -> Result<Vec<SessionId>> {
+    bounded(field, ids.len())?;
     ids.iter()
         .map(|s| {
             SessionId::parse(s)
@@ -79,7 +96,10 @@ pub(crate) fn target(t: Option<pb::Target>) -> Result<Target> {
             hub: (!u.hub.is_empty()).then_some(u.hub),
             user: u.user,
         }),
-        Some(T::Sessions(list)) => Ok(Target::Sessions(session_ids(&list.session_ids)?)),
+        Some(T::Sessions(list)) => Ok(Target::Sessions(session_ids(
+            "target.sessions.session_ids",
+            &list.session_ids,
+        )?)),
         None => Err(Error::InvalidArgument(
             "target is required: hub, group, user or sessions".into(),
         )),

@@ -13,7 +13,7 @@ use crate::{
     error::{Error, Result},
     node::{Node, Route, Scope},
     pool::Target,
-    registry::ListFilter,
+    registry::{ListFilter, Liveness},
     session::{inbox::Next, SessionId},
 };
 
@@ -48,6 +48,24 @@ impl GatewayService {
         }
     }
 
+    /// Whether the caller may touch each session of a list, in order: the hubs of every
+    /// session not held here come from one registry round trip.
+    async fn permits(&self, grant: &Grant, ids: &[SessionId]) -> Result<Vec<Result<()>>> {
+        if grant.is_all() {
+            return Ok(ids.iter().map(|_| Ok(())).collect());
+        }
+        Ok(self
+            .node
+            .session_hubs(ids)
+            .await?
+            .into_iter()
+            .map(|hub| match hub {
+                Some(hub) => grant.check_hub(&hub),
+                None => Ok(()),
+            })
+            .collect())
+    }
+
     /// Records the call's outcome, logs refusals, and maps the error to its status.
     fn finish<T>(&self, method: &'static str, r: Result<T>) -> Result<Response<T>, Status> {
         match r {
@@ -76,9 +94,6 @@ enum Located {
         peer: Box<crate::cluster::GatewayPeer>,
     },
 }
-
-/// Most items one `SendBatch` may carry.
-const MAX_BATCH: usize = 10_000;
 
 /// A single Send's outcome inside a batch.
 fn send_result(r: Result<()>) -> pb::SendResult {
@@ -210,21 +225,35 @@ impl Gateway for GatewayService {
         let grant = Grant::of(&req);
         let items = req.into_inner().items;
         let r = async {
-            if items.len() > MAX_BATCH {
-                return Err(Error::InvalidArgument(format!(
-                    "{} items; a batch carries at most {MAX_BATCH}",
-                    items.len()
-                )));
-            }
+            convert::bounded("items", items.len())?;
             let mut results: Vec<Option<pb::SendResult>> = vec![None; items.len()];
-            let mut valid: Vec<(usize, SessionId)> = Vec::with_capacity(items.len());
+            let mut parsed: Vec<(usize, SessionId)> = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
-                let checked = match convert::session_id(&item.session_id) {
-                    Ok(id) => self.permit(&grant, &id).await.map(|()| id),
-                    Err(e) => Err(e),
-                };
-                match checked {
-                    Ok(id) => valid.push((i, id)),
+                match convert::session_id(&item.session_id) {
+                    Ok(id) => parsed.push((i, id)),
+                    Err(e) => results[i] = Some(send_result(Err(e))),
+                }
+            }
+            let ids: Vec<SessionId> = parsed.iter().map(|(_, id)| id.clone()).collect();
+            let permits = match self.permits(&grant, &ids).await {
+                Ok(p) => p,
+                // Without the registry, only the hubs of sessions held here are known.
+                Err(e) => {
+                    let status = Status::from(e);
+                    let mut p = Vec::with_capacity(ids.len());
+                    for id in &ids {
+                        p.push(match self.node.pool.get(id) {
+                            Some(s) => grant.check_hub(&s.hub),
+                            None => Err(Error::Remote(status.clone())),
+                        });
+                    }
+                    p
+                }
+            };
+            let mut valid: Vec<(usize, SessionId)> = Vec::with_capacity(parsed.len());
+            for ((i, id), permit) in parsed.into_iter().zip(permits) {
+                match permit {
+                    Ok(()) => valid.push((i, id)),
                     Err(e) => results[i] = Some(send_result(Err(e))),
                 }
             }
@@ -307,6 +336,7 @@ impl Gateway for GatewayService {
         let req = req.into_inner();
         let r = async {
             let target = convert::target(req.target.clone())?;
+            let exclude = convert::session_ids("exclude", &req.exclude)?;
             match &target {
                 Target::Hub(hub) | Target::Group { hub, .. } => grant.check_hub(hub)?,
                 Target::User { hub: Some(hub), .. } => grant.check_hub(hub)?,
@@ -315,12 +345,11 @@ impl Gateway for GatewayService {
                 }
                 Target::User { .. } => {}
                 Target::Sessions(ids) => {
-                    for id in ids {
-                        self.permit(&grant, id).await?;
+                    for permit in self.permits(&grant, ids).await? {
+                        permit?;
                     }
                 }
             }
-            let exclude = convert::session_ids(&req.exclude)?;
             let msg = convert::message(req.message.clone())?;
             if scope == Scope::Local {
                 let d = self.node.publish(&target, &exclude, &msg).await?;
@@ -384,25 +413,36 @@ impl Gateway for GatewayService {
         let grant = Grant::of(&req);
         let req = req.into_inner();
         let r = async {
-            let ids = convert::session_ids(&req.session_ids)?;
-            let states = self.node.check(&ids).await?;
+            convert::bounded("session_ids", req.session_ids.len())?;
+            // A malformed ID is answered on its own; the well-formed ones are checked together.
+            let parsed: Vec<Option<SessionId>> = req
+                .session_ids
+                .iter()
+                .map(|s| SessionId::parse(s))
+                .collect();
+            let ids: Vec<SessionId> = parsed.iter().flatten().cloned().collect();
+            let mut states = self.node.check(&ids).await?;
             // A scoped token learns nothing about sessions of other hubs.
-            let mut states = states;
-            if !grant.is_all() {
-                for (id, state) in ids.iter().zip(states.iter_mut()) {
-                    if self.permit(&grant, id).await.is_err() {
-                        *state = crate::registry::Liveness::Unknown;
-                    }
+            for (state, permit) in states.iter_mut().zip(self.permits(&grant, &ids).await?) {
+                if permit.is_err() {
+                    *state = Liveness::Unknown;
                 }
             }
+            let mut states = states.into_iter();
             Ok(pb::CheckSessionsResponse {
                 sessions: req
                     .session_ids
                     .into_iter()
-                    .zip(states.iter())
-                    .map(|(id, l)| pb::SessionStatus {
-                        session_id: id,
-                        state: convert::state(l) as i32,
+                    .zip(parsed)
+                    .map(|(session_id, id)| {
+                        let state = match id {
+                            Some(_) => convert::state(&states.next().unwrap_or(Liveness::Unknown)),
+                            None => pb::SessionState::Invalid,
+                        };
+                        pb::SessionStatus {
+                            session_id,
+                            state: state as i32,
+                        }
                     })
                     .collect(),
             })

@@ -114,6 +114,14 @@ impl MemoryRegistry {
         self.lock().records.get(id).cloned()
     }
 
+    /// The hub of each session, in order, under one lock.
+    pub(crate) fn hubs(&self, ids: &[SessionId]) -> Vec<Option<String>> {
+        let inner = self.lock();
+        ids.iter()
+            .map(|id| inner.records.get(id).map(|r| r.hub.clone()))
+            .collect()
+    }
+
     pub(crate) fn liveness(&self, id: &SessionId) -> Liveness {
         let inner = self.lock();
         if inner.records.contains_key(id) {

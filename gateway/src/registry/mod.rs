@@ -127,6 +127,18 @@ impl Registry {
         }
     }
 
+    /// The hub of each session, in order (`None` when the registry has no live record): one
+    /// round trip for the whole list.
+    pub(crate) async fn hubs(
+        &self,
+        ids: &[SessionId],
+    ) -> Result<Vec<Option<String>>, RegistryError> {
+        match self {
+            Registry::Memory(m) => Ok(m.hubs(ids)),
+            Registry::Redis(r) => r.hubs(ids).await,
+        }
+    }
+
     /// Liveness of each ID, in order.
     pub(crate) async fn check(&self, ids: &[SessionId]) -> Result<Vec<Liveness>, RegistryError> {
         match self {

@@ -1196,6 +1196,43 @@ fn parse_record(id: &SessionId, mut m: HashMap<String, String>) -> Option<Sessio
     })
 }
 
+impl RedisRegistry {
+    /// The hub of each session held by a live node, in order (`None` for a missing record or
+    /// a dead node's): one round trip for the whole list, for checking a scoped token.
+    pub(crate) async fn hubs(
+        &self,
+        ids: &[SessionId],
+    ) -> Result<Vec<Option<String>>, RegistryError> {
+        let cmds = ids
+            .iter()
+            .map(|id| {
+                redis::cmd("HMGET")
+                    .arg(self.key(&["session", id.as_str()]))
+                    .arg("hub")
+                    .arg("node")
+                    .clone()
+            })
+            .collect();
+        let replies = self.batch(cmds).await?;
+        let pairs: Vec<(Option<String>, Option<String>)> = replies
+            .into_iter()
+            .map(|v| {
+                redis::from_redis_value::<(Option<String>, Option<String>)>(v)
+                    .unwrap_or((None, None))
+            })
+            .collect();
+        self.learn(pairs.iter().filter_map(|(_, node)| node.as_deref()))
+            .await?;
+        Ok(pairs
+            .into_iter()
+            .map(|(hub, node)| match node {
+                Some(node) if self.is_live(&node) => hub,
+                _ => None,
+            })
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
