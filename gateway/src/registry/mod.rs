@@ -135,7 +135,7 @@ impl Registry {
     ) -> Result<Vec<Option<String>>, RegistryError> {
         match self {
             Registry::Memory(m) => Ok(m.hubs(ids)),
-            Registry::Redis(r) => r.hubs(ids).await,
+            Registry::Cluster(c) => c.redis.hubs(ids).await,
         }
     }
 
