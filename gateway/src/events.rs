@@ -30,7 +30,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     cluster::Cluster,
-    metrics::{GroupLabel, Metrics},
+    metrics::Metrics,
     registry::{MemberRecord, SessionRecord},
     session::{Inbound, SessionEnd, SessionId},
 };
@@ -367,12 +367,7 @@ impl EventBus {
             if self.deliver(&event.hub, &d, &encoded).await {
                 delivered += 1;
                 self.metrics
-                    .subscriber_events
-                    .get_or_create(&GroupLabel {
-                        hub: event.hub.to_string(),
-                        group: visible_group(&d.group),
-                    })
-                    .inc();
+                    .subscriber_event(&event.hub, &visible_group(&d.group));
             } else {
                 failed.push(d.uid.clone());
                 self.unassign(&event.hub, &d.group, &d.uid);

@@ -142,7 +142,7 @@ impl Gateway {
         let registry = match &config.redis_url {
             None => Registry::memory(TOMBSTONES),
             Some(url) => {
-                let redis = RedisRegistry::connect(url, &config.redis_prefix)
+                let redis = RedisRegistry::connect(url, &config.redis_prefix, Arc::clone(&metrics))
                     .await
                     .map_err(|e| Error::Registry(e.to_string()))?;
                 let scheme = if backend_tls.is_some() {

@@ -1,13 +1,63 @@
 //! Prometheus metrics, served as text at `/metrics`.
 //!
 //! Every counter is an atomic: recording costs no lock and no allocation on the message path.
-//! Label sets are small and closed (close codes, method names, reasons), never session IDs.
+//! Label sets are small and closed (close codes, method names, Redis commands, reasons), never
+//! session IDs; the one label a backend chooses (a `Subscribe` hub and consumer group) is capped
+//! at [`MAX_GROUP_LABELS`] sets, the rest counted under `_other`. Names follow Prometheus
+//! conventions: base units (`_seconds`, `_bytes`), `_total` on counters; the standard
+//! `process_*` metrics (memory, CPU, file descriptors) are read from `/proc` at each scrape.
+
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Instant,
+};
 
 use prometheus_client::{
-    encoding::{text::encode, EncodeLabelSet},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    collector::Collector,
+    encoding::{
+        text::{encode_eof, encode_registry},
+        DescriptorEncoder, EncodeLabelSet, EncodeMetric,
+    },
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+        histogram::Histogram,
+    },
     registry::Registry,
 };
+
+/// Distinct (hub, group) label sets `subscriber_events` takes before lumping the rest.
+pub(crate) const MAX_GROUP_LABELS: usize = 100;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CommandLabel {
+    pub command: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// 0.5 ms to 10 s: a Redis round trip on a LAN up to a stalled one.
+fn redis_buckets() -> Histogram {
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+    ])
+}
+
+/// 0.1 ms to 60 s: a local Send up to a long `Read`.
+fn call_buckets() -> Histogram {
+    Histogram::new([
+        0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+        60.0,
+    ])
+}
+
+/// 10 µs to 10 s: a publish to a handful of sessions up to one to a hundred thousand.
+fn fanout_buckets() -> Histogram {
+    Histogram::new([
+        0.00001, 0.0001, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+    ])
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct CodeLabel {
@@ -54,6 +104,16 @@ pub(crate) struct Metrics {
     pub registry_repairs: Counter,
     pub rate_limited: Counter,
     pub grpc_calls: Family<GrpcLabel, Counter>,
+    pub grpc_duration: Histograms<GrpcLabel>,
+    pub publish_fanout: Histogram,
+    pub redis_duration: Histograms<CommandLabel>,
+    pub redis_errors: Family<CommandLabel, Counter>,
+    /// Sessions in the registry, all nodes (the cluster's view; this node's pool when alone).
+    pub registry_sessions: Gauge,
+    pub cluster_nodes: Gauge,
+    group_labels: AtomicUsize,
+    /// Standard `process_*` metrics, without the `switchboard_` prefix.
+    process: Registry,
 }
 
 impl Metrics {
@@ -80,6 +140,14 @@ impl Metrics {
             registry_repairs: Counter::default(),
             rate_limited: Counter::default(),
             grpc_calls: Family::default(),
+            grpc_duration: Family::new_with_constructor(call_buckets),
+            publish_fanout: fanout_buckets(),
+            redis_duration: Family::new_with_constructor(redis_buckets),
+            redis_errors: Family::default(),
+            registry_sessions: Gauge::default(),
+            cluster_nodes: Gauge::default(),
+            group_labels: AtomicUsize::new(0),
+            process: Registry::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -175,24 +243,144 @@ impl Metrics {
             "Backend gRPC calls, by method and status",
             m.grpc_calls.clone(),
         );
-        Self { registry, ..m }
+        r.register(
+            "grpc_call_duration_seconds",
+            "Backend gRPC calls from request to answer (to the stream's start for streams), by method and status",
+            m.grpc_duration.clone(),
+        );
+        r.register(
+            "publish_fanout_duration_seconds",
+            "Time a publish takes to queue its message for this node's sessions",
+            m.publish_fanout.clone(),
+        );
+        r.register(
+            "redis_command_duration_seconds",
+            "Redis round trips of the registry, by command (PIPELINE for a batch)",
+            m.redis_duration.clone(),
+        );
+        r.register(
+            "redis_errors",
+            "Redis round trips of the registry that failed or timed out, by command",
+            m.redis_errors.clone(),
+        );
+        r.register(
+            "registry_sessions",
+            "Sessions recorded in the registry, all nodes",
+            m.registry_sessions.clone(),
+        );
+        r.register(
+            "cluster_nodes",
+            "Live nodes of the cluster this node sees (1 alone)",
+            m.cluster_nodes.clone(),
+        );
+        let mut process = Registry::default();
+        process.register_collector(Box::new(ProcessCollector));
+        Self {
+            registry,
+            process,
+            ..m
+        }
     }
 
-    /// The Prometheus text exposition.
+    /// The exposition (OpenMetrics text).
     pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.process);
+        let _ = encode_eof(&mut out);
         out
     }
 
-    pub(crate) fn grpc(&self, method: &'static str, code: tonic::Code) {
-        self.grpc_calls
-            .get_or_create(&GrpcLabel {
-                method,
-                status: code_name(code),
-            })
-            .inc();
+    /// Counts a finished gRPC call and how long it took.
+    pub(crate) fn grpc(&self, method: &'static str, code: tonic::Code, started: Instant) {
+        let label = GrpcLabel {
+            method,
+            status: code_name(code),
+        };
+        self.grpc_duration
+            .get_or_create(&label)
+            .observe(started.elapsed().as_secs_f64());
+        self.grpc_calls.get_or_create(&label).inc();
+    }
+
+    /// Times one Redis round trip.
+    pub(crate) fn redis(&self, command: &'static str, started: Instant, ok: bool) {
+        let label = CommandLabel { command };
+        self.redis_duration
+            .get_or_create(&label)
+            .observe(started.elapsed().as_secs_f64());
+        if !ok {
+            self.redis_errors.get_or_create(&label).inc();
+        }
+    }
+
+    /// Counts an event delivered to a `Subscribe` group, under a capped set of labels.
+    pub(crate) fn subscriber_event(&self, hub: &str, group: &str) {
+        let label = GroupLabel {
+            hub: hub.to_owned(),
+            group: group.to_owned(),
+        };
+        if let Some(c) = self.subscriber_events.get(&label) {
+            c.inc();
+            return;
+        }
+        let label = if self.group_labels.fetch_add(1, Ordering::Relaxed) < MAX_GROUP_LABELS {
+            label
+        } else {
+            self.group_labels.fetch_sub(1, Ordering::Relaxed);
+            GroupLabel {
+                hub: "_other".into(),
+                group: "_other".into(),
+            }
+        };
+        self.subscriber_events.get_or_create(&label).inc();
+    }
+}
+
+/// `process_*` metrics from `/proc/self` (Linux), read at each scrape; absent elsewhere.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(p) = process::read() else {
+            return Ok(());
+        };
+        let counter = ConstCounter::new(p.cpu_seconds);
+        counter.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "User and system CPU time spent",
+            None,
+            counter.metric_type(),
+        )?)?;
+        for (name, help, value) in [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size",
+                p.resident_bytes,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size",
+                p.virtual_bytes,
+            ),
+            ("process_open_fds", "Open file descriptors", p.open_fds),
+            (
+                "process_max_fds",
+                "Limit of open file descriptors",
+                p.max_fds,
+            ),
+            (
+                "process_start_time_seconds",
+                "Start time since the Unix epoch",
+                p.start_time_seconds,
+            ),
+        ] {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
     }
 }
 
@@ -216,5 +404,60 @@ fn code_name(code: tonic::Code) -> &'static str {
         Unavailable => "UNAVAILABLE",
         DataLoss => "DATA_LOSS",
         Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The standard process metrics, from Linux's `/proc/self`.
+mod process {
+    /// Linux reports CPU times in `USER_HZ` ticks, fixed at 100 for user space on every
+    /// architecture it runs on (`sysconf(_SC_CLK_TCK)`).
+    const TICKS_PER_SECOND: f64 = 100.0;
+
+    pub(super) struct Process {
+        pub cpu_seconds: f64,
+        pub resident_bytes: f64,
+        pub virtual_bytes: f64,
+        pub open_fds: f64,
+        pub max_fds: f64,
+        pub start_time_seconds: f64,
+    }
+
+    pub(super) fn read() -> Option<Process> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // The command name (field 2) may hold spaces; fields after it are split on spaces.
+        let after = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = after.split_whitespace().collect();
+        // Field n of proc(5) is f[n - 3] here.
+        let num = |n: usize| f.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+        let cpu_seconds = (num(14)? + num(15)?) / TICKS_PER_SECOND;
+        let started_ticks = num(22)?;
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let kib = |key: &str| {
+            status.lines().find_map(|l| {
+                let v = l.strip_prefix(key)?.trim().strip_suffix("kB")?;
+                v.trim().parse::<f64>().ok().map(|k| k * 1024.0)
+            })
+        };
+        let boot = std::fs::read_to_string("/proc/stat")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok())?;
+        let max_fds = std::fs::read_to_string("/proc/self/limits")
+            .ok()?
+            .lines()
+            .find_map(|l| {
+                let rest = l.strip_prefix("Max open files")?;
+                rest.split_whitespace().next()?.parse::<f64>().ok()
+            })
+            .unwrap_or(0.0);
+        let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as f64;
+        Some(Process {
+            cpu_seconds,
+            resident_bytes: kib("VmRSS:").unwrap_or(0.0),
+            virtual_bytes: kib("VmSize:").unwrap_or(0.0),
+            open_fds,
+            max_fds,
+            start_time_seconds: boot + started_ticks / TICKS_PER_SECOND,
+        })
     }
 }

@@ -445,6 +445,7 @@ impl Node {
         // A set, so a long exclusion list does not cost its length for every target.
         let exclude: HashSet<&SessionId> = exclude.iter().collect();
         let mut out = Delivery::default();
+        let started = std::time::Instant::now();
         fan_out(self.pool.targets(target), |s| {
             if exclude.contains(&s.id) {
                 return;
@@ -459,6 +460,9 @@ impl Node {
             }
         })
         .await;
+        self.metrics
+            .publish_fanout
+            .observe(started.elapsed().as_secs_f64());
         Ok(out)
     }
 

@@ -23,12 +23,13 @@ impl Peer for PeerService {
         &self,
         req: Request<pb::DeliverRequest>,
     ) -> Result<Response<pb::DeliverResponse>, Status> {
+        let started = std::time::Instant::now();
         let req = req.into_inner();
         let Some(event) = req.event else {
             return Err(Status::invalid_argument("event is required"));
         };
         let accepted = self.node.events.deliver_local(&req.member, event).await;
-        self.node.metrics.grpc("Deliver", tonic::Code::Ok);
+        self.node.metrics.grpc("Deliver", tonic::Code::Ok, started);
         Ok(Response::new(pb::DeliverResponse { accepted }))
     }
 
@@ -36,6 +37,7 @@ impl Peer for PeerService {
         &self,
         req: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
+        let started = std::time::Instant::now();
         let node = req.into_inner().node;
         let Some(cluster) = self.node.registry.cluster() else {
             return Err(Status::failed_precondition("this node is not in a cluster"));
@@ -54,6 +56,7 @@ impl Peer for PeerService {
         self.node.metrics.grpc(
             "Join",
             r.as_ref().err().map_or(tonic::Code::Ok, Status::code),
+            started,
         );
         r
     }

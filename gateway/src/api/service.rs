@@ -67,15 +67,20 @@ impl GatewayService {
     }
 
     /// Records the call's outcome, logs refusals, and maps the error to its status.
-    fn finish<T>(&self, method: &'static str, r: Result<T>) -> Result<Response<T>, Status> {
+    fn finish<T>(
+        &self,
+        method: &'static str,
+        started: std::time::Instant,
+        r: Result<T>,
+    ) -> Result<Response<T>, Status> {
         match r {
             Ok(v) => {
-                self.node.metrics.grpc(method, tonic::Code::Ok);
+                self.node.metrics.grpc(method, tonic::Code::Ok, started);
                 Ok(Response::new(v))
             }
             Err(e) => {
                 let status = Status::from(e);
-                self.node.metrics.grpc(method, status.code());
+                self.node.metrics.grpc(method, status.code(), started);
                 tracing::debug!(method, code = ?status.code(), message = status.message(), "call refused");
                 Err(status)
             }
@@ -200,6 +205,7 @@ impl Gateway for GatewayService {
         &self,
         req: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
+        let started = std::time::Instant::now();
         let scope = scope(&req);
         let grant = Grant::of(&req);
         let req = req.into_inner();
@@ -214,13 +220,14 @@ impl Gateway for GatewayService {
         }
         .instrument(span("Send", &req.session_id))
         .await;
-        self.finish("Send", r)
+        self.finish("Send", started, r)
     }
 
     async fn send_batch(
         &self,
         req: Request<pb::SendBatchRequest>,
     ) -> Result<Response<pb::SendBatchResponse>, Status> {
+        let started = std::time::Instant::now();
         let scope = scope(&req);
         let grant = Grant::of(&req);
         let items = req.into_inner().items;
@@ -324,13 +331,14 @@ impl Gateway for GatewayService {
         }
         .instrument(span("SendBatch", ""))
         .await;
-        self.finish("SendBatch", r)
+        self.finish("SendBatch", started, r)
     }
 
     async fn publish(
         &self,
         req: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
+        let started = std::time::Instant::now();
         let scope = scope(&req);
         let grant = Grant::of(&req);
         let req = req.into_inner();
@@ -363,13 +371,14 @@ impl Gateway for GatewayService {
         }
         .instrument(span("Publish", ""))
         .await;
-        self.finish("Publish", r)
+        self.finish("Publish", started, r)
     }
 
     async fn close(
         &self,
         req: Request<pb::CloseRequest>,
     ) -> Result<Response<pb::CloseResponse>, Status> {
+        let started = std::time::Instant::now();
         let scope = scope(&req);
         let grant = Grant::of(&req);
         let req = req.into_inner();
@@ -384,13 +393,14 @@ impl Gateway for GatewayService {
         }
         .instrument(span("Close", &req.session_id))
         .await;
-        self.finish("Close", r)
+        self.finish("Close", started, r)
     }
 
     async fn get_session(
         &self,
         req: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
+        let started = std::time::Instant::now();
         let grant = Grant::of(&req);
         let req = req.into_inner();
         let r = async {
@@ -403,13 +413,14 @@ impl Gateway for GatewayService {
         }
         .instrument(span("GetSession", &req.session_id))
         .await;
-        self.finish("GetSession", r)
+        self.finish("GetSession", started, r)
     }
 
     async fn check_sessions(
         &self,
         req: Request<pb::CheckSessionsRequest>,
     ) -> Result<Response<pb::CheckSessionsResponse>, Status> {
+        let started = std::time::Instant::now();
         let grant = Grant::of(&req);
         let req = req.into_inner();
         let r = async {
@@ -449,13 +460,14 @@ impl Gateway for GatewayService {
         }
         .instrument(span("CheckSessions", ""))
         .await;
-        self.finish("CheckSessions", r)
+        self.finish("CheckSessions", started, r)
     }
 
     async fn list_sessions(
         &self,
         req: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let started = std::time::Instant::now();
         let grant = Grant::of(&req);
         let req = req.into_inner();
         let r = async {
@@ -485,13 +497,14 @@ impl Gateway for GatewayService {
         }
         .instrument(span("ListSessions", ""))
         .await;
-        self.finish("ListSessions", r)
+        self.finish("ListSessions", started, r)
     }
 
     async fn join_group(
         &self,
         req: Request<pb::JoinGroupRequest>,
     ) -> Result<Response<pb::JoinGroupResponse>, Status> {
+        let started = std::time::Instant::now();
         let scope = scope(&req);
         let grant = Grant::of(&req);
         let req = req.into_inner();
@@ -507,13 +520,14 @@ impl Gateway for GatewayService {
         }
         .instrument(span("JoinGroup", &req.session_id))
         .await;
-        self.finish("JoinGroup", r)
+        self.finish("JoinGroup", started, r)
     }
 
     async fn leave_group(
         &self,
         req: Request<pb::LeaveGroupRequest>,
     ) -> Result<Response<pb::LeaveGroupResponse>, Status> {
+        let started = std::time::Instant::now();
         let scope = scope(&req);
         let grant = Grant::of(&req);
         let req = req.into_inner();
@@ -529,13 +543,14 @@ impl Gateway for GatewayService {
         }
         .instrument(span("LeaveGroup", &req.session_id))
         .await;
-        self.finish("LeaveGroup", r)
+        self.finish("LeaveGroup", started, r)
     }
 
     async fn read(
         &self,
         req: Request<pb::ReadRequest>,
     ) -> Result<Response<pb::ReadResponse>, Status> {
+        let started = std::time::Instant::now();
         use pb::read_response::Result as R;
         let scope = scope(&req);
         let grant = Grant::of(&req);
@@ -557,7 +572,7 @@ impl Gateway for GatewayService {
         }
         .instrument(span("Read", &req.session_id))
         .await;
-        self.finish("Read", r)
+        self.finish("Read", started, r)
     }
 
     type AttachStream = BoxStream<pb::AttachResponse>;
@@ -566,6 +581,7 @@ impl Gateway for GatewayService {
         &self,
         req: Request<Streaming<pb::AttachRequest>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
+        let started = std::time::Instant::now();
         let scope = scope(&req);
         let grant = Grant::of(&req);
         let r = streams::attach(Arc::clone(&self.node), scope, grant, req.into_inner())
@@ -574,6 +590,7 @@ impl Gateway for GatewayService {
         self.node.metrics.grpc(
             "Attach",
             r.as_ref().err().map_or(tonic::Code::Ok, Status::code),
+            started,
         );
         r.map(Response::new)
     }
@@ -584,12 +601,13 @@ impl Gateway for GatewayService {
         &self,
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let started = std::time::Instant::now();
         let grant = Grant::of(&req);
         let req = req.into_inner();
         if let Err(e) = grant.check_hub(&req.hub) {
-            return self.finish("Subscribe", Err(e));
+            return self.finish("Subscribe", started, Err(e));
         }
         let r = streams::subscribe(&self.node, req).await;
-        self.finish("Subscribe", r)
+        self.finish("Subscribe", started, r)
     }
 }

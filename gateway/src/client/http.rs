@@ -63,6 +63,12 @@ pub(crate) async fn route(
             "/demo" => super::demo::page(),
             "/readyz" => readiness(&node),
             "/metrics" => {
+                if node.registry.cluster().is_none() {
+                    // Alone, the registry holds exactly the pool (a cluster's gauges come
+                    // from Redis, read by the reaper's loop).
+                    node.metrics.registry_sessions.set(node.pool.len() as i64);
+                    node.metrics.cluster_nodes.set(1);
+                }
                 let mut r = text(StatusCode::OK, node.metrics.render());
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,

@@ -1,5 +1,6 @@
-//! Watching the other nodes: the live-node view, reaping of dead nodes, and the batched
-//! `last_active_at` writes; every `--lease-refresh`, on a task apart from the lease.
+//! Watching the other nodes: the live-node view (and the cluster-size gauges), reaping of dead
+//! nodes, and the batched `last_active_at` writes; every `--lease-refresh`, on a task apart
+//! from the lease.
 //!
 //! Reaping is safe to repeat and to run concurrently: a survivor takes the node's reap lock
 //! (extended after every page, so a node of any size is finished by one reaper), and each
@@ -32,7 +33,13 @@ pub(crate) async fn run(node: Arc<Node>, cluster: Arc<Cluster>, stop: Cancellati
             _ = interval.tick() => {}
         }
         let dead = match cluster.redis.refresh_nodes().await {
-            Ok((_, dead)) => dead,
+            Ok((live, dead)) => {
+                node.metrics.cluster_nodes.set(live.len() as i64);
+                if let Ok(n) = cluster.redis.indexed_sessions(&live).await {
+                    node.metrics.registry_sessions.set(n as i64);
+                }
+                dead
+            }
             Err(_) => continue,
         };
         for d in dead.into_iter().filter(|d| **d != *node.id) {

@@ -36,7 +36,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Mutex,
+        Arc, Mutex,
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -49,6 +49,7 @@ use redis::{
 };
 
 use super::{ListFilter, Liveness, Page, RegistryError, SessionRecord, TOMBSTONE_TTL};
+use crate::metrics::Metrics;
 use crate::model::{Closer, SessionEnd, SessionId};
 
 /// How long one Redis operation may take before the registry counts as unreachable.
@@ -102,12 +103,17 @@ pub(crate) struct RedisRegistry {
     single: Option<String>,
     /// The URL names the wrong kind of Redis: never healthy.
     misconfigured: AtomicBool,
+    metrics: Arc<Metrics>,
 }
 
 impl RedisRegistry {
     /// Connects (lazily for a single Redis, so a node can start while Redis is down).
     /// `redis+cluster://h1:p1,h2:p2` selects Redis Cluster.
-    pub(crate) async fn connect(url: &str, prefix: &str) -> Result<Self, RegistryError> {
+    pub(crate) async fn connect(
+        url: &str,
+        prefix: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, RegistryError> {
         let mut single = None;
         let (conn, lease_conn) = if let Some(nodes) = url.strip_prefix("redis+cluster://") {
             let seeds: Vec<String> = nodes
@@ -162,6 +168,7 @@ impl RedisRegistry {
             live: Mutex::new(HashMap::new()),
             single,
             misconfigured: AtomicBool::new(false),
+            metrics,
         };
         // A Redis that is down at start is checked again once it answers (`verify_topology`).
         match registry.verify_topology().await {
@@ -223,6 +230,8 @@ impl RedisRegistry {
     }
 
     async fn query_on<T: FromRedisValue>(&self, conn: &Conn, cmd: Cmd) -> Result<T, RegistryError> {
+        let command = command_name(&cmd);
+        let started = Instant::now();
         let fut = async {
             match conn {
                 Conn::Single(c) => cmd.query_async::<T>(&mut c.clone()).await,
@@ -235,6 +244,7 @@ impl RedisRegistry {
                 "redis did not answer in time".into(),
             )),
         };
+        self.metrics.redis(command, started, r.is_ok());
         self.observe(r)
     }
 
@@ -255,6 +265,11 @@ impl RedisRegistry {
 
     /// One pipeline (or concurrent commands on Cluster).
     async fn round_trip(&self, conn: &Conn, cmds: Vec<Cmd>) -> Result<Vec<Value>, RegistryError> {
+        let command = match cmds.as_slice() {
+            [one] => command_name(one),
+            _ => "PIPELINE",
+        };
+        let started = Instant::now();
         let fut = async {
             match conn {
                 Conn::Single(c) => {
@@ -280,6 +295,7 @@ impl RedisRegistry {
                 "redis did not answer in time".into(),
             )),
         };
+        self.metrics.redis(command, started, r.is_ok());
         self.observe(r)
     }
 
@@ -843,6 +859,24 @@ impl RedisRegistry {
             .map(|(addr, _)| addr.clone())
     }
 
+    /// Sessions indexed under these nodes (one round trip), for the registry-size gauge.
+    pub(crate) async fn indexed_sessions(&self, nodes: &[NodeLease]) -> Result<u64, RegistryError> {
+        let cmds = nodes
+            .iter()
+            .map(|n| {
+                redis::cmd("ZCARD")
+                    .arg(self.key(&["idx", "node", &n.id]))
+                    .clone()
+            })
+            .collect();
+        Ok(self
+            .batch(cmds)
+            .await?
+            .iter()
+            .filter_map(|v| redis::from_redis_value_ref::<u64>(v).ok())
+            .sum())
+    }
+
     // ---- reaping and reconciliation -------------------------------------------------------
 
     /// Takes the right to clean up a dead node; false when another survivor has it.
@@ -1134,6 +1168,39 @@ const EXTEND_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then retur
 /// Sets `last_active_at` only on a record that still exists.
 const TOUCH_SCRIPT: &str =
     "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'last_active_at', ARGV[1]) end return 0";
+
+/// The command's name as a metric label: one of the commands the registry sends.
+fn command_name(cmd: &Cmd) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "DEL",
+        "EVAL",
+        "EXISTS",
+        "GET",
+        "HDEL",
+        "HGET",
+        "HGETALL",
+        "HMGET",
+        "HSET",
+        "INFO",
+        "SADD",
+        "SET",
+        "SMEMBERS",
+        "SREM",
+        "ZADD",
+        "ZCARD",
+        "ZRANGE",
+        "ZRANGEBYLEX",
+        "ZREM",
+    ];
+    match cmd.args_iter().next() {
+        Some(redis::Arg::Simple(name)) => KNOWN
+            .iter()
+            .find(|k| k.as_bytes().eq_ignore_ascii_case(name))
+            .copied()
+            .unwrap_or("OTHER"),
+        _ => "OTHER",
+    }
+}
 
 fn unavailable(e: impl std::fmt::Display) -> RegistryError {
     RegistryError::Unavailable(e.to_string())
