@@ -3,7 +3,8 @@
 
 use std::{collections::BTreeSet, path::PathBuf};
 
-use switchboard_tests::{gateway::Gateway, redis::Redis};
+use switchboard_proto::v1 as pb;
+use switchboard_tests::{gateway::Gateway, redis::Redis, within};
 
 /// Metric families named in `# TYPE` lines (listed even before a first sample).
 fn families(exposition: &str) -> BTreeSet<String> {
@@ -58,10 +59,38 @@ fn deploy_file(path: &str) -> String {
 
 #[tokio::test]
 async fn dashboards_and_alerts_use_only_metrics_the_gateway_exposes() {
-    // A cluster node, so the registry's metrics are there too.
+    // A cluster node, so the registry's metrics are there too; families with labels appear
+    // once they have a sample, so the node first sees one of everything the files chart.
     let redis = Redis::start().await;
     let url = redis.url();
     let gw = Gateway::start(&["--redis-url", &url]).await;
+    let mut api = gw.api().await;
+    let mut events = api
+        .subscribe(pb::SubscribeRequest {
+            hub: "h".into(),
+            kinds: vec![pb::EventKind::Connected as i32],
+            consumer_group: "g".into(),
+        })
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let client = gw.connect("h").await;
+    within("the connected event", events.message())
+        .await
+        .expect("event stream")
+        .expect("an event");
+    client.close(1000, "bye").await;
+    assert_eq!(gw.http_get("/ws/h").await.0, 426);
+    // A Redis that does not answer: one failed round trip.
+    redis.pause();
+    let stalled = api
+        .get_session(pb::GetSessionRequest {
+            session_id: "AAAAAAAAAAAAAAAAAAAAAA".into(),
+        })
+        .await;
+    redis.resume();
+    assert!(stalled.is_err(), "{stalled:?}");
+
     let (status, body) = gw.http_get("/metrics").await;
     assert_eq!(status, 200);
     let have = families(&body);
