@@ -50,7 +50,8 @@ pub enum OutagePolicy {
 /// Everything a gateway node needs to run. Defaults are safe for a single node on loopback.
 // Every argument with an environment variable is a setting, and also a key of the
 // configuration file (its long flag without the dashes); arguments without one are actions.
-// (Not in the doc comment: clap would print it as the program's description.)
+// A secret sets `hide_env_values = true`: that is also what redacts it in `--check-config`
+// and in error messages. (Not in the doc comment: clap would print it as the description.)
 #[derive(Clone, Parser)]
 #[cfg_attr(test, derive(PartialEq))]
 #[command(

@@ -14,8 +14,9 @@
 //!    options were given as flags (clap's `ValueSource::CommandLine`).
 //! 2. For every other option, its `SWITCHBOARD_*` variable (looked up through an injected
 //!    function, so tests never touch the process environment) or else its file key gives the
-//!    raw value, first checked alone by clap with that option's own parser, so a bad value
-//!    is reported with its key, the value and the parser's reason.
+//!    raw value. Each value of the file (overridden or not) and each variable used is first
+//!    checked alone by clap with that option's own parser, so a bad value is reported with
+//!    its key, the value and the parser's reason.
 //! 3. Those values are put in front of the real arguments as `--key=value` and the whole
 //!    line is parsed once more by the full command (environment off): every value, whatever
 //!    its layer, goes through the same parser into the one `Config`, and rules between
@@ -164,12 +165,27 @@ where
             .and_then(env)
             .map(PathBuf::from)
     };
-    let mut table = match &file {
-        Some(path) => read_table(path, read)?,
-        None => toml::Table::new(),
-    };
+    // Every value of the file is checked, even one a flag or variable overrides today: the
+    // file must stay valid when that override goes.
+    let mut from_file: BTreeMap<&str, Vec<OsString>> = BTreeMap::new();
     if let Some(path) = &file {
+        let table = read_table(path, read)?;
         check_keys(&documented, &table, path)?;
+        let origin = format!("config file {}", path.display());
+        for arg in settings(&documented) {
+            let Some(value) = table.get(long(arg)) else {
+                continue;
+            };
+            let bad = |why| LoadError::BadValue {
+                origin: origin.clone(),
+                key: long(arg).to_owned(),
+                value: shown_value(arg, &value.to_string()),
+                why,
+            };
+            let values = file_values(arg, value).map_err(bad)?;
+            check_values(arg, &values).map_err(|e| bad(reason(arg, &e)))?;
+            from_file.insert(arg.get_id().as_str(), values);
+        }
     }
 
     // Step 2: the environment, then the file, for what the command line left out.
@@ -177,38 +193,30 @@ where
     let mut sources = BTreeMap::new();
     for arg in settings(&documented) {
         let id = arg.get_id().as_str();
-        let key = long(arg);
-        if given.value_source(id) == Some(ValueSource::CommandLine) {
-            sources.insert(id.to_owned(), Source::Flag);
-            continue;
-        }
-        let from_env = arg.get_env().and_then(|name| Some((name, env(name)?)));
-        // How a refused value is reported: where it was, under which name, as written there.
-        let (values, source, origin, shown_key, shown) = if let Some((name, value)) = from_env {
-            let name = name.to_string_lossy().into_owned();
-            let shown = toml::Value::String(value.to_string_lossy().into_owned()).to_string();
-            let origin = "environment".to_owned();
-            (vec![value], Source::Env(name.clone()), origin, name, shown)
-        } else if let (Some(value), Some(path)) = (table.remove(key), &file) {
-            let origin = format!("config file {}", path.display());
-            let shown = value.to_string();
-            let values = file_values(arg, &value).map_err(|why| LoadError::BadValue {
-                origin: origin.clone(),
-                key: key.to_owned(),
-                value: shown_value(arg, &shown),
-                why,
+        let source = if given.value_source(id) == Some(ValueSource::CommandLine) {
+            Source::Flag
+        } else if let Some((name, value)) = arg
+            .get_env()
+            .and_then(|name| Some((name.to_string_lossy().into_owned(), env(name)?)))
+        {
+            let values = vec![value];
+            check_values(arg, &values).map_err(|e| LoadError::BadValue {
+                origin: "environment".to_owned(),
+                value: shown_value(
+                    arg,
+                    &toml::Value::String(values[0].to_string_lossy().into_owned()).to_string(),
+                ),
+                key: name.clone(),
+                why: reason(arg, &e),
             })?;
-            (values, Source::File, origin, key.to_owned(), shown)
+            layered.extend(as_flags(arg, &values));
+            Source::Env(name)
+        } else if let Some(values) = from_file.get(id) {
+            layered.extend(as_flags(arg, values));
+            Source::File
         } else {
             continue;
         };
-        check_values(arg, &values).map_err(|e| LoadError::BadValue {
-            origin,
-            key: shown_key,
-            value: shown_value(arg, &shown),
-            why: reason(&e),
-        })?;
-        layered.extend(as_flags(arg, &values));
         sources.insert(id.to_owned(), source);
     }
 
@@ -455,13 +463,17 @@ fn as_flags(arg: &Arg, values: &[OsString]) -> Vec<OsString> {
 }
 
 /// Why clap refused a value, without its usage text: the parser's own message when there
-/// is one, else the values it would take.
-fn reason(e: &clap::Error) -> String {
+/// is one, else the values it would take. clap's full message quotes the value, which a
+/// secret's must not.
+fn reason(arg: &Arg, e: &clap::Error) -> String {
     if let Some(source) = std::error::Error::source(e) {
         return source.to_string();
     }
     if let Some(ContextValue::Strings(valid)) = e.get(ContextKind::ValidValue) {
         return format!("expected one of {}", valid.join(", "));
+    }
+    if arg.is_hide_env_values_set() {
+        return "invalid value".to_owned();
     }
     one_line(e)
 }
@@ -963,6 +975,16 @@ mod tests {
                 .starts_with("environment: SWITCHBOARD_IDLE_TIMEOUT = \"soon\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_bad_file_value_is_refused_even_when_a_flag_overrides_it() {
+        let err = World::new()
+            .file("/sb.toml", "lease-ttl = \"ten\"")
+            .load(&["--config", "/sb.toml", "--lease-ttl", "5s"])
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("lease-ttl = \"ten\""), "{err}");
     }
 
     #[test]
