@@ -63,41 +63,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// Prints `text` on stdout and exits 0. `println!` would panic when the reader has gone
-/// (`--check-config | head -5`); a reader that stopped early got what it wanted, so a broken
-/// pipe is success.
-fn print(text: &str) -> ExitCode {
-    let mut out = io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-        Err(e) => {
-            complain(&format!("cannot print: {e}"));
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// One line on stderr; never panics, even when stderr is closed.
-fn complain(message: &str) {
-    let _ = writeln!(io::stderr().lock(), "switchboard-gateway: {message}");
-}
-
 async fn serve(config: Config) -> anyhow::Result<()> {
     let gateway = Gateway::bind(config).await?;
-    // One line on stdout with the bound addresses, for scripts and tests using port 0. Without
-    // a reader the gateway still serves, so a failed write is only logged.
-    let line = format!(
-        "switchboard-gateway listening client={} backend={} node={}\n",
+    // One line on stdout with the bound addresses, for scripts and tests using port 0.
+    println!(
+        "switchboard-gateway listening client={} backend={} node={}",
         gateway.client_addr(),
         gateway.backend_addr(),
         gateway.node_id()
     );
-    let mut out = io::stdout().lock();
-    if let Err(e) = out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
-        tracing::warn!(error = %e, "cannot print the listening line");
-    }
-    drop(out);
     gateway.run(shutdown_signal()).await?;
     Ok(())
 }
@@ -116,4 +90,24 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
+}
+
+/// Prints `text` on stdout and exits 0. `println!` would panic when the reader has gone
+/// (`--check-config | head -5`); a reader that stopped early got what it wanted, so a broken
+/// pipe is success.
+fn print(text: &str) -> ExitCode {
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            complain(&format!("cannot print: {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One line on stderr; never panics, even when stderr is closed.
+fn complain(message: &str) {
+    let _ = writeln!(io::stderr().lock(), "switchboard-gateway: {message}");
 }

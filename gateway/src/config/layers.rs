@@ -534,12 +534,15 @@ fn is_integer(arg: &Arg) -> bool {
     .any(|id| t == *id)
 }
 
-/// Raw values as a TOML value of the option's shape: a boolean for a flag, an array for a
-/// repeatable option, an integer for a number, else a string.
+/// Raw values as a TOML value of the option's shape: a boolean for a flag or a boolean
+/// option (`--x true|false`), an array for a repeatable option, an integer for a number, else
+/// a string.
 fn toml_value(arg: &Arg, raw: &[String]) -> String {
+    let boolean = arg.get_value_parser().type_id() == TypeId::of::<bool>();
     let one = |v: &str| -> toml::Value {
-        match v.parse::<i64>() {
-            Ok(i) if is_integer(arg) && i.to_string() == v => toml::Value::Integer(i),
+        match (v.parse::<i64>(), v.parse::<bool>()) {
+            (Ok(i), _) if is_integer(arg) && i.to_string() == v => toml::Value::Integer(i),
+            (_, Ok(b)) if boolean => toml::Value::Boolean(b),
             _ => toml::Value::String(v.to_owned()),
         }
     };
@@ -751,7 +754,7 @@ mod tests {
             ),
         ];
         if let (false, Some(default)) = (is_flag(arg), arg.get_default_values().first()) {
-            // An enum: a possible value that is not the default.
+            // An enum, or a boolean option: a possible value that is not the default.
             let other = arg
                 .get_possible_values()
                 .into_iter()
