@@ -1,9 +1,13 @@
-//! Configuration: command-line flags with `SWITCHBOARD_*` environment fallbacks, parsed once
-//! into one validated [`Config`].
+//! Configuration: command-line flags with `SWITCHBOARD_*` environment fallbacks and an
+//! optional TOML file (`--config`, see [`layers`]), parsed once into one validated [`Config`].
 
 use std::{fmt, net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
+
+mod layers;
+
+pub use layers::{load, EnvLookup, LoadError, Loaded, ReadFile, Startup};
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -16,6 +20,7 @@ pub enum LogFormat {
 
 /// A backend token that may act only on some hubs.
 #[derive(Clone)]
+#[cfg_attr(test, derive(PartialEq))]
 pub struct ScopedToken {
     pub hubs: Vec<String>,
     pub token: String,
@@ -43,7 +48,12 @@ pub enum OutagePolicy {
 }
 
 /// Everything a gateway node needs to run. Defaults are safe for a single node on loopback.
+// Every argument with an environment variable is a setting, and also a key of the
+// configuration file (its long flag without the dashes); arguments without one are actions.
+// A secret sets `hide_env_values = true`: that is also what redacts it in `--check-config`
+// and in error messages. (Not in the doc comment: clap would print it as the description.)
 #[derive(Clone, Parser)]
+#[cfg_attr(test, derive(PartialEq))]
 #[command(
     name = "switchboard-gateway",
     version,
@@ -327,9 +337,19 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_BACKEND_CONNECTION_WINDOW", default_value = "33554432", value_parser = clap::value_parser!(u32).range(65_535..=2_147_483_647))]
     pub backend_connection_window: u32,
 
-    /// Print the effective configuration (secrets redacted) and exit.
+    /// TOML file of settings: each key is a long flag without its dashes (`lease-ttl = "10s"`,
+    /// arrays for repeatable flags). Flags and SWITCHBOARD_* variables override it.
+    #[arg(long, env = "SWITCHBOARD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Validate the configuration, print the effective values (secrets redacted) with where
+    /// each came from, and exit.
     #[arg(long)]
     pub check_config: bool,
+
+    /// Print a configuration file with every option, its help and its default, and exit.
+    #[arg(long)]
+    pub print_default_config: bool,
 }
 
 /// A configuration that cannot work; the binary exits with code 64 before binding a port.
@@ -505,6 +525,11 @@ fn redact_url(url: &str) -> String {
     }
 }
 
+/// A scoped token with its token redacted and its hubs kept, for printing.
+fn redact_scoped(t: &ScopedToken) -> String {
+    format!("{}={}", t.hubs.join(","), layers::REDACTED)
+}
+
 /// The longest duration any setting takes.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -576,7 +601,7 @@ impl fmt::Debug for Config {
                 &self
                     .scoped_backend_tokens
                     .iter()
-                    .map(|t| format!("{}=<redacted>", t.hubs.join(",")))
+                    .map(redact_scoped)
                     .collect::<Vec<_>>(),
             )
             .field("allowed_origins", &self.allowed_origins)

@@ -183,10 +183,9 @@ pub fn hub(s: &str) -> bool {
     config::is_name(s)
 }
 
-/// Parses `args` (without the program name) as the binary does, then validates, then formats
-/// the configuration as `--check-config` prints it. `Ok` holds that printout; `Err` the
-/// message the binary would print. Environment fallbacks are read from the process
-/// environment, as in the binary.
+/// Parses `args` (without the program name) as flags, then validates, then formats the
+/// configuration with its redacting `Debug`. `Ok` holds that printout; `Err` the message the
+/// binary would print. Environment fallbacks are read from the process environment.
 pub fn config_args(args: &[String]) -> Result<String, String> {
     let config = parse_config(args)?;
     config.validate().map_err(|e| e.to_string())?;

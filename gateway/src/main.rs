@@ -1,23 +1,47 @@
-//! The `switchboard-gateway` binary: parse config, set up logs, run until SIGTERM/SIGINT.
+//! The `switchboard-gateway` binary: load config, set up logs, run until SIGTERM/SIGINT.
 
-use std::process::ExitCode;
+use std::{
+    io::{self, Write},
+    process::ExitCode,
+};
 
-use clap::Parser;
-use switchboard_gateway::{telemetry, Config, Gateway};
+use switchboard_gateway::{
+    config::{self, LoadError, Startup},
+    telemetry, Config, Gateway,
+};
 
 /// sysexits' EX_CONFIG-ish "usage" code: bad configuration, nothing was started.
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
-    let config = Config::parse();
-    if let Err(e) = config.validate() {
-        eprintln!("switchboard-gateway: {e}");
+    let env = |name: &std::ffi::OsStr| std::env::var_os(name);
+    let read = |path: &std::path::Path| std::fs::read_to_string(path);
+    let loaded = match config::load(std::env::args_os(), &env, &read) {
+        Ok(Startup::PrintDefaultConfig(text)) => return print(&text),
+        Ok(Startup::Loaded(loaded)) => loaded,
+        Err(LoadError::Cli(e)) => {
+            // Help, version and command-line mistakes as clap prints them, with its exit
+            // codes; a closed stdout (`--help | head -1`) is not an error.
+            if let Err(io) = e.print() {
+                if io.kind() != io::ErrorKind::BrokenPipe {
+                    complain(&format!("cannot print: {io}"));
+                }
+            }
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+        Err(e) => {
+            complain(&e.to_string());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Err(e) = loaded.config.validate() {
+        complain(&e.to_string());
         return ExitCode::from(EXIT_CONFIG);
     }
-    if config.check_config {
-        println!("{config:#?}");
-        return ExitCode::SUCCESS;
+    if loaded.config.check_config {
+        return print(&loaded.effective_toml());
     }
+    let config = loaded.config;
     telemetry::init(config.log_format, &config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -25,7 +49,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("switchboard-gateway: cannot start the runtime: {e}");
+            complain(&format!("cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -33,7 +57,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("switchboard-gateway: {e:#}");
+            complain(&format!("{e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -66,4 +90,24 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
+}
+
+/// Prints `text` on stdout and exits 0. `println!` would panic when the reader has gone
+/// (`--check-config | head -5`); a reader that stopped early got what it wanted, so a broken
+/// pipe is success.
+fn print(text: &str) -> ExitCode {
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            complain(&format!("cannot print: {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One line on stderr; never panics, even when stderr is closed.
+fn complain(message: &str) {
+    let _ = writeln!(io::stderr().lock(), "switchboard-gateway: {message}");
 }

@@ -633,7 +633,14 @@ async fn check_config_prints_the_config_with_secrets_redacted() {
         .expect("run gateway");
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("max_message_bytes: 1048576"), "{stdout}");
+    assert!(
+        stdout.contains("max-message-bytes = 1048576  # default"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("backend-token = \"<redacted>\"  # flag --backend-token"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("hunter2"));
 }
 

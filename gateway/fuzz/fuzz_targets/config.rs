@@ -1,5 +1,5 @@
 //! Command-line flags (the same value parsers serve the `SWITCHBOARD_*` environment
-//! variables): `Config::try_parse_from`, `Config::validate` and the `--check-config`
+//! variables): `Config::try_parse_from`, `Config::validate` and the redacting `Debug`
 //! printout must never panic, and the printout never shows the backend token (it
 //! differs from the printout without a token only by the redacted field).
 //!
