@@ -388,16 +388,22 @@ impl Outbound {
                 batch.clear();
                 if st.queue.is_empty() || st.released {
                     st.flushing = false;
-                    let permit = if st.released {
-                        st.permit.take()
-                    } else {
+                    if !st.released {
                         st.io = Some(io);
                         drop(st);
                         self.drained.notify_waiters();
                         self.room.notify_waiters();
                         return;
-                    };
+                    }
+                    // Frames the ended session will never send: the peer is not reading them.
+                    let abandoned = !st.queue.is_empty();
+                    st.queue.clear();
+                    st.bytes = 0;
+                    let permit = st.permit.take();
                     drop(st);
+                    if abandoned {
+                        io.abort();
+                    }
                     // The socket first, then its slot in the limits.
                     drop(io);
                     drop(permit);
@@ -481,7 +487,7 @@ impl Outbound {
                 notified.as_mut().enable();
                 {
                     let st = self.lock();
-                    if st.failed {
+                    if st.failed || (st.released && !st.flushing) {
                         return false;
                     }
                     if st.queue.is_empty() && st.io.is_some() {
@@ -519,10 +525,16 @@ impl Outbound {
         let mut st = self.lock();
         st.released = true;
         st.sealed = true;
-        st.queue.clear();
-        st.bytes = 0;
         let io = st.io.take();
-        let permit = if st.flushing { None } else { st.permit.take() };
+        // A running flush task clears the queue itself: what it finds unwritten tells it to
+        // reset the connection.
+        let permit = if st.flushing {
+            None
+        } else {
+            st.queue.clear();
+            st.bytes = 0;
+            st.permit.take()
+        };
         drop(st);
         drop(io);
         drop(permit);
@@ -843,6 +855,117 @@ mod tests {
         assert!(out.drained(Duration::from_secs(5)).await);
         // Only 100 bytes left since the refusal, but nothing is waiting any more.
         assert!(!out.stalled_for(Duration::ZERO, Instant::now()));
+    }
+
+    /// Counts stalls; writes may wait `limit` for a byte.
+    struct Deadline {
+        limit: Duration,
+        stalls: AtomicUsize,
+    }
+    impl WriteObserver for Deadline {
+        fn wrote(&self, _: usize, _: usize) {}
+        fn write_failed(&self, _: &std::io::Error) {}
+        fn write_timed_out(&self) {
+            self.stalls.fetch_add(1, Ordering::Relaxed);
+        }
+        fn write_timeout(&self) -> Duration {
+            self.limit
+        }
+    }
+
+    /// A queue holding a connection-limit permit, on a loopback socket whose client never
+    /// reads, pushed until its flush task is stuck on a full socket.
+    async fn stuck(
+        limit: Duration,
+    ) -> (
+        Arc<Outbound>,
+        Arc<crate::limits::ConnectionLimiter>,
+        Arc<Deadline>,
+        tokio::net::TcpStream,
+        tokio::net::tcp::OwnedReadHalf,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (read, write) = server.into_split();
+        let limiter = crate::limits::ConnectionLimiter::new(1, 0);
+        let permit = limiter.acquire(client.local_addr().unwrap().ip()).unwrap();
+        let out = Arc::new(Outbound::new(
+            QueueLimits {
+                messages: 100_000,
+                bytes: 256 << 20,
+            },
+            Some(permit),
+        ));
+        let obs = Arc::new(Deadline {
+            limit,
+            stalls: AtomicUsize::new(0),
+        });
+        let tasks = TaskTracker::new();
+        out.install(Writer::Tcp(write), &tasks, &obs);
+        // Bounded: loopback buffers hold a few MiB at most.
+        for _ in 0..4096 {
+            out.push(Bytes::from(vec![0u8; 64 << 10]), Flush::Now, &tasks, &obs)
+                .unwrap();
+            if out.depth() > 0 {
+                break;
+            }
+        }
+        assert!(out.depth() > 0, "the socket never blocked");
+        // Let the flush task run into the full socket.
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+        (out, limiter, obs, client, read)
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_takes_no_byte_is_reset_after_the_write_timeout() {
+        let (out, limiter, obs, client, read) = stuck(Duration::from_millis(100)).await;
+        // The flush task gives up: the queue reports failure, not a drain.
+        assert!(!out.drained(Duration::from_secs(20)).await);
+        assert_eq!(obs.stalls.load(Ordering::Relaxed), 1);
+        assert!(out.lock().sealed);
+        // The session has not ended yet (its reader still holds the read half): the permit
+        // stays until it does.
+        assert_eq!(limiter.open(), 1);
+        drop(read);
+        out.release();
+        assert_eq!(limiter.open(), 0);
+        // The socket was reset, not closed in order behind bytes the client never took.
+        let ready = tokio::time::timeout(
+            Duration::from_secs(20),
+            client.ready(tokio::io::Interest::ERROR),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(ready.is_error());
+        let err = client.take_error().unwrap().map(|e| e.kind());
+        assert_eq!(err, Some(std::io::ErrorKind::ConnectionReset));
+    }
+
+    #[tokio::test]
+    async fn a_session_ending_during_a_stuck_write_ends_the_flush_and_then_frees_the_permit() {
+        let (out, limiter, obs, client, read) = stuck(Duration::from_secs(3600)).await;
+        // A flush task holds the socket: ending the session does not give the permit back yet.
+        drop(read);
+        assert_eq!(limiter.open(), 1);
+        out.release();
+        // The flush task notices at once, drops the socket, and then the permit.
+        assert!(!out.drained(Duration::from_secs(20)).await);
+        assert_eq!(limiter.open(), 0);
+        assert_eq!(obs.stalls.load(Ordering::Relaxed), 0);
+        let ready = tokio::time::timeout(
+            Duration::from_secs(20),
+            client.ready(tokio::io::Interest::ERROR),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(ready.is_error());
     }
 
     #[tokio::test]
