@@ -183,6 +183,39 @@ async fn a_slow_consumer_close_that_cannot_be_delivered_still_frees_the_socket_a
 }
 
 #[tokio::test]
+async fn a_session_ended_by_the_close_timeout_does_not_leave_its_socket_to_a_stuck_write() {
+    // The write deadline is out of reach: the 1013 goes unanswered, the close timeout ends the
+    // session, and that alone must free the socket the flush task is stuck on.
+    let gw = Gateway::start(&[
+        "--write-timeout",
+        "10m",
+        "--slow-consumer-grace",
+        "1s",
+        "--close-timeout",
+        "1s",
+        "--max-connections",
+        "1",
+    ])
+    .await;
+    let mut api = gw.api().await;
+    let stalled = stalled_client(&gw).await;
+    within(
+        "the gateway to drop the stalled client",
+        send_until_gone(&mut api, &stalled.session),
+    )
+    .await;
+    wait_reset(&stalled).await;
+    let closed = wait_closed(&mut api, &stalled.session).await;
+    assert_eq!(
+        (closed.code, closed.closed_by),
+        (1013, pb::Closer::Gateway as i32)
+    );
+    assert_eq!(metric(&gw, "switchboard_write_timeouts_total").await, 0.0);
+    assert_eq!(metric(&gw, "switchboard_sessions_open").await, 0.0);
+    slot_is_free(&gw).await;
+}
+
+#[tokio::test]
 async fn with_the_default_grace_a_stopped_client_gets_1013_and_a_steady_slow_reader_gets_everything(
 ) {
     // Defaults only: the slow-consumer grace (5 s), queue bounds and write timeout as shipped.
