@@ -126,6 +126,11 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_SLOW_CONSUMER_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub slow_consumer_grace: Duration,
 
+    /// A client socket that takes no byte for this long while the gateway has bytes for it is
+    /// reset and its session ended (the clock restarts with every byte the socket takes).
+    #[arg(long, env = "SWITCHBOARD_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
     /// Inbox bound per session, in messages: past it the gateway stops reading the socket.
     #[arg(long, env = "SWITCHBOARD_INBOX_MESSAGES", default_value = "256")]
     pub inbox_messages: NonZeroUsize,
@@ -450,6 +455,7 @@ impl Config {
             ("--lease-refresh", self.lease_refresh),
             ("--reconcile-interval", self.reconcile_interval),
             ("--handshake-timeout", self.handshake_timeout),
+            ("--write-timeout", self.write_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration { name });
@@ -573,6 +579,7 @@ impl fmt::Debug for Config {
             .field("outbound_queue_messages", &self.outbound_queue_messages)
             .field("outbound_queue_bytes", &self.outbound_queue_bytes)
             .field("slow_consumer_grace", &self.slow_consumer_grace)
+            .field("write_timeout", &self.write_timeout)
             .field("inbox_messages", &self.inbox_messages)
             .field("inbox_bytes", &self.inbox_bytes)
             .field("closed_inbox_retention", &self.closed_inbox_retention)
@@ -677,6 +684,23 @@ mod tests {
         ));
         let too_small = ["switchboard-gateway", "--backend-stream-window", "1024"];
         assert!(Config::try_parse_from(too_small).is_err());
+    }
+
+    #[test]
+    fn the_write_timeout_defaults_to_30s_and_refuses_zero_and_absurd_values() {
+        assert_eq!(parse(&[]).write_timeout, Duration::from_secs(30));
+        assert_eq!(
+            parse(&["--write-timeout", "2s"]).write_timeout,
+            Duration::from_secs(2)
+        );
+        assert!(matches!(
+            parse(&["--write-timeout", "0s"]).validate(),
+            Err(ConfigError::ZeroDuration {
+                name: "--write-timeout"
+            })
+        ));
+        let absurd = ["switchboard-gateway", "--write-timeout", "100000h"];
+        assert!(Config::try_parse_from(absurd).is_err());
     }
 
     #[test]

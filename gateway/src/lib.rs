@@ -137,6 +137,7 @@ impl Gateway {
             tasks: TaskTracker::new(),
             clock: Clock::new(),
             close_timeout: config.close_timeout,
+            write_timeout: config.write_timeout,
             node: Arc::clone(&node_id),
         });
         let registry = match &config.redis_url {

@@ -80,7 +80,7 @@ impl ConnectionLimiter {
     }
 
     #[cfg(test)]
-    fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.total.load(Ordering::Acquire)
     }
 }

@@ -95,6 +95,7 @@ pub(crate) struct Metrics {
     pub outbound_refused: Counter,
     pub outbound_discarded: Counter,
     pub slow_consumer_closes: Counter,
+    pub write_timeouts: Counter,
     pub inbound_discarded: Family<ReasonLabel, Counter>,
     pub inbox_messages: Gauge,
     pub paused_sockets: Gauge,
@@ -131,6 +132,7 @@ impl Metrics {
             outbound_refused: Counter::default(),
             outbound_discarded: Counter::default(),
             slow_consumer_closes: Counter::default(),
+            write_timeouts: Counter::default(),
             inbound_discarded: Family::default(),
             inbox_messages: Gauge::default(),
             paused_sockets: Gauge::default(),
@@ -197,6 +199,11 @@ impl Metrics {
             "slow_consumer_closes",
             "Sessions closed with 1013 because the client did not read",
             m.slow_consumer_closes.clone(),
+        );
+        r.register(
+            "write_timeouts",
+            "Client sockets reset because they took no byte for --write-timeout",
+            m.write_timeouts.clone(),
         );
         r.register(
             "inbound_discarded",

@@ -27,6 +27,11 @@ pub(crate) async fn serve(
     stop: CancellationToken,
 ) {
     let handshake_timeout = node.config.handshake_timeout;
+    // The kernel's backstop for what the write deadline cannot reach: bytes already in the
+    // socket's buffer with nothing queued behind them, and sockets closed in order (TLS) with
+    // bytes the peer never takes. Twice the deadline, so that ours fires first, resets the
+    // connection and counts it.
+    let user_timeout = node.config.write_timeout.saturating_mul(2);
     let mut backoff = Duration::from_millis(10);
     loop {
         let (tcp, remote) = tokio::select! {
@@ -46,6 +51,7 @@ pub(crate) async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
+        let _ = socket2::SockRef::from(&tcp).set_tcp_user_timeout(Some(user_timeout));
         let node = Arc::clone(&node);
         let stop = stop.clone();
         let span = tracing::debug_span!("http", %remote);

@@ -62,6 +62,8 @@ pub(crate) struct SessionContext {
     pub tasks: TaskTracker,
     pub clock: Clock,
     pub close_timeout: Duration,
+    /// How long a socket may take no byte while there is something to write.
+    pub write_timeout: Duration,
     pub node: Arc<str>,
 }
 
@@ -106,8 +108,6 @@ pub(crate) struct Session {
     ended: CancellationToken,
     /// The backend attached to this session, if any (one at a time).
     attached: Mutex<Option<Attached>>,
-    /// This session's slot in the connection limits, given back when it ends.
-    permit: Mutex<Option<crate::limits::Permit>>,
     ctx: Arc<SessionContext>,
 }
 
@@ -188,13 +188,13 @@ impl Session {
             connected_at: SystemTime::now(),
             groups: Mutex::new(admission.groups),
             counters,
-            outbound: Arc::new(Outbound::new(limits)),
+            // The outbound side holds the permit: it knows when the socket is really gone.
+            outbound: Arc::new(Outbound::new(limits, permit)),
             inbox,
             lifecycle: Mutex::new(Lifecycle::Open),
             kill: Notify::new(),
             ended: CancellationToken::new(),
             attached: Mutex::new(None),
-            permit: Mutex::new(permit),
             ctx,
         })
     }
@@ -374,7 +374,6 @@ impl Session {
         *lc = Lifecycle::Closed(end.clone());
         drop(lc);
         self.outbound.release();
-        self.permit.lock().unwrap_or_else(|e| e.into_inner()).take();
         self.ended.cancel();
         end
     }
@@ -477,5 +476,31 @@ impl outbound::WriteObserver for Session {
     fn write_failed(&self, error: &std::io::Error) {
         tracing::debug!(session = %self.id, %error, "write to client failed");
         self.kill();
+    }
+
+    fn write_timed_out(&self) {
+        self.ctx.metrics.write_timeouts.inc();
+        tracing::warn!(
+            session = %self.id,
+            hub = %self.hub,
+            timeout = ?self.ctx.write_timeout,
+            "client took no byte for the write timeout; connection reset"
+        );
+        {
+            // A close already under way (a 1013 that could not be delivered) keeps its code.
+            let mut lc = self.lifecycle();
+            if matches!(*lc, Lifecycle::Open) {
+                *lc = Lifecycle::Closing(SessionEnd {
+                    code: close_code::ABNORMAL,
+                    reason: "write timeout".into(),
+                    closed_by: Closer::Gateway,
+                });
+            }
+        }
+        self.kill();
+    }
+
+    fn write_timeout(&self) -> Duration {
+        self.ctx.write_timeout
     }
 }

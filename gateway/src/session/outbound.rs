@@ -12,9 +12,17 @@
 //! - The queue is bounded in frames and bytes. Bytes are released only once written, so the
 //!   bound covers what the flush task holds too. Close frames and pongs bypass the bound: they
 //!   are tiny and owed.
+//! - Every write the flush task waits on has a deadline (`--write-timeout`) that restarts with
+//!   each byte the socket takes: a peer advertising a zero window cannot hold the task, or the
+//!   socket, for ever. A stalled or abandoned write resets the connection, since its unsent
+//!   bytes would otherwise keep the kernel's socket alive long after ours is gone.
+//! - The session's connection-limit permit lives here and is dropped only after the write
+//!   half: once the session has ended (its read half is gone) and no flush task holds the
+//!   socket.
 
 use std::{
     collections::VecDeque,
+    future::Future,
     io::IoSlice,
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
@@ -28,6 +36,8 @@ use tokio::{
 };
 use tokio_util::task::TaskTracker;
 
+use crate::limits::Permit;
+
 /// The write half of a client socket.
 pub(crate) enum Writer {
     /// A plain TCP socket, which can be offered a frame without a task (`send(2)` on the
@@ -35,6 +45,17 @@ pub(crate) enum Writer {
     Tcp(OwnedWriteHalf),
     /// Anything else (TLS): written only from the flush task.
     Stream(Pin<Box<dyn AsyncWrite + Send>>),
+}
+
+impl Writer {
+    /// Makes closing the socket a reset rather than an orderly close that would wait, in the
+    /// kernel, behind bytes the peer does not take. A TLS stream hides its socket; it is closed
+    /// in order and left to the kernel's `TCP_USER_TIMEOUT` (set at accept).
+    fn abort(&self) {
+        if let Writer::Tcp(w) = self {
+            let _ = socket2::SockRef::from(w.as_ref()).set_linger(Some(Duration::ZERO));
+        }
+    }
 }
 
 impl AsyncWrite for Writer {
@@ -147,17 +168,36 @@ struct State {
     written_since_full: (usize, usize),
     /// The session ended: the write half is dropped instead of returned, closing the socket.
     released: bool,
+    /// A flush task holds the write half.
+    flushing: bool,
+    /// The session's slot in the connection limits; dropped once the session has ended and
+    /// nothing holds the socket any more.
+    permit: Option<Permit>,
+}
+
+/// Why a flush task stopped writing before its queue was empty.
+enum Stop {
+    Failed(std::io::Error),
+    /// The socket took no byte for the write timeout.
+    Stalled,
+    /// The session ended meanwhile; what is left will never be read.
+    Released,
 }
 
 /// What a finished write contributed, for the session's counters.
 pub(crate) trait WriteObserver: Send + Sync + 'static {
     fn wrote(&self, frames: usize, bytes: usize);
     fn write_failed(&self, error: &std::io::Error);
+    /// The socket took no byte for [`WriteObserver::write_timeout`] and has been reset.
+    fn write_timed_out(&self);
+    /// How long one write may wait for the socket to take a byte.
+    fn write_timeout(&self) -> Duration;
 }
 
 impl Outbound {
-    /// A queue with no socket yet: frames wait until [`Outbound::install`].
-    pub(crate) fn new(limits: QueueLimits) -> Self {
+    /// A queue with no socket yet: frames wait until [`Outbound::install`]. `permit` is held
+    /// until the socket is gone.
+    pub(crate) fn new(limits: QueueLimits, permit: Option<Permit>) -> Self {
         Self {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -168,6 +208,8 @@ impl Outbound {
                 full_since: None,
                 written_since_full: (0, 0),
                 released: false,
+                flushing: false,
+                permit,
             }),
             limits,
             drained: tokio::sync::Notify::new(),
@@ -265,6 +307,7 @@ impl Outbound {
             st.io = Some(io);
             return;
         }
+        st.flushing = true;
         drop(st);
         tasks.spawn(Arc::clone(self).flush(io, Arc::clone(observer)));
     }
@@ -315,12 +358,14 @@ impl Outbound {
         st.bytes += frame.len();
         st.queue.push_back(frame);
         if let Some(io) = st.io.take() {
+            st.flushing = true;
             drop(st);
             tasks.spawn(Arc::clone(self).flush(io, Arc::clone(observer)));
         }
     }
 
     async fn flush(self: Arc<Self>, mut io: Writer, observer: Arc<impl WriteObserver>) {
+        let limit = observer.write_timeout();
         let mut batch: Vec<Bytes> = Vec::with_capacity(MAX_BATCH);
         let mut batch_bytes = 0;
         loop {
@@ -342,10 +387,26 @@ impl Outbound {
                 }
                 batch.clear();
                 if st.queue.is_empty() || st.released {
+                    st.flushing = false;
                     if !st.released {
                         st.io = Some(io);
+                        drop(st);
+                        self.drained.notify_waiters();
+                        self.room.notify_waiters();
+                        return;
                     }
+                    // Frames the ended session will never send: the peer is not reading them.
+                    let abandoned = !st.queue.is_empty();
+                    st.queue.clear();
+                    st.bytes = 0;
+                    let permit = st.permit.take();
                     drop(st);
+                    if abandoned {
+                        io.abort();
+                    }
+                    // The socket first, then its slot in the limits.
+                    drop(io);
+                    drop(permit);
                     self.drained.notify_waiters();
                     self.room.notify_waiters();
                     return;
@@ -354,15 +415,57 @@ impl Outbound {
                 batch.extend(st.queue.drain(..n));
             }
             batch_bytes = batch.iter().map(Bytes::len).sum();
-            if let Err(e) = write_all_vectored(&mut io, &batch).await {
-                observer.write_failed(&e);
-                Self::fail(self.lock());
+            if let Err(stop) = self.write_batch(&mut io, &batch, limit).await {
+                if !matches!(stop, Stop::Failed(_)) {
+                    io.abort();
+                }
+                let permit = {
+                    let mut st = self.lock();
+                    st.flushing = false;
+                    let permit = if st.released { st.permit.take() } else { None };
+                    Self::fail(st);
+                    permit
+                };
+                drop(io);
+                drop(permit);
                 self.drained.notify_waiters();
                 self.room.notify_waiters();
+                match stop {
+                    Stop::Failed(e) => observer.write_failed(&e),
+                    Stop::Stalled => observer.write_timed_out(),
+                    Stop::Released => {}
+                }
                 return;
             }
             observer.wrote(batch.len(), batch_bytes);
             self.room.notify_waiters();
+        }
+    }
+
+    /// Writes one batch, unless the socket stalls for `limit` or the session ends meanwhile.
+    async fn write_batch(
+        &self,
+        io: &mut Writer,
+        batch: &[Bytes],
+        limit: Duration,
+    ) -> Result<(), Stop> {
+        let released = async {
+            loop {
+                // `release` wakes `room`; other wakeups only cost a look at the flag.
+                let woken = self.room.notified();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
+                if self.lock().released {
+                    return;
+                }
+                woken.await;
+            }
+        };
+        tokio::select! {
+            // A write that completes at once never looks at the lock.
+            biased;
+            r = write_all_vectored(io, batch, limit) => r,
+            () = released => Err(Stop::Released),
         }
     }
 
@@ -384,7 +487,7 @@ impl Outbound {
                 notified.as_mut().enable();
                 {
                     let st = self.lock();
-                    if st.failed {
+                    if st.failed || (st.released && !st.flushing) {
                         return false;
                     }
                     if st.queue.is_empty() && st.io.is_some() {
@@ -415,17 +518,26 @@ impl Outbound {
         }
     }
 
-    /// Drops the write half (now, or when a running flush ends) so the socket closes even while
-    /// the session object lives on for readers of its inbox.
+    /// Drops the write half (now, or when a running flush ends, which it does at once) so the
+    /// socket closes even while the session object lives on for readers of its inbox; the
+    /// permit goes with the write half.
     pub(crate) fn release(&self) {
         let mut st = self.lock();
         st.released = true;
         st.sealed = true;
-        st.queue.clear();
-        st.bytes = 0;
         let io = st.io.take();
+        // A running flush task clears the queue itself: what it finds unwritten tells it to
+        // reset the connection.
+        let permit = if st.flushing {
+            None
+        } else {
+            st.queue.clear();
+            st.bytes = 0;
+            st.permit.take()
+        };
         drop(st);
         drop(io);
+        drop(permit);
         self.room.notify_waiters();
         self.drained.notify_waiters();
     }
@@ -443,17 +555,33 @@ impl Outbound {
     }
 }
 
-async fn write_all_vectored(io: &mut Writer, frames: &[Bytes]) -> std::io::Result<()> {
+async fn write_all_vectored(
+    io: &mut Writer,
+    frames: &[Bytes],
+    limit: Duration,
+) -> Result<(), Stop> {
     let mut slices: Vec<IoSlice<'_>> = frames.iter().map(|f| IoSlice::new(f)).collect();
     let mut rest = &mut slices[..];
     while !rest.is_empty() {
-        let n = io.write_vectored(rest).await?;
+        let n = progress(limit, io.write_vectored(rest)).await?;
         if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+            return Err(Stop::Failed(std::io::ErrorKind::WriteZero.into()));
         }
         IoSlice::advance_slices(&mut rest, n);
     }
-    io.flush().await
+    progress(limit, io.flush()).await
+}
+
+/// One write call, given `limit` to take at least a byte. The deadline is per call, and every
+/// call that returns has made progress, so it measures a stall, not how long the queue is.
+async fn progress<T>(
+    limit: Duration,
+    write: impl Future<Output = std::io::Result<T>>,
+) -> Result<T, Stop> {
+    match tokio::time::timeout(limit, write).await {
+        Ok(r) => r.map_err(Stop::Failed),
+        Err(_) => Err(Stop::Stalled),
+    }
 }
 
 #[cfg(test)]
@@ -473,11 +601,15 @@ mod tests {
             self.1.fetch_add(1, Ordering::Relaxed);
         }
         fn write_failed(&self, _: &std::io::Error) {}
+        fn write_timed_out(&self) {}
+        fn write_timeout(&self) -> Duration {
+            Duration::from_secs(30)
+        }
     }
 
     fn setup(limits: QueueLimits) -> (Arc<Outbound>, tokio::io::DuplexStream, Arc<Count>) {
         let (a, b) = tokio::io::duplex(64);
-        let out = Arc::new(Outbound::new(limits));
+        let out = Arc::new(Outbound::new(limits, None));
         let obs = Arc::new(Count::default());
         out.install(Writer::Stream(Box::pin(a)), &TaskTracker::new(), &obs);
         (out, b, obs)
@@ -499,7 +631,7 @@ mod tests {
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let (read, write) = server.into_split();
-        let out = Arc::new(Outbound::new(limits));
+        let out = Arc::new(Outbound::new(limits, None));
         let obs = Arc::new(Count::default());
         out.install(Writer::Tcp(write), &TaskTracker::new(), &obs);
         (out, client, obs, read)
@@ -723,6 +855,117 @@ mod tests {
         assert!(out.drained(Duration::from_secs(5)).await);
         // Only 100 bytes left since the refusal, but nothing is waiting any more.
         assert!(!out.stalled_for(Duration::ZERO, Instant::now()));
+    }
+
+    /// Counts stalls; writes may wait `limit` for a byte.
+    struct Deadline {
+        limit: Duration,
+        stalls: AtomicUsize,
+    }
+    impl WriteObserver for Deadline {
+        fn wrote(&self, _: usize, _: usize) {}
+        fn write_failed(&self, _: &std::io::Error) {}
+        fn write_timed_out(&self) {
+            self.stalls.fetch_add(1, Ordering::Relaxed);
+        }
+        fn write_timeout(&self) -> Duration {
+            self.limit
+        }
+    }
+
+    /// A queue holding a connection-limit permit, on a loopback socket whose client never
+    /// reads, pushed until its flush task is stuck on a full socket.
+    async fn stuck(
+        limit: Duration,
+    ) -> (
+        Arc<Outbound>,
+        Arc<crate::limits::ConnectionLimiter>,
+        Arc<Deadline>,
+        tokio::net::TcpStream,
+        tokio::net::tcp::OwnedReadHalf,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (read, write) = server.into_split();
+        let limiter = crate::limits::ConnectionLimiter::new(1, 0);
+        let permit = limiter.acquire(client.local_addr().unwrap().ip()).unwrap();
+        let out = Arc::new(Outbound::new(
+            QueueLimits {
+                messages: 100_000,
+                bytes: 256 << 20,
+            },
+            Some(permit),
+        ));
+        let obs = Arc::new(Deadline {
+            limit,
+            stalls: AtomicUsize::new(0),
+        });
+        let tasks = TaskTracker::new();
+        out.install(Writer::Tcp(write), &tasks, &obs);
+        // Bounded: loopback buffers hold a few MiB at most.
+        for _ in 0..4096 {
+            out.push(Bytes::from(vec![0u8; 64 << 10]), Flush::Now, &tasks, &obs)
+                .unwrap();
+            if out.depth() > 0 {
+                break;
+            }
+        }
+        assert!(out.depth() > 0, "the socket never blocked");
+        // Let the flush task run into the full socket.
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+        (out, limiter, obs, client, read)
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_takes_no_byte_is_reset_after_the_write_timeout() {
+        let (out, limiter, obs, client, read) = stuck(Duration::from_millis(100)).await;
+        // The flush task gives up: the queue reports failure, not a drain.
+        assert!(!out.drained(Duration::from_secs(20)).await);
+        assert_eq!(obs.stalls.load(Ordering::Relaxed), 1);
+        assert!(out.lock().sealed);
+        // The session has not ended yet (its reader still holds the read half): the permit
+        // stays until it does.
+        assert_eq!(limiter.open(), 1);
+        drop(read);
+        out.release();
+        assert_eq!(limiter.open(), 0);
+        // The socket was reset, not closed in order behind bytes the client never took.
+        let ready = tokio::time::timeout(
+            Duration::from_secs(20),
+            client.ready(tokio::io::Interest::ERROR),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(ready.is_error());
+        let err = client.take_error().unwrap().map(|e| e.kind());
+        assert_eq!(err, Some(std::io::ErrorKind::ConnectionReset));
+    }
+
+    #[tokio::test]
+    async fn a_session_ending_during_a_stuck_write_ends_the_flush_and_then_frees_the_permit() {
+        let (out, limiter, obs, client, read) = stuck(Duration::from_secs(3600)).await;
+        // A flush task holds the socket: ending the session does not give the permit back yet.
+        drop(read);
+        assert_eq!(limiter.open(), 1);
+        out.release();
+        // The flush task notices at once, drops the socket, and then the permit.
+        assert!(!out.drained(Duration::from_secs(20)).await);
+        assert_eq!(limiter.open(), 0);
+        assert_eq!(obs.stalls.load(Ordering::Relaxed), 0);
+        let ready = tokio::time::timeout(
+            Duration::from_secs(20),
+            client.ready(tokio::io::Interest::ERROR),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(ready.is_error());
     }
 
     #[tokio::test]
