@@ -322,6 +322,20 @@ impl RedisRegistry {
             .collect()
     }
 
+    /// `COMMAND P:session:{id} fields…` for each ID, in order.
+    fn per_session(&self, command: &str, ids: &[SessionId], fields: &[&str]) -> Vec<Cmd> {
+        ids.iter()
+            .map(|id| {
+                let mut c = redis::cmd(command);
+                c.arg(self.key(&["session", id.as_str()]));
+                for f in fields {
+                    c.arg(*f);
+                }
+                c
+            })
+            .collect()
+    }
+
     fn record_cmd(&self, r: &SessionRecord) -> Cmd {
         let mut c = redis::cmd("HSET");
         c.arg(self.key(&["session", r.id.as_str()]))
@@ -466,16 +480,7 @@ impl RedisRegistry {
         &self,
         ids: &[SessionId],
     ) -> Result<Vec<Option<String>>, RegistryError> {
-        let cmds = ids
-            .iter()
-            .map(|id| {
-                redis::cmd("HGET")
-                    .arg(self.key(&["session", id.as_str()]))
-                    .arg("node")
-                    .clone()
-            })
-            .collect();
-        let replies = self.batch(cmds).await?;
+        let replies = self.batch(self.per_session("HGET", ids, &["node"])).await?;
         let nodes: Vec<Option<String>> = replies
             .into_iter()
             .map(|v| redis::from_redis_value::<Option<String>>(v).ok().flatten())
@@ -949,17 +954,8 @@ impl RedisRegistry {
         node: &str,
         ids: &[SessionId],
     ) -> Result<Vec<bool>, RegistryError> {
-        let cmds = ids
-            .iter()
-            .map(|id| {
-                redis::cmd("HGET")
-                    .arg(self.key(&["session", id.as_str()]))
-                    .arg("node")
-                    .clone()
-            })
-            .collect();
         Ok(self
-            .batch(cmds)
+            .batch(self.per_session("HGET", ids, &["node"]))
             .await?
             .iter()
             .map(|v| {
@@ -1270,17 +1266,9 @@ impl RedisRegistry {
         &self,
         ids: &[SessionId],
     ) -> Result<Vec<Option<String>>, RegistryError> {
-        let cmds = ids
-            .iter()
-            .map(|id| {
-                redis::cmd("HMGET")
-                    .arg(self.key(&["session", id.as_str()]))
-                    .arg("hub")
-                    .arg("node")
-                    .clone()
-            })
-            .collect();
-        let replies = self.batch(cmds).await?;
+        let replies = self
+            .batch(self.per_session("HMGET", ids, &["hub", "node"]))
+            .await?;
         let pairs: Vec<(Option<String>, Option<String>)> = replies
             .into_iter()
             .map(|v| {
