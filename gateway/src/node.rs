@@ -5,9 +5,10 @@
 //! registry is shared) lives here alone.
 
 use std::{
+    net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, OnceLock,
     },
     time::Duration,
 };
@@ -54,6 +55,16 @@ pub(crate) struct Node {
     /// Cancelled when the node starts draining: long waits (Read, streams) end early.
     pub shutdown: CancellationToken,
     draining: AtomicBool,
+    /// Where this node's listeners are bound (known once they are), for the admin API.
+    pub addrs: OnceLock<Addresses>,
+}
+
+/// The bound addresses of a node's listeners.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Addresses {
+    pub client: SocketAddr,
+    pub backend: SocketAddr,
+    pub admin: Option<SocketAddr>,
 }
 
 /// Whether a call may be passed on to the node holding its session.
@@ -113,6 +124,7 @@ impl Node {
             inbox_gauges,
             shutdown: CancellationToken::new(),
             draining: AtomicBool::new(false),
+            addrs: OnceLock::new(),
         }
     }
 
