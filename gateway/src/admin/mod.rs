@@ -136,7 +136,12 @@ struct Refusal {
 /// Checks an API call's headers against `--admin-token` (and, without one, that the call
 /// cannot come from another site's page; see the module docs).
 fn authorize(token: Option<&str>, headers: &HeaderMap) -> Result<(), Refusal> {
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    // Two Host headers: which one names the target is ambiguous, so neither counts.
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (Some(h), None) => h.to_str().ok(),
+        _ => None,
+    };
     if let Some(origin) = headers.get(header::ORIGIN) {
         let same = match (origin.to_str().ok(), host) {
             (Some(o), Some(h)) => o
