@@ -733,7 +733,10 @@ mod tests {
             .unwrap();
         let empty = parse(&["--admin-token", ""]).validate();
         assert!(matches!(empty, Err(ConfigError::EmptyAdminToken)));
-        assert_eq!(parse(&["--admin-listen", "off"]).admin_listen, AdminListen(None));
+        assert_eq!(
+            parse(&["--admin-listen", "off"]).admin_listen,
+            AdminListen(None)
+        );
         assert!(Config::try_parse_from(["switchboard-gateway", "--admin-listen", "x"]).is_err());
         let shown = format!("{:?}", parse(&["--admin-token", "hunter3"]));
         assert!(!shown.contains("hunter3"));

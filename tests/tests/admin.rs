@@ -19,8 +19,9 @@ const LEASE: &[&str] = &["--lease-ttl", "2s", "--lease-refresh", "500ms"];
 /// An admin API call with the right token; the body parsed as JSON.
 async fn call(gw: &Gateway, method: &str, path: &str, body: &str) -> (u16, Value) {
     let (status, text) = gw.admin_request(method, path, Some(TOKEN), body).await;
-    let v = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{method} {path} answered {status} with non-JSON {text:?}: {e}"));
+    let v = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!("{method} {path} answered {status} with non-JSON {text:?}: {e}")
+    });
     (status, v)
 }
 
@@ -120,18 +121,20 @@ async fn the_admin_api_needs_its_token_and_probes_and_metrics_move_to_the_admin_
 #[tokio::test]
 async fn without_a_token_the_api_is_open_on_loopback_and_the_ops_routes_stay_on_the_client_port() {
     let gw = Gateway::start(&[]).await;
-    let (status, body) = gw
-        .admin_request("GET", "/admin/api/node", None, "")
-        .await;
+    let (status, body) = gw.admin_request("GET", "/admin/api/node", None, "").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(gw.http_get("/readyz").await.0, 200);
     assert_eq!(gw.http_get("/metrics").await.0, 200);
     // A name in Host (a rebinding page's) is refused while the API has no token.
     let admin = gw.admin_addr.expect("admin listener");
-    let mut s = tokio::net::TcpStream::connect(admin).await.expect("connect");
-    s.write_all(b"GET /admin/api/node HTTP/1.1\r\nHost: rebound.example\r\nConnection: close\r\n\r\n")
+    let mut s = tokio::net::TcpStream::connect(admin)
         .await
-        .expect("write");
+        .expect("connect");
+    s.write_all(
+        b"GET /admin/api/node HTTP/1.1\r\nHost: rebound.example\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("write");
     let mut answer = String::new();
     within("the answer", s.read_to_string(&mut answer))
         .await
@@ -172,7 +175,9 @@ async fn sessions_are_found_listed_and_closed_and_a_drain_leaves_the_process_up(
     assert_eq!(s["id"], chat[0].id.as_str());
     assert_eq!(s["hub"], "chat");
     assert_eq!(s["node"], gw.node_id.as_str());
-    assert!(s["remote_addr"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")));
+    assert!(s["remote_addr"]
+        .as_str()
+        .is_some_and(|a| a.starts_with("127.0.0.1:")));
     assert!(s["connected_at"].as_u64().is_some_and(|t| t > 0));
 
     // A listing pages with the registry's tokens.
@@ -207,13 +212,33 @@ async fn sessions_are_found_listed_and_closed_and_a_drain_leaves_the_process_up(
         ("GET", "/admin/api/sessions", "", 400),
         ("GET", "/admin/api/sessions?group=g", "", 400),
         ("GET", "/admin/api/sessions?hub=a/b", "", 400),
-        ("GET", "/admin/api/sessions?hub=chat&page_size=lots", "", 400),
-        ("GET", "/admin/api/sessions?hub=chat&page_token=%FF%FE", "", 400),
+        (
+            "GET",
+            "/admin/api/sessions?hub=chat&page_size=lots",
+            "",
+            400,
+        ),
+        (
+            "GET",
+            "/admin/api/sessions?hub=chat&page_token=%FF%FE",
+            "",
+            400,
+        ),
         ("GET", "/admin/api/sessions?hub=chat&hub=news", "", 400),
         ("GET", "/admin/api/sessions?color=red", "", 400),
-        ("GET", "/admin/api/sessions?id=AAAAAAAAAAAAAAAAAAAAAA", "", 404),
+        (
+            "GET",
+            "/admin/api/sessions?id=AAAAAAAAAAAAAAAAAAAAAA",
+            "",
+            404,
+        ),
         ("POST", "/admin/api/sessions/nope/close", "", 400),
-        ("POST", "/admin/api/sessions/AAAAAAAAAAAAAAAAAAAAAA/close", "", 404),
+        (
+            "POST",
+            "/admin/api/sessions/AAAAAAAAAAAAAAAAAAAAAA/close",
+            "",
+            404,
+        ),
         ("GET", "/admin/api/drain", "", 405),
         ("POST", "/admin/api/node", "", 405),
         ("GET", "/admin/api/whatever", "", 404),
@@ -223,7 +248,12 @@ async fn sessions_are_found_listed_and_closed_and_a_drain_leaves_the_process_up(
         assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
     }
     let target = format!("/admin/api/sessions/{}/close", chat[1].id);
-    for body in ["{", r#"{"code":1005}"#, r#"{"code":"x"}"#, r#"{"colour":1}"#] {
+    for body in [
+        "{",
+        r#"{"code":1005}"#,
+        r#"{"code":"x"}"#,
+        r#"{"colour":1}"#,
+    ] {
         let (got, v) = call(&gw, "POST", &target, body).await;
         assert_eq!(got, 400, "close with {body}: {v}");
     }
@@ -234,9 +264,18 @@ async fn sessions_are_found_listed_and_closed_and_a_drain_leaves_the_process_up(
     let (got, v) = call(&gw, "POST", &target, r#"{"code":4001,"reason":"bye"}"#).await;
     assert_eq!(got, 200, "{v}");
     assert_eq!(chat[1].closed().await, (4001, "bye".to_owned()));
-    let (got, v) = call(&gw, "POST", &format!("/admin/api/sessions/{}/close", news.id), "").await;
+    let (got, v) = call(
+        &gw,
+        "POST",
+        &format!("/admin/api/sessions/{}/close", news.id),
+        "",
+    )
+    .await;
     assert_eq!(got, 200, "{v}");
-    assert_eq!(news.closed().await, (1000, "closed by an operator".to_owned()));
+    assert_eq!(
+        news.closed().await,
+        (1000, "closed by an operator".to_owned())
+    );
 
     // A drain closes everything with 1001 and refuses clients, but the process stays up.
     let (got, v) = call(&gw, "POST", "/admin/api/drain", "").await;
@@ -254,7 +293,10 @@ async fn sessions_are_found_listed_and_closed_and_a_drain_leaves_the_process_up(
     assert_eq!((got, &v["already"]), (200, &Value::Bool(true)), "{v}");
     // Still answering as the sessions end (their sockets close); SIGTERM ends it as before.
     drop((chat, news));
-    until(&gw, "/admin/api/node", "every session gone", |v| v["sessions"] == 0).await;
+    until(&gw, "/admin/api/node", "every session gone", |v| {
+        v["sessions"] == 0
+    })
+    .await;
     gw.signal("TERM");
     let status = gw.wait().await;
     assert!(status.success(), "exit status {status}");
@@ -280,16 +322,23 @@ async fn in_a_cluster_every_node_is_shown_and_a_session_elsewhere_is_closed() {
     let _on_a = [a.connect("chat").await, a.connect("chat").await];
     let mut on_b = [b.connect("chat").await, b.connect("news").await];
 
-    let nodes = until(&a, "/admin/api/nodes", "both nodes with their sessions", |v| {
-        let n = |id| node_of(v, id).map(|n| (n["state"].clone(), n["sessions"].clone()));
-        n("node-a") == Some(("ready".into(), 2.into()))
-            && n("node-b") == Some(("ready".into(), 2.into()))
-    })
+    let nodes = until(
+        &a,
+        "/admin/api/nodes",
+        "both nodes with their sessions",
+        |v| {
+            let n = |id| node_of(v, id).map(|n| (n["state"].clone(), n["sessions"].clone()));
+            n("node-a") == Some(("ready".into(), 2.into()))
+                && n("node-b") == Some(("ready".into(), 2.into()))
+        },
+    )
     .await;
     let b_row = node_of(&nodes, "node-b").expect("node-b");
     assert_eq!(b_row["this"], false);
     assert_eq!(b_row["version"], env!("CARGO_PKG_VERSION"));
-    assert!(b_row["address"].as_str().is_some_and(|a| a.starts_with("http://")));
+    assert!(b_row["address"]
+        .as_str()
+        .is_some_and(|a| a.starts_with("http://")));
     let node = get(&a, "/admin/api/node").await;
     assert_eq!(node["registry"]["kind"], "redis");
     assert_eq!(node["registry"]["healthy"], true);
@@ -303,7 +352,11 @@ async fn in_a_cluster_every_node_is_shown_and_a_session_elsewhere_is_closed() {
     let found = get(&a, &format!("/admin/api/sessions?id={}", on_b[1].id)).await;
     assert_eq!(found["sessions"][0]["node"], "node-b");
     let listed = get(&a, "/admin/api/sessions?hub=chat").await;
-    assert_eq!(listed["sessions"].as_array().map(Vec::len), Some(3), "{listed}");
+    assert_eq!(
+        listed["sessions"].as_array().map(Vec::len),
+        Some(3),
+        "{listed}"
+    );
     let (got, v) = call(
         &a,
         "POST",
@@ -416,8 +469,10 @@ async fn the_admin_page_shows_the_cluster_finds_and_closes_a_session_and_drains_
     // Without the token the page says why it shows nothing.
     page.step("error-shown 401", "error-shown 401").await;
     page.step(&format!("token {TOKEN}"), "token-ok").await;
-    page.step("node node-a ready 3", "node node-a ready 3").await;
-    page.step("node node-b ready 3", "node node-b ready 3").await;
+    page.step("node node-a ready 3", "node node-a ready 3")
+        .await;
+    page.step("node node-b ready 3", "node node-b ready 3")
+        .await;
     page.step("hub chat 5", "hub chat 5").await;
     page.step("hub news 1", "hub news 1").await;
     page.step("rates", "rates ok").await;
@@ -428,8 +483,12 @@ async fn the_admin_page_shows_the_cluster_finds_and_closes_a_session_and_drains_
         .await;
     page.step(&format!("close {id}"), &format!("closed {id}"))
         .await;
-    assert_eq!(on_b[1].closed().await, (1000, "closed by an operator".to_owned()));
-    page.step("node node-b ready 2", "node node-b ready 2").await;
+    assert_eq!(
+        on_b[1].closed().await,
+        (1000, "closed by an operator".to_owned())
+    );
+    page.step("node node-b ready 2", "node node-b ready 2")
+        .await;
     page.step("find-hub chat 4", "found-hub 4").await;
 
     // Drained from the page: its clients get 1001, the page shows it.

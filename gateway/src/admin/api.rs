@@ -129,7 +129,11 @@ pub(super) async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response
             }
             let mut r = json(e.status, &json!({ "error": e.message }));
             if e.status == StatusCode::METHOD_NOT_ALLOWED {
-                let allow = if e.message.contains("POST") { "POST" } else { "GET" };
+                let allow = if e.message.contains("POST") {
+                    "POST"
+                } else {
+                    "GET"
+                };
                 r.headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
             }
@@ -334,7 +338,9 @@ async fn sessions(node: &Node, query: &str) -> ApiResult {
             return Err(ApiError::bad(format!("unknown parameter {k:?}")));
         }
         if v.len() > MAX_PARAM {
-            return Err(ApiError::bad(format!("{k} is longer than {MAX_PARAM} bytes")));
+            return Err(ApiError::bad(format!(
+                "{k} is longer than {MAX_PARAM} bytes"
+            )));
         }
         if q.insert(k.to_string(), v.into_owned()).is_some() {
             return Err(ApiError::bad(format!("{k} is given twice")));
@@ -359,7 +365,9 @@ async fn sessions(node: &Node, query: &str) -> ApiResult {
     }
     if let Some(hub) = &filter.hub {
         if !is_name(hub) {
-            return Err(ApiError::bad("invalid hub: 1-64 characters of [A-Za-z0-9._-]"));
+            return Err(ApiError::bad(
+                "invalid hub: 1-64 characters of [A-Za-z0-9._-]",
+            ));
         }
     }
     if let Some(group) = &filter.group {
@@ -449,7 +457,10 @@ async fn drain(node: &Node) -> Value {
     if node.is_draining() {
         return json!({ "state": "draining", "already": true, "sessions": sessions });
     }
-    tracing::warn!(sessions, "draining on an operator's request; the process keeps running until SIGTERM");
+    tracing::warn!(
+        sessions,
+        "draining on an operator's request; the process keeps running until SIGTERM"
+    );
     node.drain();
     if let Some(cluster) = node.registry.cluster() {
         // Other nodes' pages learn it now rather than at the next lease renewal.

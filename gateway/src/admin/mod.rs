@@ -193,11 +193,12 @@ fn authorize(token: Option<&str>, headers: &HeaderMap) -> Result<(), Refusal> {
 
 /// Whether a `Host` header names an IP address (with or without a port) or `localhost`.
 fn is_address(host: &str) -> bool {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
     let name = match host.rsplit_once(':') {
-        // `[::1]:9090`, `127.0.0.1:9090`, `localhost:9090`; a bare IPv6 address has colons too.
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.is_empty() => {
-            name
-        }
+        // `[::1]:9090`, `127.0.0.1:9090`, `localhost:9090`.
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.is_empty() => name,
         _ => host,
     };
     let name = name
@@ -206,7 +207,6 @@ fn is_address(host: &str) -> bool {
         .unwrap_or(name);
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -235,7 +235,10 @@ mod tests {
         );
         let basic = headers(&[host, ("authorization", "Basic s3cret")]);
         assert!(authorize(t, &basic).is_err());
-        let right = headers(&[("host", "gw.example:9090"), ("authorization", "Bearer s3cret")]);
+        let right = headers(&[
+            ("host", "gw.example:9090"),
+            ("authorization", "Bearer s3cret"),
+        ]);
         authorize(t, &right).unwrap();
     }
 
@@ -250,7 +253,10 @@ mod tests {
             authorize(Some("s3cret"), &cross).unwrap_err().status,
             StatusCode::FORBIDDEN
         );
-        let same = headers(&[("host", "127.0.0.1:9090"), ("origin", "http://127.0.0.1:9090")]);
+        let same = headers(&[
+            ("host", "127.0.0.1:9090"),
+            ("origin", "http://127.0.0.1:9090"),
+        ]);
         authorize(None, &same).unwrap();
         // Without a token, a page under another name rebound to loopback is refused.
         let rebound = headers(&[("host", "evil.example:9090")]);

@@ -1157,7 +1157,9 @@ impl RedisRegistry {
             .arg("PX")
             .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
             .clone();
-        self.query_on::<Value>(&self.lease_conn, cmd).await.map(drop)
+        self.query_on::<Value>(&self.lease_conn, cmd)
+            .await
+            .map(drop)
     }
 
     /// Every node of the node set with its lease, info and registered sessions: the set, then
