@@ -48,6 +48,8 @@ const MAX_HUBS: usize = 200;
 struct ApiError {
     status: StatusCode,
     message: String,
+    /// The method to use instead (a 405's `Allow`).
+    allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -55,6 +57,7 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            allow: None,
         }
     }
 
@@ -89,37 +92,7 @@ impl From<Error> for ApiError {
 type ApiResult = Result<Value, ApiError>;
 
 pub(super) async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
-    let path = req.uri().path().to_owned();
-    let method = req.method().clone();
-    let rest = path.strip_prefix("/admin/api/").unwrap_or_default();
-    let r = match (rest, rest.strip_prefix("sessions/")) {
-        ("node", _) => get(&method).map(|()| node_json(node)),
-        ("nodes", _) => match get(&method) {
-            Ok(()) => Ok(nodes(node).await),
-            Err(e) => Err(e),
-        },
-        ("hubs", _) => match get(&method) {
-            Ok(()) => hubs(node).await,
-            Err(e) => Err(e),
-        },
-        ("sessions", _) => match get(&method) {
-            Ok(()) => sessions(node, req.uri().query().unwrap_or_default()).await,
-            Err(e) => Err(e),
-        },
-        ("drain", _) => match post(&method) {
-            Ok(()) => Ok(drain(node).await),
-            Err(e) => Err(e),
-        },
-        (_, Some(tail)) => match tail.strip_suffix("/close") {
-            Some(id) => match post(&method) {
-                Ok(()) => close(node, id, req).await,
-                Err(e) => Err(e),
-            },
-            None => Err(ApiError::new(StatusCode::NOT_FOUND, "no such admin API")),
-        },
-        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no such admin API")),
-    };
-    match r {
+    match dispatch(node, req).await {
         Ok(v) => json(StatusCode::OK, &v),
         Err(e) => {
             if e.status.is_server_error() {
@@ -128,12 +101,7 @@ pub(super) async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response
                 tracing::debug!(status = e.status.as_u16(), error = %e.message, "admin call refused");
             }
             let mut r = json(e.status, &json!({ "error": e.message }));
-            if e.status == StatusCode::METHOD_NOT_ALLOWED {
-                let allow = if e.message.contains("POST") {
-                    "POST"
-                } else {
-                    "GET"
-                };
+            if let Some(allow) = e.allow {
                 r.headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
             }
@@ -142,26 +110,61 @@ pub(super) async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response
     }
 }
 
-fn get(method: &Method) -> Result<(), ApiError> {
-    if *method == Method::GET {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "this endpoint takes GET",
-        ))
+async fn dispatch(node: &Arc<Node>, req: Request<Incoming>) -> ApiResult {
+    let path = req.uri().path();
+    let rest = path.strip_prefix("/admin/api/").unwrap_or_default();
+    match rest {
+        "node" => {
+            only(&req, Method::GET)?;
+            Ok(node_json(node))
+        }
+        "nodes" => {
+            only(&req, Method::GET)?;
+            Ok(nodes(node).await)
+        }
+        "hubs" => {
+            only(&req, Method::GET)?;
+            Ok(hubs(node).await)
+        }
+        "sessions" => {
+            only(&req, Method::GET)?;
+            sessions(node, req.uri().query().unwrap_or_default()).await
+        }
+        "drain" => {
+            only(&req, Method::POST)?;
+            Ok(drain(node).await)
+        }
+        _ => match rest
+            .strip_prefix("sessions/")
+            .and_then(|t| t.strip_suffix("/close"))
+        {
+            Some(id) => {
+                only(&req, Method::POST)?;
+                let id = id.to_owned();
+                close(node, &id, req).await
+            }
+            None => Err(ApiError::new(StatusCode::NOT_FOUND, "no such admin API")),
+        },
     }
 }
 
-fn post(method: &Method) -> Result<(), ApiError> {
-    if *method == Method::POST {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "this endpoint takes POST",
-        ))
+/// Refuses a request of another method than the endpoint's.
+fn only<B>(req: &Request<B>, method: Method) -> Result<(), ApiError> {
+    if *req.method() == method {
+        return Ok(());
     }
+    let allow = if method == Method::POST {
+        "POST"
+    } else {
+        "GET"
+    };
+    Err(ApiError {
+        allow: Some(allow),
+        ..ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("this endpoint takes {allow}"),
+        )
+    })
 }
 
 fn json(status: StatusCode, v: &Value) -> Response<Body> {
@@ -264,7 +267,7 @@ async fn nodes(node: &Node) -> Value {
 }
 
 /// Sessions per hub: this node's pool, plus every other live node's busiest hubs.
-async fn hubs(node: &Node) -> ApiResult {
+async fn hubs(node: &Node) -> Value {
     let mut totals: HashMap<String, (u64, u64)> = HashMap::new();
     let mine = info::hubs(node);
     for (hub, n) in &mine {
@@ -272,9 +275,15 @@ async fn hubs(node: &Node) -> ApiResult {
     }
     let mut partial = false;
     let mut scope = "node";
+    let mut error = None;
     if let Some(cluster) = node.registry.cluster() {
         scope = "cluster";
-        let rows = cluster.redis.node_infos().await.map_err(Error::from)?;
+        // While Redis cannot be read, this node's hubs alone, with the error.
+        let rows = cluster.redis.node_infos().await.unwrap_or_else(|e| {
+            scope = "node";
+            error = Some(e.to_string());
+            Vec::new()
+        });
         for row in rows {
             if row.id == *node.id || row.lease.is_none() {
                 continue;
@@ -299,15 +308,16 @@ async fn hubs(node: &Node) -> ApiResult {
     list.sort_unstable_by(|a, b| b.1 .0.cmp(&a.1 .0).then_with(|| a.0.cmp(&b.0)));
     partial |= list.len() > MAX_HUBS;
     list.truncate(MAX_HUBS);
-    Ok(json!({
+    json!({
         "scope": scope,
         // Other nodes publish their busiest hubs only: quieter hubs may be missing or short.
         "partial": partial,
+        "error": error,
         "hubs": list
             .into_iter()
             .map(|(hub, (sessions, nodes))| json!({ "hub": hub, "sessions": sessions, "nodes": nodes }))
             .collect::<Vec<_>>(),
-    }))
+    })
 }
 
 fn record(r: &SessionRecord) -> Value {
