@@ -517,3 +517,56 @@ async fn the_admin_page_shows_the_cluster_finds_and_closes_a_session_and_drains_
         .expect("wait for the browser script");
     assert!(status.success(), "the browser script failed: {status}");
 }
+
+/// Listing by user and by group goes through the registry's indexes (users and groups from
+/// client JWTs); names that need escaping in a query arrive intact.
+#[tokio::test]
+async fn sessions_are_listed_by_user_and_by_group_of_a_hub() {
+    let gw = Gateway::start(&["--admin-token", TOKEN, "--jwt-secret", "topsecret"]).await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+        + 300;
+    let connect = |user: &'static str, groups: &'static [&'static str], hub: &'static str| {
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &serde_json::json!({ "sub": user, "exp": exp, "groups": groups }),
+            &jsonwebtoken::EncodingKey::from_secret(b"topsecret").expect("an HS256 key"),
+        )
+        .expect("a JWT");
+        let bearer = format!("Bearer {token}");
+        let url = gw.ws_url(hub);
+        async move { Client::connect_with(&url, &[("authorization", &bearer)]).await }
+    };
+    let alice = [
+        connect("alice@example.org", &["night"], "chat").await,
+        connect("alice@example.org", &[], "news").await,
+    ];
+    let bob = connect("bob", &["night", "staff"], "chat").await;
+    let ids = |v: &Value| -> HashSet<String> {
+        v["sessions"]
+            .as_array()
+            .expect("sessions")
+            .iter()
+            .map(|s| s["id"].as_str().expect("id").to_owned())
+            .collect()
+    };
+
+    let by_user = get(&gw, "/admin/api/sessions?user=alice%40example.org").await;
+    assert_eq!(ids(&by_user), alice.iter().map(|c| c.id.clone()).collect());
+    assert_eq!(by_user["sessions"][0]["user"], "alice@example.org");
+    let night = get(&gw, "/admin/api/sessions?group=night&hub=chat").await;
+    assert_eq!(
+        ids(&night),
+        HashSet::from([alice[0].id.clone(), bob.id.clone()])
+    );
+    let staff = get(&gw, "/admin/api/sessions?hub=chat&group=staff").await;
+    assert_eq!(ids(&staff), HashSet::from([bob.id.clone()]));
+    assert_eq!(
+        staff["sessions"][0]["groups"],
+        serde_json::json!(["night", "staff"])
+    );
+    let nobody = get(&gw, "/admin/api/sessions?user=carol").await;
+    assert_eq!(ids(&nobody), HashSet::new());
+}
