@@ -81,7 +81,7 @@ pub struct Config {
 
     /// Also serve /metrics, /healthz and /readyz on the client port; `false` answers 404 there
     /// (expose only the client port publicly, scrape and probe the admin port).
-    #[arg(long, env = "SWITCHBOARD_OPS_ON_CLIENT_PORT", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "SWITCHBOARD_OPS_ON_CLIENT_PORT", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub ops_on_client_port: bool,
 
     /// Backend listener: the gRPC API. Keep it off the internet.
@@ -746,6 +746,11 @@ mod tests {
     fn ops_routes_on_the_client_port_are_on_unless_turned_off() {
         assert!(parse(&[]).ops_on_client_port);
         assert!(!parse(&["--ops-on-client-port", "false"]).ops_on_client_port);
+        assert!(!parse(&["--ops-on-client-port", "no"]).ops_on_client_port);
+        assert!(
+            Config::try_parse_from(["switchboard-gateway", "--ops-on-client-port", "maybe"])
+                .is_err()
+        );
     }
 
     #[test]
