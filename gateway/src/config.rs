@@ -47,6 +47,19 @@ pub enum OutagePolicy {
     Refuse,
 }
 
+/// Where the admin listener binds, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdminListen(pub Option<SocketAddr>);
+
+fn parse_admin_listen(s: &str) -> Result<AdminListen, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(AdminListen(None));
+    }
+    s.parse()
+        .map(|a| AdminListen(Some(a)))
+        .map_err(|_| format!("'{s}': expected HOST:PORT (an IP address) or off"))
+}
+
 /// Everything a gateway node needs to run. Defaults are safe for a single node on loopback.
 // Every argument with an environment variable is a setting, and also a key of the
 // configuration file (its long flag without the dashes); arguments without one are actions.
@@ -60,9 +73,26 @@ pub enum OutagePolicy {
     about = "Switchboard WebSocket gateway"
 )]
 pub struct Config {
-    /// Client listener: WebSocket upgrades at /ws/{hub}, plus /healthz, /readyz, /metrics.
+    /// Client listener: WebSocket upgrades at /ws/{hub}, plus /healthz, /readyz, /metrics
+    /// (see --ops-on-client-port).
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// Admin listener (plain HTTP): the /admin page, the /admin/api/ JSON API, and /metrics,
+    /// /healthz, /readyz for scrapers and probes; `off` disables it. Off loopback it needs
+    /// --admin-token.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_LISTEN", default_value = "127.0.0.1:9090", value_parser = parse_admin_listen)]
+    pub admin_listen: AdminListen,
+
+    /// Bearer token every /admin/api/ call must carry (the page asks for it). Without one the
+    /// API is open, which is allowed on loopback only.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Also serve /metrics, /healthz and /readyz on the client port; `false` answers 404 there
+    /// (expose only the client port publicly, scrape and probe the admin port).
+    #[arg(long, env = "SWITCHBOARD_OPS_ON_CLIENT_PORT", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub ops_on_client_port: bool,
 
     /// Backend listener: the gRPC API. Keep it off the internet.
     #[arg(
@@ -367,6 +397,13 @@ pub enum ConfigError {
     InsecureBackend(SocketAddr),
     #[error("--backend-token must not be empty")]
     EmptyToken,
+    #[error(
+        "the admin listener {0} is not on loopback and no --admin-token is set; set \
+         --admin-token, or keep --admin-listen on 127.0.0.1 (or off)"
+    )]
+    InsecureAdmin(SocketAddr),
+    #[error("--admin-token must not be empty")]
+    EmptyAdminToken,
     #[error("{name} must be greater than zero")]
     ZeroDuration { name: &'static str },
     #[error("--idle-timeout ({idle:?}) must be longer than --ping-interval ({ping:?})")]
@@ -413,6 +450,14 @@ impl Config {
                 && !self.insecure_backend =>
             {
                 return Err(ConfigError::InsecureBackend(self.backend_listen))
+            }
+            _ => {}
+        }
+        match (&self.admin_token, self.admin_listen.0) {
+            (Some(t), _) if t.is_empty() => return Err(ConfigError::EmptyAdminToken),
+            // The admin API can close sessions and drain the node: off loopback, never open.
+            (None, Some(addr)) if !addr.ip().is_loopback() => {
+                return Err(ConfigError::InsecureAdmin(addr))
             }
             _ => {}
         }
@@ -565,6 +610,12 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("backend_listen", &self.backend_listen)
+            .field("admin_listen", &self.admin_listen)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("ops_on_client_port", &self.ops_on_client_port)
             .field("listen_backlog", &self.listen_backlog)
             .field(
                 "backend_token",
@@ -718,6 +769,37 @@ mod tests {
         ])
         .validate()
         .unwrap();
+    }
+
+    #[test]
+    fn a_public_admin_listener_needs_a_token() {
+        let c = parse(&["--admin-listen", "0.0.0.0:9090"]);
+        let e = c.validate().unwrap_err();
+        assert!(matches!(e, ConfigError::InsecureAdmin(_)));
+        assert!(e.to_string().contains("--admin-token"), "{e}");
+        parse(&["--admin-listen", "0.0.0.0:9090", "--admin-token", "t"])
+            .validate()
+            .unwrap();
+        let empty = parse(&["--admin-token", ""]).validate();
+        assert!(matches!(empty, Err(ConfigError::EmptyAdminToken)));
+        assert_eq!(
+            parse(&["--admin-listen", "off"]).admin_listen,
+            AdminListen(None)
+        );
+        assert!(Config::try_parse_from(["switchboard-gateway", "--admin-listen", "x"]).is_err());
+        let shown = format!("{:?}", parse(&["--admin-token", "hunter3"]));
+        assert!(!shown.contains("hunter3"));
+    }
+
+    #[test]
+    fn ops_routes_on_the_client_port_are_on_unless_turned_off() {
+        assert!(parse(&[]).ops_on_client_port);
+        assert!(!parse(&["--ops-on-client-port", "false"]).ops_on_client_port);
+        assert!(!parse(&["--ops-on-client-port", "no"]).ops_on_client_port);
+        assert!(
+            Config::try_parse_from(["switchboard-gateway", "--ops-on-client-port", "maybe"])
+                .is_err()
+        );
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //!
 //! Module map:
 //! - [`config`]: flags and environment, validated into one `Config`.
+//! - `admin`: the admin listener: the operator's page, its JSON API (token-protected), probes
+//!   and metrics.
 //! - `client`: the client listener: HTTP routes, upgrade admission, one reader task per session.
 //! - `cluster`: the shared registry's node: lease (own task), joining, reaping of dead nodes,
 //!   reconciliation of its own entries, clients to the other nodes for forwarded calls.
@@ -22,6 +24,7 @@
 //! - `sweeper`: keepalive pings, idle and slow-consumer closes, expiry of unread inboxes.
 //! - `metrics`, [`telemetry`]: Prometheus metrics and log setup.
 
+mod admin;
 mod api;
 mod client;
 mod cluster;
@@ -92,6 +95,7 @@ pub struct Gateway {
     node: Arc<Node>,
     client: TcpListener,
     backend: TcpListener,
+    admin: Option<TcpListener>,
     client_tls: Option<Arc<ReloadableTls>>,
     backend_tls: Option<Arc<ReloadableTls>>,
 }
@@ -171,10 +175,24 @@ impl Gateway {
         if let Some(cluster) = node.registry.cluster() {
             cluster::reaper::clean_own_leftovers(&node, cluster).await;
         }
+        // Bound last: a node that cannot start for another reason says that reason.
+        let admin = match node.config.admin_listen.0 {
+            Some(addr) => Some(bind(addr, node.config.listen_backlog)?),
+            None => None,
+        };
+        let _ = node.addrs.set(node::Addresses {
+            client: client.local_addr().unwrap_or(node.config.listen),
+            backend: backend_addr,
+            admin: admin
+                .as_ref()
+                .zip(node.config.admin_listen.0)
+                .map(|(l, configured)| l.local_addr().unwrap_or(configured)),
+        });
         Ok(Self {
             node,
             client,
             backend,
+            admin,
             client_tls,
             backend_tls,
         })
@@ -192,12 +210,18 @@ impl Gateway {
             .unwrap_or(self.node.config.backend_listen)
     }
 
+    /// The admin listener's address, unless `--admin-listen off`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.node.addrs.get().and_then(|a| a.admin)
+    }
+
     /// This node's ID in the registry.
     pub fn node_id(&self) -> &str {
         &self.node.id
     }
 
-    /// Serves until `shutdown` resolves, then drains: refuses new upgrades (`/readyz` turns 503),
+    /// Serves until `shutdown` resolves (a drain asked for on the admin API does not end it),
+    /// then drains: refuses new upgrades (`/readyz` turns 503),
     /// closes every session with 1001, lets in-flight calls finish, and returns within the
     /// configured grace period.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
@@ -205,6 +229,7 @@ impl Gateway {
             node,
             client,
             backend,
+            admin,
             client_tls,
             backend_tls,
         } = self;
@@ -221,6 +246,14 @@ impl Gateway {
             http_tasks.clone(),
             stop_http.clone(),
         ));
+        if let Some(admin) = admin {
+            background.spawn(admin::serve(
+                admin,
+                Arc::clone(&node),
+                http_tasks.clone(),
+                stop_http.clone(),
+            ));
+        }
         background.spawn(reload_tls_on_sighup(
             [client_tls, backend_tls.clone()],
             stop_http.clone(),

@@ -66,8 +66,11 @@ fn main() -> ExitCode {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let gateway = Gateway::bind(config).await?;
     // One line on stdout with the bound addresses, for scripts and tests using port 0.
+    let admin = gateway
+        .admin_addr()
+        .map_or_else(|| "off".to_owned(), |a| a.to_string());
     println!(
-        "switchboard-gateway listening client={} backend={} node={}",
+        "switchboard-gateway listening client={} backend={} node={} admin={admin}",
         gateway.client_addr(),
         gateway.backend_addr(),
         gateway.node_id()

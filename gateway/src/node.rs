@@ -6,9 +6,10 @@
 
 use std::{
     collections::HashSet,
+    net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, OnceLock,
     },
     time::Duration,
 };
@@ -57,6 +58,16 @@ pub(crate) struct Node {
     /// Cancelled when the node starts draining: long waits (Read, streams) end early.
     pub shutdown: CancellationToken,
     draining: AtomicBool,
+    /// Where this node's listeners are bound (known once they are), for the admin API.
+    pub addrs: OnceLock<Addresses>,
+}
+
+/// The bound addresses of a node's listeners.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Addresses {
+    pub client: SocketAddr,
+    pub backend: SocketAddr,
+    pub admin: Option<SocketAddr>,
 }
 
 /// Whether a call may be passed on to the node holding its session.
@@ -116,6 +127,7 @@ impl Node {
             inbox_gauges,
             shutdown: CancellationToken::new(),
             draining: AtomicBool::new(false),
+            addrs: OnceLock::new(),
         }
     }
 

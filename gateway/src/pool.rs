@@ -154,6 +154,15 @@ impl Pool {
     pub(crate) fn len(&self) -> usize {
         self.sessions.len()
     }
+
+    /// Open sessions per hub (for the admin API): one pass over the hub index, O(hubs).
+    pub(crate) fn hub_counts(&self) -> Vec<(Arc<str>, usize)> {
+        self.by_hub
+            .iter()
+            .map(|e| (e.key().clone(), e.value().len()))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
 }
 
 fn add<K: Hash + Eq>(index: &Index<K>, key: K, s: &Arc<Session>) {

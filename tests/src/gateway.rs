@@ -78,6 +78,8 @@ pub struct Gateway {
     child: Child,
     pub client_addr: SocketAddr,
     pub backend_addr: SocketAddr,
+    /// The admin listener (`None` with `--admin-listen off`).
+    pub admin_addr: Option<SocketAddr>,
     pub node_id: String,
     pub token: Option<String>,
 }
@@ -98,15 +100,22 @@ impl Interceptor for Bearer {
 pub type Api = GatewayClient<InterceptedService<Channel, Bearer>>;
 
 impl Gateway {
-    /// Starts a gateway on loopback port 0 with extra flags.
+    /// Starts a gateway on loopback port 0 (client, backend and admin listeners) with extra
+    /// flags.
     pub async fn start(args: &[&str]) -> Gateway {
         Self::start_with_env(args, &[]).await
     }
 
     pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Gateway {
         let mut cmd = Command::new(gateway_bin());
-        cmd.args(["--listen", "127.0.0.1:0", "--backend-listen", "127.0.0.1:0"])
-            .args(args)
+        cmd.args(["--listen", "127.0.0.1:0", "--backend-listen", "127.0.0.1:0"]);
+        // Parallel tests would collide on the admin port's default.
+        if !args.contains(&"--admin-listen")
+            && !env.iter().any(|(k, _)| *k == "SWITCHBOARD_ADMIN_LISTEN")
+        {
+            cmd.args(["--admin-listen", "127.0.0.1:0"]);
+        }
+        cmd.args(args)
             .env(
                 "SWITCHBOARD_LOG",
                 std::env::var("SWITCHBOARD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -140,6 +149,11 @@ impl Gateway {
         let gw = Gateway {
             client_addr: field("client=").parse().expect("client address"),
             backend_addr: field("backend=").parse().expect("backend address"),
+            // `admin=off` when disabled.
+            admin_addr: line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("admin="))
+                .and_then(|a| a.parse().ok()),
             node_id: field("node="),
             child,
             token,
@@ -238,6 +252,23 @@ impl Gateway {
         within("the gateway to exit", self.child.wait())
             .await
             .expect("wait for gateway")
+    }
+
+    /// An HTTP request to the admin port with an optional bearer token and body: (status, body).
+    pub async fn admin_request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> (u16, String) {
+        let addr = self.admin_addr.expect("the admin listener is on");
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(b) = &bearer {
+            headers.push(("Authorization", b.as_str()));
+        }
+        crate::raw::http_request_with_body(addr, method, path, &headers, body.as_bytes()).await
     }
 
     /// Plain HTTP GET on the client port: (status, body).

@@ -21,6 +21,20 @@ pub async fn http_request(
     http_request_as(addr, "HTTP/1.1", method, path, headers).await
 }
 
+/// [`http_request`] with a body (sent with its `Content-Length`).
+pub async fn http_request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let length = body.len().to_string();
+    let mut all = headers.to_vec();
+    all.push(("Content-Length", &length));
+    send_request(addr, "HTTP/1.1", method, path, &all, body).await
+}
+
 /// [`http_request`] in another HTTP version (`HTTP/1.0`).
 pub async fn http_request_as(
     addr: SocketAddr,
@@ -28,6 +42,17 @@ pub async fn http_request_as(
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
+) -> (u16, String) {
+    send_request(addr, version, method, path, headers, &[]).await
+}
+
+async fn send_request(
+    addr: SocketAddr,
+    version: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
 ) -> (u16, String) {
     let mut s = within("HTTP connect", TcpStream::connect(addr))
         .await
@@ -43,7 +68,9 @@ pub async fn http_request_as(
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.expect("write request");
+    let mut req = req.into_bytes();
+    req.extend_from_slice(body);
+    s.write_all(&req).await.expect("write request");
     let mut buf = Vec::new();
     within("HTTP response", s.read_to_end(&mut buf))
         .await

@@ -230,6 +230,8 @@ async fn start_gateway(env: &mut Env, args: &[String]) -> Result<GatewayProc> {
     let dir = env.dir("gateway")?;
     let mut child = Command::new(&env.gateway_bin)
         .args(["--listen", "127.0.0.1:0", "--backend-listen", "127.0.0.1:0"])
+        // Nodes of one run would collide on the admin port's default; nothing here uses it.
+        .args(["--admin-listen", "off"])
         // Keepalive pings off in effect, as on the nchan peer (`nchan_websocket_ping_interval
         // 0`): a ping round to every socket (and the pongs read back) landing in a measured
         // window would be charged to the messages measured there.

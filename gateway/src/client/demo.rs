@@ -25,29 +25,35 @@ use super::http::{text, Body};
 const PAGE: &str = include_str!("demo.html");
 
 /// Where the nonce goes: the `nonce` attributes of the `<script>` and `<style>` elements.
-const NONCE_SLOT: &str = "__CSP_NONCE__";
+pub(crate) const NONCE_SLOT: &str = "__CSP_NONCE__";
 
 /// The page with its headers, or a 500 if the OS has no randomness to give.
 pub(crate) fn page() -> Response<Body> {
+    with_nonce(PAGE)
+}
+
+/// An embedded page whose every [`NONCE_SLOT`] is replaced by a fresh nonce, with the strict
+/// policy and headers above (the admin page is served the same way).
+pub(crate) fn with_nonce(page: &str) -> Response<Body> {
     let mut raw = [0u8; 16];
     if let Err(e) = getrandom::fill(&mut raw) {
-        tracing::error!(error = %e, "no randomness for the demo page's CSP nonce");
+        tracing::error!(error = %e, "no randomness for a page's CSP nonce");
         return text(
             StatusCode::INTERNAL_SERVER_ERROR,
             "no randomness available\n",
         );
     }
-    render(&STANDARD.encode(raw))
+    render(page, &STANDARD.encode(raw))
 }
 
 /// The page and its headers for one nonce (base64, so it needs no escaping in HTML or CSP).
-fn render(nonce: &str) -> Response<Body> {
+fn render(page: &str, nonce: &str) -> Response<Body> {
     let csp = format!(
         "default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; \
          connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
          frame-ancestors 'none'"
     );
-    let mut r = Response::new(Full::new(PAGE.replace(NONCE_SLOT, nonce).into()));
+    let mut r = Response::new(Full::new(page.replace(NONCE_SLOT, nonce).into()));
     *r.status_mut() = StatusCode::OK;
     let h = r.headers_mut();
     h.insert(
@@ -83,7 +89,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_page_is_html_with_its_nonce_in_the_policy_and_on_its_script_and_style() {
-        let r = render("bm9uY2U=");
+        let r = render(PAGE, "bm9uY2U=");
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(
             r.headers()[header::CONTENT_TYPE],

@@ -1,4 +1,5 @@
-//! Routes of the client port: `/ws/{hub}` upgrades, `/healthz`, `/readyz`, `/metrics`, `/demo`.
+//! Routes of the client port: `/ws/{hub}` upgrades, `/healthz`, `/readyz`, `/metrics` (unless
+//! `--ops-on-client-port false`; the admin port serves them too), `/demo`.
 //! Every refusal is a plain-text body saying why, with the status a client library expects.
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
@@ -56,32 +57,44 @@ pub(crate) async fn route(
         }
     } else {
         match path {
+            // Moved to the admin port (`--ops-on-client-port false`): as if they never were.
+            "/healthz" | "/readyz" | "/metrics" if !node.config.ops_on_client_port => {
+                text(StatusCode::NOT_FOUND, "not found\n")
+            }
             "/healthz" | "/readyz" | "/metrics" | "/demo" if req.method() != Method::GET => {
                 method_not_allowed("GET")
             }
-            "/healthz" => text(StatusCode::OK, "ok\n"),
             "/demo" => super::demo::page(),
-            "/readyz" => readiness(&node),
-            "/metrics" => {
-                if node.registry.cluster().is_none() {
-                    // Alone, the registry holds exactly the pool (a cluster's gauges come
-                    // from Redis, read by the reaper's loop).
-                    node.metrics.registry_sessions.set(node.pool.len() as i64);
-                    node.metrics.cluster_nodes.set(1);
-                }
-                let mut r = text(StatusCode::OK, node.metrics.render());
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
-                );
-                r
-            }
-            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+            _ => ops(&node, path).unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n")),
         }
     };
     Ok(resp)
+}
+
+/// `/healthz`, `/readyz` and `/metrics` (GET), served on the client port and the admin port;
+/// `None` for any other path.
+pub(crate) fn ops(node: &Node, path: &str) -> Option<Response<Body>> {
+    Some(match path {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => readiness(node),
+        "/metrics" => {
+            if node.registry.cluster().is_none() {
+                // Alone, the registry holds exactly the pool (a cluster's gauges come from
+                // Redis, read by the reaper's loop).
+                node.metrics.registry_sessions.set(node.pool.len() as i64);
+                node.metrics.cluster_nodes.set(1);
+            }
+            let mut r = text(StatusCode::OK, node.metrics.render());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        _ => return None,
+    })
 }
 
 fn readiness(node: &Node) -> Response<Body> {
@@ -124,7 +137,7 @@ pub(crate) fn refuse(
     text(status, why)
 }
 
-fn method_not_allowed(allow: &'static str) -> Response<Body> {
+pub(crate) fn method_not_allowed(allow: &'static str) -> Response<Body> {
     let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     r.headers_mut()
         .insert(header::ALLOW, header::HeaderValue::from_static(allow));

@@ -2,8 +2,8 @@
 //! `/ws/{hub}` on one port.
 
 mod connection;
-mod demo;
-mod http;
+pub(crate) mod demo;
+pub(crate) mod http;
 mod reader;
 mod upgrade;
 

@@ -67,6 +67,8 @@ pub(crate) async fn renew(node: &Node, cluster: &Cluster) -> bool {
                 }
             }
             cluster.redis.note_live(&node.id, &cluster.advertise);
+            // Every renewal also refreshes what admin pages show about this node.
+            crate::admin::info::publish(node, cluster).await;
             if !existed && cluster.is_joined() {
                 tracing::warn!("lease was gone (Redis lost it, or an outage outlived it); registering this node's sessions again");
                 cluster.mark_dirty();

@@ -15,6 +15,7 @@
 //! | `P:subs:{hub}` | hash | `Subscribe` members of a hub: `{node}/{n}` → `node \t group \t kinds` |
 //! | `P:node-subs:{node}` | set | hubs where a node has subscribers |
 //! | `P:reap:{node}` | string, short TTL | lock: one survivor cleans up a dead node (extended while it works) |
+//! | `P:nodeinfo:{node}` | string (JSON), TTL = lease | what the node says about itself for admin pages: state, sessions, started_at, version, addresses, counters, busiest hubs; written after every lease renewal, one `SET … PX` so value and TTL land together on Redis Cluster too |
 //!
 //! Indexes are sorted sets with score 0, so `ZRANGEBYLEX` pages through them by session ID:
 //! a page token is the last ID returned, stable while sessions come and go.
@@ -1152,6 +1153,88 @@ impl RedisRegistry {
             }
         }
         Ok(())
+    }
+}
+
+/// One node of the node set as the admin API sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct NodeInfoRow {
+    pub id: String,
+    /// The lease's value (backend URL); `None`: the lease is gone, the node is lost.
+    pub lease: Option<String>,
+    /// The node's published info (JSON), if it has one.
+    pub info: Option<String>,
+    /// Sessions its node index still holds in Redis.
+    pub registered: u64,
+}
+
+/// Most nodes the admin API reads (a node set is a handful; this bounds a corrupt one).
+const ADMIN_NODES: usize = 1_000;
+
+// ---- admin: node infos --------------------------------------------------------------------
+impl RedisRegistry {
+    /// Writes this node's info with the lease's TTL (one command: value and TTL at once), on
+    /// the lease's connection, as the lease task's companion.
+    pub(crate) async fn write_node_info(
+        &self,
+        node: &str,
+        info: &str,
+        ttl: Duration,
+    ) -> Result<(), RegistryError> {
+        let cmd = redis::cmd("SET")
+            .arg(self.key(&["nodeinfo", node]))
+            .arg(info)
+            .arg("PX")
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+            .clone();
+        self.query_on::<Value>(&self.lease_conn, cmd)
+            .await
+            .map(drop)
+    }
+
+    /// Every node of the node set with its lease, info and registered sessions: the set, then
+    /// one pipeline for all nodes.
+    pub(crate) async fn node_infos(&self) -> Result<Vec<NodeInfoRow>, RegistryError> {
+        let mut ids: Vec<String> = self
+            .query(redis::cmd("SMEMBERS").arg(self.key(&["nodes"])).clone())
+            .await?;
+        ids.sort_unstable();
+        ids.truncate(ADMIN_NODES);
+        let cmds = ids
+            .iter()
+            .flat_map(|n| {
+                [
+                    redis::cmd("GET").arg(self.key(&["node", n])).clone(),
+                    redis::cmd("GET").arg(self.key(&["nodeinfo", n])).clone(),
+                    redis::cmd("ZCARD")
+                        .arg(self.key(&["idx", "node", n]))
+                        .clone(),
+                ]
+            })
+            .collect();
+        let replies = self.batch(cmds).await?;
+        let text = |v: Option<&Value>| {
+            v.and_then(|v| redis::from_redis_value_ref::<Option<String>>(v).ok())
+                .flatten()
+        };
+        Ok(ids
+            .into_iter()
+            .zip(replies.chunks(3))
+            .map(|(id, r)| NodeInfoRow {
+                id,
+                lease: text(r.first()),
+                info: text(r.get(1)),
+                registered: r
+                    .get(2)
+                    .and_then(|v| redis::from_redis_value_ref::<u64>(v).ok())
+                    .unwrap_or(0),
+            })
+            .collect())
+    }
+
+    /// Whether this is Redis Cluster (`redis+cluster://`) rather than a single Redis.
+    pub(crate) fn is_redis_cluster(&self) -> bool {
+        self.single.is_none()
     }
 }
 

@@ -54,6 +54,11 @@ impl Clock {
     pub(crate) fn wall(&self, ms: u64) -> SystemTime {
         self.start_wall + Duration::from_millis(ms)
     }
+
+    /// When the clock started: the node's start, for its uptime.
+    pub(crate) fn started_at(&self) -> SystemTime {
+        self.start_wall
+    }
 }
 
 /// What every session shares with the rest of the node.
