@@ -734,13 +734,16 @@ impl RedisRegistry {
                 redis::cmd("DEL")
                     .arg(self.key(&["node-subs", node]))
                     .clone(),
+                redis::cmd("DEL")
+                    .arg(self.key(&["nodeinfo", node]))
+                    .clone(),
                 redis::cmd("ZCARD")
                     .arg(self.key(&["idx", "node", node]))
                     .clone(),
             ])
             .await?;
         let left = replies
-            .get(2)
+            .get(3)
             .and_then(|v| redis::from_redis_value_ref::<u64>(v).ok())
             .unwrap_or(1);
         if left == 0 {
