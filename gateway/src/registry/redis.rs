@@ -734,9 +734,7 @@ impl RedisRegistry {
                 redis::cmd("DEL")
                     .arg(self.key(&["node-subs", node]))
                     .clone(),
-                redis::cmd("DEL")
-                    .arg(self.key(&["nodeinfo", node]))
-                    .clone(),
+                redis::cmd("DEL").arg(self.key(&["nodeinfo", node])).clone(),
                 redis::cmd("ZCARD")
                     .arg(self.key(&["idx", "node", node]))
                     .clone(),
