@@ -143,13 +143,10 @@ pub struct Config {
     )]
     pub outbound_queue_messages: NonZeroUsize,
 
-    /// Outbound queue bound per session, in bytes.
-    #[arg(
-        long,
-        env = "SWITCHBOARD_OUTBOUND_QUEUE_BYTES",
-        default_value = "4194304"
-    )]
-    pub outbound_queue_bytes: NonZeroUsize,
+    /// Outbound queue bound per session, in bytes [default: 4194304, or 4 messages of
+    /// --max-message-bytes when that is more].
+    #[arg(long, env = "SWITCHBOARD_OUTBOUND_QUEUE_BYTES")]
+    pub outbound_queue_bytes: Option<NonZeroUsize>,
 
     /// How long a session's outbound queue may stay full, without its client taking half of
     /// it, before the session is closed with 1013.
@@ -165,9 +162,10 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_INBOX_MESSAGES", default_value = "256")]
     pub inbox_messages: NonZeroUsize,
 
-    /// Inbox bound per session, in bytes.
-    #[arg(long, env = "SWITCHBOARD_INBOX_BYTES", default_value = "4194304")]
-    pub inbox_bytes: NonZeroUsize,
+    /// Inbox bound per session, in bytes [default: 4194304, or 4 messages of
+    /// --max-message-bytes when that is more].
+    #[arg(long, env = "SWITCHBOARD_INBOX_BYTES")]
+    pub inbox_bytes: Option<NonZeroUsize>,
 
     /// How long unread messages of a closed session stay readable.
     #[arg(long, env = "SWITCHBOARD_CLOSED_INBOX_RETENTION", default_value = "60s", value_parser = parse_duration)]
@@ -439,7 +437,28 @@ pub enum ConfigError {
     BadHookUrl(String),
 }
 
+/// What the byte bounds of a session's queues are when not given: room for four messages of the
+/// largest size, and never less than 4 MiB. Raising `--max-message-bytes` alone then works.
+const DEFAULT_QUEUE_BYTES: usize = 4 << 20;
+
 impl Config {
+    /// The outbound queue's byte bound: as given, or derived from `--max-message-bytes`.
+    pub fn outbound_queue_bytes(&self) -> usize {
+        // Four messages always hold one plus its frame header (the floor covers tiny limits).
+        self.outbound_queue_bytes.map_or_else(
+            || DEFAULT_QUEUE_BYTES.max(self.max_message_bytes.get().saturating_mul(4)),
+            NonZeroUsize::get,
+        )
+    }
+
+    /// The inbox's byte bound: as given, or derived from `--max-message-bytes`.
+    pub fn inbox_bytes(&self) -> usize {
+        self.inbox_bytes.map_or_else(
+            || DEFAULT_QUEUE_BYTES.max(self.max_message_bytes.get().saturating_mul(4)),
+            NonZeroUsize::get,
+        )
+    }
+
     /// Checks the rules flags alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let any_token = self.backend_token.is_some() || !self.scoped_backend_tokens.is_empty();
@@ -539,10 +558,14 @@ impl Config {
         if !is_name(&self.redis_prefix) {
             return Err(ConfigError::BadPrefix);
         }
-        if self.outbound_queue_bytes.get() < self.max_message_bytes.get().saturating_add(14) {
+        // Only a bound that was given can be too small: the derived ones grow with the limit.
+        if self
+            .outbound_queue_bytes
+            .is_some_and(|q| q.get() < self.max_message_bytes.get().saturating_add(14))
+        {
             return Err(ConfigError::QueueSmallerThanMessage);
         }
-        if self.inbox_bytes < self.max_message_bytes {
+        if self.inbox_bytes.is_some_and(|i| i < self.max_message_bytes) {
             return Err(ConfigError::InboxSmallerThanMessage);
         }
         if let Some(id) = &self.node_id {
@@ -694,6 +717,43 @@ mod tests {
         let mut all = vec!["switchboard-gateway"];
         all.extend_from_slice(args);
         Config::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn queue_bounds_follow_the_message_limit_unless_given() {
+        let c = parse(&[]);
+        assert_eq!(
+            (c.outbound_queue_bytes(), c.inbox_bytes()),
+            (4 << 20, 4 << 20)
+        );
+        let c = parse(&["--max-message-bytes", "16777216"]);
+        c.validate().unwrap();
+        assert_eq!(c.outbound_queue_bytes(), 4 * 16_777_216);
+        assert_eq!(c.inbox_bytes(), 4 * 16_777_216);
+        // Given, a bound is taken as it is, and refused when one message cannot fit.
+        let c = parse(&[
+            "--max-message-bytes",
+            "16777216",
+            "--inbox-bytes",
+            "20000000",
+        ]);
+        assert_eq!(c.inbox_bytes(), 20_000_000);
+        c.validate().unwrap();
+        let c = parse(&["--max-message-bytes", "16777216", "--inbox-bytes", "1000"]);
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::InboxSmallerThanMessage)
+        ));
+        let c = parse(&[
+            "--max-message-bytes",
+            "16777216",
+            "--outbound-queue-bytes",
+            "1000",
+        ]);
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::QueueSmallerThanMessage)
+        ));
     }
 
     #[test]

@@ -795,12 +795,20 @@ mod tests {
 
     #[test]
     fn regression_max_message_bytes_plus_header_overflows() {
+        // A given queue bound is compared with the limit plus a frame header.
         let args = [
             "--max-message-bytes",
             "18446744073709551602",
+            "--outbound-queue-bytes",
+            "4194304",
             "--inbox-bytes",
             "18446744073709551615",
         ];
         assert!(config_args(&flags(&args)).is_err());
+        // Bounds derived from such a limit saturate rather than overflow.
+        let config =
+            parse_config(&flags(&["--max-message-bytes", "18446744073709551602"])).expect("parses");
+        assert_eq!(config.outbound_queue_bytes(), usize::MAX);
+        assert_eq!(config.inbox_bytes(), usize::MAX);
     }
 }

@@ -654,6 +654,59 @@ async fn the_welcome_frame_names_the_session() {
 }
 
 #[tokio::test]
+async fn a_client_asks_for_its_welcome_frame_with_a_query_parameter() {
+    let gw = Gateway::start(&[]).await;
+    let mut api = gw.api().await;
+    let mut asked = Client::connect(&format!("{}?welcome=1", gw.ws_url("h"))).await;
+    let welcome: serde_json::Value = serde_json::from_str(&asked.text().await).unwrap();
+    assert_eq!(welcome["type"], "welcome");
+    assert_eq!(welcome["session"], asked.id.as_str());
+    // Without it (and without --welcome-frame) the first frame is the backend's.
+    let mut plain = gw.connect("h").await;
+    api.send(pb::SendRequest {
+        session_id: plain.id.clone(),
+        message: text("first"),
+    })
+    .await
+    .unwrap();
+    assert_eq!(plain.text().await, "first");
+}
+
+#[tokio::test]
+async fn raising_the_message_limit_alone_raises_the_queues_with_it() {
+    // 8 MiB messages: the queue and inbox bounds (4 MiB by default) follow the limit.
+    let gw = Gateway::start(&["--max-message-bytes", "8388608"]).await;
+    let mut api = gw.api().await;
+    let mut c = gw.connect("h").await;
+    let big = "x".repeat(6 << 20);
+    api.send(pb::SendRequest {
+        session_id: c.id.clone(),
+        message: text(&big),
+    })
+    .await
+    .unwrap();
+    assert_eq!(c.text().await.len(), big.len());
+    // Given explicitly and too small, the bound is still refused at start.
+    let out = std::process::Command::new(switchboard_tests::gateway::gateway_bin())
+        .args([
+            "--max-message-bytes",
+            "8388608",
+            "--outbound-queue-bytes",
+            "4194304",
+        ])
+        .args(["--listen", "127.0.0.1:0", "--backend-listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "off"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--outbound-queue-bytes"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
 async fn send_batch_delivers_each_item_and_reports_each_failure() {
     let gw = Gateway::start(&[]).await;
     let mut api = gw.api().await;

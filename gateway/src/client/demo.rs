@@ -1,8 +1,8 @@
 //! `GET /demo`: a browser client for trying a hub by hand. One static page (`demo.html`, plain
 //! HTML, CSS and JavaScript, no build step) embedded in the binary.
 //!
-//! The page connects to `/ws/{hub}` (`?hub=`, default `demo`), shows its session ID from the
-//! welcome frame (`--welcome-frame`), the connection state and every message it receives, sends
+//! The page connects to `/ws/{hub}?welcome=1` (`?hub=`, default `demo`), shows its session ID
+//! from the welcome frame it asks for, the connection state and every message it receives, sends
 //! what is typed in its text box, and reconnects with capped, jittered exponential back-off.
 //! It writes data into the page only as text (`textContent`), never as markup.
 //!

@@ -200,17 +200,17 @@ pub(crate) async fn upgrade(
         },
         QueueLimits {
             messages: node.config.outbound_queue_messages.get(),
-            bytes: node.config.outbound_queue_bytes.get(),
+            bytes: node.config.outbound_queue_bytes(),
         },
         Inbox::new(
             node.config.inbox_messages.get(),
-            node.config.inbox_bytes.get(),
+            node.config.inbox_bytes(),
             node.inbox_gauges.clone(),
         ),
         Arc::clone(&node.ctx),
         Some(permit),
     );
-    if node.config.welcome_frame {
+    if node.config.welcome_frame || asks_for_welcome(req.uri().query()) {
         let welcome = serde_json::json!({"type": "welcome", "session": session.id.as_str()});
         let _ = session.send(
             frame::encode(Opcode::Text, welcome.to_string().as_bytes()),
@@ -226,6 +226,15 @@ pub(crate) async fn upgrade(
     tasks.spawn(connection::run(node, session, upgrade, admitted));
     let _ = wait.await;
     resp
+}
+
+/// `?welcome=1` (or `true`): this client wants the welcome frame even where `--welcome-frame`
+/// is off (a browser cannot read the session header of the 101).
+fn asks_for_welcome(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.split('&')
+            .any(|pair| matches!(pair, "welcome" | "welcome=1" | "welcome=true"))
+    })
 }
 
 fn hook_failed(node: &Node, why: &str) -> Response<Body> {
