@@ -41,6 +41,8 @@ pub(crate) enum JwtError {
     Signature,
     #[error("token has no subject (sub)")]
     NoSubject,
+    #[error("token has no expiry (exp)")]
+    NoExpiry,
     #[error("malformed token")]
     Malformed,
     #[error("no key for this token")]
@@ -147,7 +149,16 @@ impl JwtVerifier {
         let mut v = Validation::new(alg);
         v.validate_nbf = true;
         v.leeway = 5;
-        v.set_required_spec_claims(&["exp", "sub"]);
+        // A configured audience or issuer must be present, not only right when present:
+        // otherwise a token that leaves the claim out would pass the check.
+        let mut required = vec!["exp", "sub"];
+        if self.audience.is_some() {
+            required.push("aud");
+        }
+        if self.issuer.is_some() {
+            required.push("iss");
+        }
+        v.set_required_spec_claims(&required);
         match &self.audience {
             Some(aud) => v.set_audience(&[aud]),
             None => v.validate_aud = false,
@@ -165,6 +176,9 @@ impl JwtVerifier {
                     K::InvalidIssuer => JwtError::Issuer,
                     K::InvalidSignature | K::InvalidAlgorithm => JwtError::Signature,
                     K::MissingRequiredClaim(c) if c == "sub" => JwtError::NoSubject,
+                    K::MissingRequiredClaim(c) if c == "exp" => JwtError::NoExpiry,
+                    K::MissingRequiredClaim(c) if c == "iss" => JwtError::Issuer,
+                    K::MissingRequiredClaim(c) if c == "aud" => JwtError::Audience,
                     _ => JwtError::Malformed,
                 }
             })?;
@@ -336,5 +350,200 @@ mod tests {
         let protos = vec!["chat".to_string(), "bearer.xyz".to_string()];
         assert_eq!(find_token(None, None, &protos).as_deref(), Some("xyz"));
         assert_eq!(find_token(None, Some("x=1"), &[]), None);
+    }
+
+    // ---- asymmetric keys, JWKS, and attacks on the algorithm ---------------------------
+
+    fn testdata(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata/jwt")
+            .join(name)
+    }
+
+    fn configured(args: &[&str]) -> JwtVerifier {
+        let mut all = vec!["switchboard-gateway"];
+        all.extend_from_slice(args);
+        let config = <Config as clap::Parser>::try_parse_from(all).unwrap();
+        JwtVerifier::from_config(&config).unwrap().unwrap()
+    }
+
+    fn claims() -> serde_json::Value {
+        serde_json::json!({"sub": "alice", "exp": now() + 60, "groups": ["g"]})
+    }
+
+    /// A token signed with a PEM private key (RSA for RS256, EC for ES256), with `kid`.
+    fn signed(alg: Algorithm, key: &str, kid: Option<&str>, claims: &serde_json::Value) -> String {
+        let pem = std::fs::read(testdata(key)).unwrap();
+        let key = match alg {
+            Algorithm::ES256 => EncodingKey::from_ec_pem(&pem).unwrap(),
+            _ => EncodingKey::from_rsa_pem(&pem).unwrap(),
+        };
+        let mut header = Header::new(alg);
+        header.kid = kid.map(Into::into);
+        encode(&header, claims, &key).unwrap()
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    #[test]
+    fn rs256_and_es256_public_keys_verify_their_own_tokens_only() {
+        let rsa = configured(&[
+            "--jwt-public-key",
+            testdata("rsa.pub.pem").to_str().unwrap(),
+        ]);
+        let t = signed(Algorithm::RS256, "rsa.pem", None, &claims());
+        assert_eq!(rsa.verify(&t).unwrap().user, "alice");
+        let other = signed(Algorithm::RS256, "rsa2.pem", None, &claims());
+        assert!(matches!(rsa.verify(&other), Err(JwtError::Signature)));
+
+        let ec = configured(&["--jwt-public-key", testdata("ec.pub.pem").to_str().unwrap()]);
+        let t = signed(Algorithm::ES256, "ec.pem", None, &claims());
+        assert_eq!(ec.verify(&t).unwrap().groups, ["g"]);
+        // An RS256 token is no ES256 token, whatever it says.
+        let rs = signed(Algorithm::RS256, "rsa.pem", None, &claims());
+        assert!(matches!(ec.verify(&rs), Err(JwtError::Signature)));
+    }
+
+    #[test]
+    fn a_jwks_picks_the_key_by_kid_and_refuses_unknown_kids() {
+        let v = configured(&["--jwt-jwks", testdata("jwks.json").to_str().unwrap()]);
+        for (alg, key, kid) in [
+            (Algorithm::RS256, "rsa.pem", "k1"),
+            (Algorithm::RS256, "rsa2.pem", "k2"),
+            (Algorithm::ES256, "ec.pem", "e1"),
+        ] {
+            let t = signed(alg, key, Some(kid), &claims());
+            assert_eq!(v.verify(&t).unwrap().user, "alice", "kid {kid}");
+        }
+        let unknown = signed(Algorithm::RS256, "rsa.pem", Some("k9"), &claims());
+        assert!(matches!(v.verify(&unknown), Err(JwtError::UnknownKey)));
+        let no_kid = signed(Algorithm::RS256, "rsa.pem", None, &claims());
+        assert!(matches!(v.verify(&no_kid), Err(JwtError::UnknownKey)));
+        // The kid names k1, the signature is k2's.
+        let swapped = signed(Algorithm::RS256, "rsa2.pem", Some("k1"), &claims());
+        assert!(matches!(v.verify(&swapped), Err(JwtError::Signature)));
+    }
+
+    #[test]
+    fn after_a_key_rotation_tokens_of_the_retired_kid_are_refused() {
+        let before = configured(&["--jwt-jwks", testdata("jwks.json").to_str().unwrap()]);
+        let after = configured(&[
+            "--jwt-jwks",
+            testdata("jwks-rotated.json").to_str().unwrap(),
+        ]);
+        let old = signed(Algorithm::RS256, "rsa.pem", Some("k1"), &claims());
+        let new = signed(Algorithm::RS256, "rsa2.pem", Some("k2"), &claims());
+        // While both are published, both verify; once k1 is retired, only k2 does.
+        assert!(before.verify(&old).is_ok() && before.verify(&new).is_ok());
+        assert!(matches!(after.verify(&old), Err(JwtError::UnknownKey)));
+        assert_eq!(after.verify(&new).unwrap().user, "alice");
+    }
+
+    #[test]
+    fn a_wrong_or_missing_issuer_is_refused() {
+        let key = testdata("rsa.pub.pem");
+        let v = configured(&[
+            "--jwt-public-key",
+            key.to_str().unwrap(),
+            "--jwt-issuer",
+            "idp",
+        ]);
+        let mut c = claims();
+        c["iss"] = "idp".into();
+        assert!(v
+            .verify(&signed(Algorithm::RS256, "rsa.pem", None, &c))
+            .is_ok());
+        c["iss"] = "elsewhere".into();
+        let wrong = signed(Algorithm::RS256, "rsa.pem", None, &c);
+        assert!(matches!(v.verify(&wrong), Err(JwtError::Issuer)));
+        let missing = signed(Algorithm::RS256, "rsa.pem", None, &claims());
+        assert!(matches!(v.verify(&missing), Err(JwtError::Issuer)));
+    }
+
+    #[test]
+    fn a_missing_audience_is_refused_when_one_is_configured() {
+        let key = testdata("rsa.pub.pem");
+        let v = configured(&[
+            "--jwt-public-key",
+            key.to_str().unwrap(),
+            "--jwt-audience",
+            "app",
+        ]);
+        let missing = signed(Algorithm::RS256, "rsa.pem", None, &claims());
+        assert!(matches!(v.verify(&missing), Err(JwtError::Audience)));
+        let mut c = claims();
+        c["aud"] = "app".into();
+        assert!(v
+            .verify(&signed(Algorithm::RS256, "rsa.pem", None, &c))
+            .is_ok());
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        let v = configured(&[
+            "--jwt-public-key",
+            testdata("rsa.pub.pem").to_str().unwrap(),
+        ]);
+        let header = b64(br#"{"alg":"none","typ":"JWT"}"#);
+        let body = b64(claims().to_string().as_bytes());
+        for t in [format!("{header}.{body}."), format!("{header}.{body}")] {
+            assert!(v.verify(&t).is_err(), "{t}");
+        }
+        // Also where an HMAC secret is configured.
+        let h = verifier(None);
+        assert!(h.verify(&format!("{header}.{body}.")).is_err());
+    }
+
+    #[test]
+    fn an_hs256_token_signed_with_the_rsa_public_key_is_refused() {
+        // Algorithm confusion: the attacker knows the public key and uses it as an HMAC secret.
+        let public = std::fs::read(testdata("rsa.pub.pem")).unwrap();
+        let v = configured(&[
+            "--jwt-public-key",
+            testdata("rsa.pub.pem").to_str().unwrap(),
+        ]);
+        let forged = encode(
+            &Header::new(Algorithm::HS256),
+            &claims(),
+            &EncodingKey::from_secret(&public).unwrap(),
+        )
+        .unwrap();
+        assert!(matches!(v.verify(&forged), Err(JwtError::Signature)));
+        let jwks = configured(&["--jwt-jwks", testdata("jwks.json").to_str().unwrap()]);
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("k1".into());
+        let forged = encode(
+            &header,
+            &claims(),
+            &EncodingKey::from_secret(&public).unwrap(),
+        )
+        .unwrap();
+        assert!(matches!(jwks.verify(&forged), Err(JwtError::Signature)));
+    }
+
+    #[test]
+    fn a_token_without_expiry_or_subject_is_refused() {
+        let v = configured(&[
+            "--jwt-public-key",
+            testdata("rsa.pub.pem").to_str().unwrap(),
+        ]);
+        let no_exp = signed(
+            Algorithm::RS256,
+            "rsa.pem",
+            None,
+            &serde_json::json!({"sub": "alice"}),
+        );
+        assert!(matches!(v.verify(&no_exp), Err(JwtError::NoExpiry)));
+        for c in [
+            serde_json::json!({"exp": now() + 60}),
+            serde_json::json!({"sub": "", "exp": now() + 60}),
+            serde_json::json!({"sub": 7, "exp": now() + 60}),
+        ] {
+            let t = signed(Algorithm::RS256, "rsa.pem", None, &c);
+            assert!(matches!(v.verify(&t), Err(JwtError::NoSubject)), "{c}");
+        }
     }
 }
