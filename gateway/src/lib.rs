@@ -24,6 +24,7 @@
 //! - `sweeper`: keepalive pings, idle and slow-consumer closes, expiry of unread inboxes.
 //! - `metrics`, [`telemetry`]: Prometheus metrics and log setup.
 
+mod accept;
 mod admin;
 mod api;
 mod client;

@@ -21,7 +21,7 @@ mod api;
 pub(crate) mod info;
 mod page;
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{convert::Infallible, sync::Arc};
 
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use hyper::{body::Incoming, server::conn::http1};
@@ -32,6 +32,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use crate::{
+    accept::Acceptor,
     client::http::{method_not_allowed, ops, text, Body},
     node::Node,
 };
@@ -44,25 +45,8 @@ pub(crate) async fn serve(
     tasks: TaskTracker,
     stop: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        let (tcp, remote) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => {
-                    backoff = Duration::from_millis(10);
-                    a
-                }
-                Err(e) => {
-                    // As on the client port: EMFILE would make an immediate retry spin.
-                    tracing::warn!(error = %e, ?backoff, "admin accept failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
+    let mut acceptor = Acceptor::new(listener, "admin");
+    while let Some((tcp, remote)) = acceptor.next(&stop).await {
         let node = Arc::clone(&node);
         let stop = stop.clone();
         tasks.spawn(async move {

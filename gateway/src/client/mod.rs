@@ -7,7 +7,7 @@ pub(crate) mod http;
 mod reader;
 mod upgrade;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
-use crate::{node::Node, tls::ReloadableTls};
+use crate::{accept::Acceptor, node::Node, tls::ReloadableTls};
 
 /// Accepts client connections until `stop` is cancelled. Each connection is served by its own
 /// task on `tasks`; an accept error backs off (up to 1 s) instead of ending the loop.
@@ -32,25 +32,8 @@ pub(crate) async fn serve(
     // bytes the peer never takes. Twice the deadline, so that ours fires first, resets the
     // connection and counts it.
     let user_timeout = node.config.write_timeout.saturating_mul(2);
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        let (tcp, remote) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => {
-                    backoff = Duration::from_millis(10);
-                    a
-                }
-                Err(e) => {
-                    // Usually EMFILE: out of file descriptors. Retrying at once would spin.
-                    tracing::warn!(error = %e, ?backoff, "accept failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
+    let mut acceptor = Acceptor::new(listener, "client");
+    while let Some((tcp, remote)) = acceptor.next(&stop).await {
         let _ = socket2::SockRef::from(&tcp).set_tcp_user_timeout(Some(user_timeout));
         let node = Arc::clone(&node);
         let stop = stop.clone();
