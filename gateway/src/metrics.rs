@@ -468,3 +468,32 @@ mod process {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscriber_group_labels_stop_at_the_cap_and_the_rest_are_lumped() {
+        let m = Metrics::new();
+        for i in 0..MAX_GROUP_LABELS + 50 {
+            m.subscriber_event("h", &format!("g{i}"));
+        }
+        // A label set already taken keeps counting under its own name.
+        m.subscriber_event("h", "g0");
+        let text = m.render();
+        let sets = text
+            .lines()
+            .filter(|l| l.starts_with("switchboard_subscriber_events_total{"))
+            .count();
+        assert_eq!(sets, MAX_GROUP_LABELS + 1, "{text}");
+        assert!(
+            text.contains(r#"switchboard_subscriber_events_total{hub="_other",group="_other"} 50"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"switchboard_subscriber_events_total{hub="h",group="g0"} 2"#),
+            "{text}"
+        );
+    }
+}
