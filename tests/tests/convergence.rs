@@ -12,6 +12,7 @@ use futures_util::{future::join_all, stream, StreamExt};
 use switchboard_proto::v1::{self as pb, message::Payload, target::Kind as T};
 use switchboard_tests::{
     gateway::{Api, Gateway},
+    holder::Holder,
     redis::Redis,
     within,
     ws::Client,
@@ -534,4 +535,68 @@ async fn a_node_leaving_with_sessions_still_registered_is_reaped_not_forgotten()
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn reconciliation_repairs_more_entries_than_one_page_both_ways() {
+    // Pages of 1,000: 2,500 held sessions, 1,500 of them stripped from Redis, and 1,500
+    // records (with index entries) of sessions this node never held.
+    let redis = Redis::start().await;
+    let gw = node(
+        &redis,
+        "node-a",
+        &[
+            "--reconcile-interval",
+            "1s",
+            "--ping-interval",
+            "5m",
+            "--idle-timeout",
+            "10m",
+        ],
+    )
+    .await;
+    let held = Holder::open(&gw.ws_url("h"), 2_500, 64).await;
+    let open: BTreeSet<String> = held.ids.iter().cloned().collect();
+    eventually("all 2,500 registered", Duration::from_secs(30), || {
+        registry_matches(&redis, "node-a", &open)
+    })
+    .await;
+    let stripped: Vec<&String> = open.iter().take(1_500).collect();
+    let mut del = vec!["DEL".to_owned()];
+    let mut zrem = vec!["ZREM".to_owned(), format!("{PREFIX}:idx:node:node-a")];
+    for id in &stripped {
+        del.push(format!("{PREFIX}:session:{id}"));
+        zrem.push((*id).clone());
+    }
+    let ghosts: Vec<String> = (0..1_500).map(|i| format!("GHOST{i:016}A")).collect();
+    let mut zadd = vec!["ZADD".to_owned(), format!("{PREFIX}:idx:node:node-a")];
+    for g in &ghosts {
+        zadd.push("0".into());
+        zadd.push(g.clone());
+    }
+    // Records first, then their index entries: what failed unregisters leave behind.
+    for g in &ghosts {
+        redis
+            .cli(&[
+                "HSET",
+                &format!("{PREFIX}:session:{g}"),
+                "node",
+                "node-a",
+                "hub",
+                "h",
+            ])
+            .await;
+    }
+    for args in [&del, &zrem, &zadd] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        redis.cli(&args).await;
+    }
+    eventually(
+        "the registry to match the 2,500 open sessions again",
+        Duration::from_secs(30),
+        || registry_matches(&redis, "node-a", &open),
+    )
+    .await;
+    assert!(metric(&gw, "switchboard_registry_repairs_total").await >= 3_000.0);
+    held.release().await;
 }

@@ -361,10 +361,12 @@ impl RedisRegistry {
         c
     }
 
-    /// Writes the record and its index entries: one round trip.
+    /// Writes the index entries, then the record: one round trip. In this order a pipeline
+    /// cut short leaves an index entry without a record, which reconciliation finds by walking
+    /// the node index, rather than a record without an index entry, which it would not find.
     pub(crate) async fn register(&self, r: &SessionRecord) -> Result<(), RegistryError> {
-        let mut cmds = vec![self.record_cmd(r)];
-        cmds.extend(self.index_cmds(r, true));
+        let mut cmds = self.index_cmds(r, true);
+        cmds.push(self.record_cmd(r));
         self.batch(cmds).await.map(drop)
     }
 
@@ -375,8 +377,8 @@ impl RedisRegistry {
     ) -> Result<(), RegistryError> {
         let mut cmds = Vec::new();
         for r in records {
-            cmds.push(self.record_cmd(r));
             cmds.extend(self.index_cmds(r, true));
+            cmds.push(self.record_cmd(r));
         }
         self.batch(cmds).await.map(drop)
     }
