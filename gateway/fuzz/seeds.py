@@ -6,6 +6,7 @@ kept with `cargo fuzz cmin` sit beside these seeds under their hash names.
 """
 import os
 import struct
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MASK = bytes([0x37, 0xFA, 0x21, 0x3D])
@@ -41,6 +42,20 @@ def assembler_input(max_bytes, frames):
         out += bytes([(0x80 if fin else 0) | opcode, len(payload)]) + payload
     return out
 
+
+def deflated(data, wbits=15):
+    """A message compressed as RFC 7692 says: raw deflate, sync flush, tail removed."""
+    c = zlib.compressobj(6, zlib.DEFLATED, -wbits)
+    out = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    return out[:-4]
+
+
+def inflate_input(bits, level, max_bytes, data):
+    return bytes([(bits - 8) | ((level - 1) << 3)]) + struct.pack("<H", max_bytes) + data
+
+
+JSON = b'{"type":"quote","symbol":"ACME","bid":101.25,"ask":101.5}' * 8
 
 UPGRADE = (
     b"GET /ws/chat HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nConnection: Upgrade\r\n"
@@ -80,6 +95,13 @@ SEEDS = {
         "unexpected-continuation": frames_input(1024, 0, frame(True, 0, b"x")),
         "fragmented-ping": frames_input(1024, 0, frame(False, 9, b"p")),
         "rsv-bits": frames_input(1024, 0, b"\xc1\x80" + MASK),
+        # The top bit of the read-size byte: permessage-deflate negotiated.
+        "deflate-text": frames_input(1024, 0x80, frame(True, 0x41, deflated(JSON))),
+        "deflate-fragmented": frames_input(
+            1024, 0x83, frame(False, 0x41, deflated(JSON)[:20]) + frame(True, 0, deflated(JSON)[20:])
+        ),
+        "deflate-bomb": frames_input(512, 0x80, frame(True, 0x42, deflated(bytes(50_000)))),
+        "deflate-rsv1-ping": frames_input(1024, 0x80, frame(True, 0x49, b"")),
     },
     "assembler": {
         "text": assembler_input(100, [(True, 1, b"hello")]),
@@ -96,6 +118,11 @@ SEEDS = {
         "upgrade": UPGRADE + b"\r\n" + frame(True, 1, b"hello") + frame(True, 8, close(1000)),
         "upgrade-subprotocols": UPGRADE + b"Sec-WebSocket-Protocol: chat.v2, json , ,mqtt\r\n"
         b"Sec-WebSocket-Protocol: wamp\r\n\r\n",
+        "upgrade-deflate": UPGRADE + b"Sec-WebSocket-Extensions: permessage-deflate; "
+        b"client_max_window_bits, permessage-deflate; server_max_window_bits=10\r\n\r\n"
+        + frame(True, 0x41, deflated(JSON)),
+        "upgrade-bad-extension": UPGRADE + b"Sec-WebSocket-Extensions: permessage-deflate; "
+        b'server_max_window_bits="1x"; foo, x-webkit-deflate-frame\r\n\r\n',
         "upgrade-bad-version": UPGRADE.replace(b"Version: 13", b"Version: 8") + b"\r\n",
         "upgrade-no-key": b"GET /ws/chat HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\n"
         b"Upgrade: WebSocket\r\nSec-WebSocket-Version: 13\r\n\r\n",
@@ -108,6 +135,13 @@ SEEDS = {
         b"3\r\nabc\r\n0\r\n\r\n",
         "http10-absolute": b"GET http://x/ws/chat HTTP/1.0\r\n\r\n",
         "not-found": b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n",
+    },
+    "inflate": {
+        "json": inflate_input(15, 6, 4096, deflated(JSON)),
+        "json-window-9": inflate_input(9, 1, 4096, deflated(JSON, 9)),
+        "bomb": inflate_input(15, 9, 1024, deflated(bytes(100_000))),
+        "plain-text": inflate_input(12, 3, 100, b"hello hello hello hello"),
+        "garbage": inflate_input(8, 9, 100, b"\xff\xfe\xfd\x00\x01"),
     },
     "close": {
         "empty": b"",

@@ -47,6 +47,13 @@ pub enum OutagePolicy {
     Refuse,
 }
 
+/// Whether a setting is on or off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
 /// Where the admin listener binds, or `off`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AdminListen(pub Option<SocketAddr>);
@@ -126,6 +133,26 @@ pub struct Config {
     /// Largest client or backend message, in bytes (client messages over it are closed with 1009).
     #[arg(long, env = "SWITCHBOARD_MAX_MESSAGE_BYTES", default_value = "1048576")]
     pub max_message_bytes: NonZeroUsize,
+
+    /// permessage-deflate (RFC 7692) for clients that offer it. Both directions run without
+    /// context takeover, so a broadcast is compressed once and idle sessions hold no
+    /// compression state.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_COMPRESSION",
+        value_enum,
+        default_value = "on"
+    )]
+    pub compression: Switch,
+
+    /// Messages shorter than this go uncompressed even to sessions that negotiated compression.
+    #[arg(long, env = "SWITCHBOARD_COMPRESSION_MIN_BYTES", default_value = "256")]
+    pub compression_min_bytes: usize,
+
+    /// zlib compression level for outgoing messages, 1 (fastest) to 9 (smallest).
+    #[arg(long, env = "SWITCHBOARD_COMPRESSION_LEVEL", default_value = "6",
+          value_parser = clap::value_parser!(u8).range(1..=9))]
+    pub compression_level: u8,
 
     /// Interval between server pings on a quiet connection.
     #[arg(long, env = "SWITCHBOARD_PING_INTERVAL", default_value = "25s", value_parser = parse_duration)]
@@ -662,6 +689,9 @@ impl fmt::Debug for Config {
             .field("close_timeout", &self.close_timeout)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("welcome_frame", &self.welcome_frame)
+            .field("compression", &self.compression)
+            .field("compression_min_bytes", &self.compression_min_bytes)
+            .field("compression_level", &self.compression_level)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("node_id", &self.node_id)
             .field("redis_url", &self.redis_url.as_ref().map(|u| redact_url(u)))

@@ -1,13 +1,14 @@
-//! Entry points for the fuzz targets in `gateway/fuzz` (not an API: hidden from the docs).
+//! Entry points for the fuzz targets in `gateway/fuzz`, built only with `--cfg fuzzing` (which
+//! `cargo fuzz` sets), so normal builds do not carry it.
 //!
 //! Everything that parses bytes a client or an operator controls is crate-private; this module
 //! lets the fuzz crate reach it without changing any behaviour. Each function calls the
-//! gateway's own code: the frame reader is configured as `client::connection` configures it and
-//! feeds the same `message::Assembler`; the upgrade driver serves hyper's HTTP/1 with the
-//! builder settings of `client::serve` and takes the route decisions of `client::http::route`
-//! with the same functions (`config::is_name`, `fastwebsockets::upgrade::is_upgrade_request`,
-//! `fastwebsockets::upgrade::upgrade`). Nothing here needs a `Node`, a socket or a registry.
-#![doc(hidden)]
+//! gateway's own code: the session reader is `client::reader::Reader` feeding
+//! `client::protocol::ClientProtocol`, the same pair `client::connection` drives (only what is
+//! done with each step differs: collected here, delivered there); the upgrade driver serves
+//! hyper's HTTP/1 with the builder settings of `client::serve` and routes with
+//! `client::http::decide`, then `client::upgrade::handshake` and the extension negotiation of
+//! `deflate::negotiate`. Nothing here needs a `Node`, a socket or a registry.
 
 use std::{
     convert::Infallible,
@@ -19,15 +20,21 @@ use std::{
 
 use bytes::Bytes;
 use clap::{CommandFactory, Parser};
-use fastwebsockets::{OpCode, Role, WebSocketError};
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::{
+    client::{
+        http::{self as client_http, Route as Decided},
+        protocol::{ClientProtocol, Step},
+        reader::{self, Reader, Wire},
+        upgrade,
+    },
     config::{self, Config},
+    deflate,
     frame::{self, Opcode},
     gate::Gate,
     jwt,
@@ -67,7 +74,7 @@ pub fn assemble(frames: &[(u8, bool, Vec<u8>)], max: usize) -> Vec<Assembled> {
             2 => DataFrame::Binary,
             _ => continue,
         };
-        match assembler.push(data, *fin, payload) {
+        match assembler.push(data, *fin, false, payload) {
             Ok(None) => out.push(Assembled::Pending),
             Ok(Some(m)) => out.push(Assembled::Message(delivered(m))),
             Err(e) => {
@@ -271,9 +278,7 @@ pub enum End {
     Dropped,
     /// The client sent a valid close frame; the gateway echoes it and ends with its code.
     ClientClosed { code: u16, reason: String },
-    /// The gateway fails the connection with this close code (RFC 6455 §7.1.7). Frame-level
-    /// errors keep fastwebsockets' wording; `client::connection::read_failed` maps them to a
-    /// code on the real path, so `code` is 0 for those here.
+    /// The gateway fails the connection with this close code (RFC 6455 §7.1.7).
     Failed { code: u16, why: String },
 }
 
@@ -285,79 +290,57 @@ pub struct SessionRead {
     /// Pong frames the gateway queued in answer to pings (encoded by `frame::encode`).
     pub pongs: Vec<Bytes>,
     pub end: End,
+    /// The most bytes the reader's buffer held room for at any point.
+    pub peak_buffer: usize,
 }
 
-/// Reads frames from `read` as a session's reader task does — fastwebsockets'
-/// `WebSocketRead` in the server role, auto-close and auto-pong off, a frame limit of
-/// `max + 1` — and feeds data frames to a `message::Assembler` of limit `max`, answering pings,
-/// checking control frames and parsing the close frame as `client::connection::read_loop`
-/// does, until the stream ends or the session would end.
-pub async fn read_session<R: AsyncRead + Unpin>(read: R, max: usize) -> SessionRead {
-    let (mut reader, _) =
-        fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
-    reader.set_auto_close(false);
-    reader.set_auto_pong(false);
-    reader.set_max_message_size(max.saturating_add(1));
-    let mut assembler = Assembler::new(max);
-    let mut no_obligations = |_: fastwebsockets::Frame<'_>| async { Ok::<(), Infallible>(()) };
+impl SessionRead {
+    /// What the session did, whatever the buffer sizes on the way.
+    pub fn outcome(&self) -> (&[Delivered], &[Bytes], &End) {
+        (&self.messages, &self.pongs, &self.end)
+    }
+}
+
+/// The reader's first allocation and how much it grows a buffer per read
+/// (`client::reader`): with a frame of `need` bytes pending, the buffer stays within
+/// `need + 2 * (READ_CHUNK + MAX_GROWTH)`.
+pub const READ_SLACK: usize = 2 * (reader::READ_CHUNK + reader::MAX_GROWTH);
+
+/// Reads `wire` as a session's reader task does (`client::reader::Reader` into
+/// `client::protocol::ClientProtocol`, message limit `max`, compressed messages accepted when
+/// `deflate`), until the stream ends or the session would end.
+async fn read_session<W: Wire>(wire: W, max: usize, deflate: bool) -> SessionRead {
+    let mut reader = Reader::new(wire, Bytes::new());
+    let mut protocol = ClientProtocol::new(max, deflate);
     let mut out = SessionRead {
         messages: Vec::new(),
         pongs: Vec::new(),
         end: End::Dropped,
-    };
-    let fail = |code: u16, why: &str| End::Failed {
-        code,
-        why: why.to_owned(),
+        peak_buffer: 0,
     };
     loop {
-        let frame = match reader.read_frame(&mut no_obligations).await {
-            Ok(f) => f,
-            Err(WebSocketError::UnexpectedEOF | WebSocketError::IoError(_)) => {
-                out.end = End::Dropped;
-                return out;
-            }
-            Err(e) => {
-                out.end = fail(0, &e.to_string());
-                return out;
-            }
-        };
-        let data = match frame.opcode {
-            OpCode::Text => DataFrame::Text,
-            OpCode::Binary => DataFrame::Binary,
-            OpCode::Continuation => DataFrame::Continuation,
-            OpCode::Ping => {
-                out.pongs.push(frame::encode(Opcode::Pong, &frame.payload));
-                continue;
-            }
-            OpCode::Pong => {
-                if frame.payload.len() > frame::MAX_CONTROL_PAYLOAD {
-                    out.end = fail(frame::close_code::PROTOCOL_ERROR, "control frame too long");
+        let need = loop {
+            match protocol.next(reader.buf()) {
+                Ok(Step::Message(m)) => out.messages.push(delivered(m)),
+                Ok(Step::Fragment | Step::Pong) => {}
+                Ok(Step::Ping(p)) => out.pongs.push(frame::encode(Opcode::Pong, &p)),
+                Ok(Step::Close(c)) => {
+                    out.end = End::ClientClosed {
+                        code: c.code,
+                        reason: c.reason,
+                    };
                     return out;
                 }
-                continue;
-            }
-            OpCode::Close => {
-                if frame.payload.len() > frame::MAX_CONTROL_PAYLOAD {
-                    out.end = fail(frame::close_code::PROTOCOL_ERROR, "control frame too long");
+                Ok(Step::Fail { code, why }) => {
+                    out.end = End::Failed { code, why };
                     return out;
                 }
-                out.end = match frame::parse_close(&frame.payload) {
-                    Some(cc) => End::ClientClosed {
-                        code: cc.code,
-                        reason: cc.reason,
-                    },
-                    None => fail(frame::close_code::PROTOCOL_ERROR, "invalid close frame"),
-                };
-                return out;
+                Err(need) => break need,
             }
         };
-        match assembler.push(data, frame.fin, &frame.payload) {
-            Ok(None) => {}
-            Ok(Some(m)) => out.messages.push(delivered(m)),
-            Err(e) => {
-                out.end = fail(e.close_code(), &e.to_string());
-                return out;
-            }
+        match reader.fill(need).await {
+            Ok(true) => out.peak_buffer = out.peak_buffer.max(reader.buf().capacity()),
+            Ok(false) | Err(_) => return out,
         }
     }
 }
@@ -376,20 +359,20 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 /// [`read_session`] over bytes in memory: what a session makes of `bytes` sent after its 101.
-pub fn read_frames(bytes: &[u8], max: usize) -> SessionRead {
-    block_on(read_session(bytes, max))
+pub fn read_frames(bytes: &[u8], max: usize, deflate: bool) -> SessionRead {
+    read_frames_chunked(bytes, max, deflate, usize::MAX)
 }
 
 /// [`read_frames`], but the bytes arrive as a slow socket gives them: at most `chunk` bytes
 /// per read (at least 1), each read first answering "not ready" once. The outcome must not
 /// depend on how the bytes were cut.
-pub fn read_frames_chunked(bytes: &[u8], max: usize, chunk: usize) -> SessionRead {
+pub fn read_frames_chunked(bytes: &[u8], max: usize, deflate: bool, chunk: usize) -> SessionRead {
     let trickle = Trickle {
         bytes,
         chunk: chunk.max(1),
         ready: false,
     };
-    block_on(read_session(trickle, max))
+    block_on(read_session(trickle, max, deflate))
 }
 
 struct Trickle<'a> {
@@ -415,6 +398,10 @@ impl AsyncRead for Trickle<'_> {
         self.bytes = tail;
         Poll::Ready(Ok(()))
     }
+}
+
+impl Wire for Trickle<'_> {
+    async fn readable(&mut self) {}
 }
 
 /// The answer of the client port to one request, decided as `client::http::route` and
@@ -454,41 +441,65 @@ impl Route {
 }
 
 /// The 101 response and the future of the upgraded stream.
-pub type Handshake = (Response<Empty<Bytes>>, fastwebsockets::upgrade::UpgradeFut);
+type Handshake = (Response<Empty<Bytes>>, upgrade::Pending);
 
-/// Decides `req`'s route; for an upgrade, also runs fastwebsockets' handshake on it, which
-/// gives the 101 response and the future of the upgraded stream.
-pub fn route<B>(req: &mut Request<B>) -> (Route, Option<Handshake>) {
-    let path = req.uri().path().to_owned();
-    let Some(hub) = path.strip_prefix("/ws/") else {
-        let route = match path.as_str() {
-            "/healthz" | "/readyz" | "/metrics" | "/demo" if req.method() != Method::GET => {
-                Route::MethodNotAllowed
-            }
-            "/healthz" | "/readyz" | "/metrics" | "/demo" => Route::Probe,
-            _ => Route::NotFound,
-        };
-        return (route, None);
+/// Decides `req`'s route with `client::http::decide` (probes served on the client port, the
+/// default); for an upgrade, also runs `client::upgrade::handshake` on it (fastwebsockets' for
+/// HTTP/1.1), which gives the 101 response and the future of the upgraded stream.
+fn route<B>(req: &mut Request<B>) -> (Route, Option<Handshake>) {
+    let hub = match client_http::decide(req, true) {
+        Decided::Upgrade(hub) => hub.to_owned(),
+        Decided::Ops(_) | Decided::Demo => return (Route::Probe, None),
+        Decided::NotFound => return (Route::NotFound, None),
+        Decided::MethodNotAllowed => return (Route::MethodNotAllowed, None),
+        Decided::BadHub => return (Route::BadHub, None),
+        Decided::OldHttp => return (Route::OldHttp, None),
+        Decided::NotUpgrade => return (Route::NotUpgrade, None),
     };
-    if req.method() != Method::GET {
-        (Route::MethodNotAllowed, None)
-    } else if !config::is_name(hub) {
-        (Route::BadHub, None)
-    } else if req.version() < http::Version::HTTP_11 {
-        (Route::OldHttp, None)
-    } else if !fastwebsockets::upgrade::is_upgrade_request(req) {
-        (Route::NotUpgrade, None)
-    } else {
-        match fastwebsockets::upgrade::upgrade(&mut *req) {
-            Ok(pair) => (
-                Route::Upgrade {
-                    hub: hub.to_owned(),
-                },
-                Some(pair),
-            ),
-            Err(e) => (Route::BadHandshake(e.to_string()), None),
-        }
+    match upgrade::handshake(req) {
+        Ok(pair) => (Route::Upgrade { hub }, Some(pair)),
+        Err(e) => (Route::BadHandshake(e), None),
     }
+}
+
+/// What an upgrade request's headers ask for beyond the handshake, parsed as
+/// `client::upgrade` parses them: the subprotocols offered, and the permessage-deflate terms
+/// agreed with the response header (`deflate::negotiate`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Asked {
+    pub subprotocols: Vec<String>,
+    /// (the client's window limit for what the gateway sends, the response header).
+    pub deflate: Option<(u8, String)>,
+}
+
+/// [`Asked`] of a request's headers.
+pub fn asked(headers: &http::HeaderMap) -> Asked {
+    Asked {
+        subprotocols: upgrade::subprotocols(headers),
+        deflate: deflate::negotiate(
+            headers
+                .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        )
+        .map(|(d, answer)| (d.server_window_bits, answer)),
+    }
+}
+
+/// `deflate::inflate`: a compressed message's bytes inflated under `max`, or why not.
+pub fn inflate(compressed: &[u8], max: usize) -> Result<Bytes, String> {
+    deflate::inflate(compressed, max).map_err(|e| e.to_string())
+}
+
+/// `deflate::compress` for a client window of `window_bits` at zlib `level` (1–9).
+pub fn compress(window_bits: u8, level: u8, payload: &[u8]) -> Option<Vec<u8>> {
+    deflate::compress(
+        deflate::Deflate {
+            server_window_bits: window_bits,
+        },
+        level,
+        payload,
+    )
 }
 
 /// What the client port made of a connection's bytes.
@@ -498,8 +509,11 @@ pub struct HttpExchange {
     pub routes: Vec<Route>,
     /// What the server wrote back (responses, hyper's own 400/431 answers).
     pub response: Vec<u8>,
+    /// What the request headers of the upgrade asked for ([`asked`]).
+    pub asked: Option<Asked>,
     /// For an upgraded connection, what its session's reader made of the bytes after the
-    /// request (frames), with a message limit of `max`.
+    /// request (frames), with a message limit of `max`, compressed messages accepted when the
+    /// request negotiated permessage-deflate.
     pub session: Option<SessionRead>,
 }
 
@@ -524,12 +538,16 @@ pub fn serve_http(bytes: &[u8], max: usize) -> HttpExchange {
             let routes = Arc::clone(&routes);
             let upgrades = Arc::clone(&upgrades);
             hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                let asked = asked(req.headers());
                 let (route, pair) = route(&mut req);
                 let status = route.status();
                 routes.lock().unwrap_or_else(|e| e.into_inner()).push(route);
                 let resp = match pair {
                     Some((resp, fut)) => {
-                        upgrades.lock().unwrap_or_else(|e| e.into_inner()).push(fut);
+                        upgrades
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((fut, asked));
                         resp
                     }
                     None => {
@@ -551,14 +569,15 @@ pub fn serve_http(bytes: &[u8], max: usize) -> HttpExchange {
             let _ = conn.await;
             let fut = upgrades.lock().unwrap_or_else(|e| e.into_inner()).pop();
             match fut {
-                Some(fut) => match fut.await {
-                    Ok(ws) => {
-                        let (read, _write) = tokio::io::split(ws.into_inner());
-                        Some(read_session(read, max).await)
+                Some((fut, asked)) => match fut.upgraded().await {
+                    Ok(upgraded) => {
+                        let (read, _write) = tokio::io::split(TokioIo::new(upgraded));
+                        let deflate = asked.deflate.is_some();
+                        (Some(asked), Some(read_session(read, max, deflate).await))
                     }
-                    Err(_) => None,
+                    Err(_) => (Some(asked), None),
                 },
-                None => None,
+                None => (None, None),
             }
         };
         let talk = async {
@@ -574,11 +593,12 @@ pub fn serve_http(bytes: &[u8], max: usize) -> HttpExchange {
             tokio::join!(send, receive);
             response
         };
-        let (session, response) = tokio::join!(serve, talk);
+        let ((asked, session), response) = tokio::join!(serve, talk);
         let routes = std::mem::take(&mut *routes.lock().unwrap_or_else(|e| e.into_inner()));
         HttpExchange {
             routes,
             response,
+            asked,
             session,
         }
     })
@@ -615,7 +635,7 @@ mod tests {
         bytes.extend(client_frame(true, 0, b"llo"));
         bytes.extend(client_frame(true, 8, &[0x03, 0xe8, b'o', b'k']));
         bytes.extend(client_frame(true, 2, b"never read"));
-        let read = read_frames(&bytes, 1024);
+        let read = read_frames(&bytes, 1024, false);
         assert_eq!(
             read.messages,
             vec![Delivered {
@@ -638,10 +658,11 @@ mod tests {
         let mut bytes = client_frame(false, 1, "h€".as_bytes());
         bytes.extend(client_frame(true, 0, b"llo"));
         bytes.extend(client_frame(true, 8, &[]));
-        let whole = read_frames(&bytes, 1024);
+        let whole = read_frames(&bytes, 1024, false);
         assert_eq!(whole.messages.len(), 1);
         for chunk in [1, 2, 3, 7, 100] {
-            assert_eq!(read_frames_chunked(&bytes, 1024, chunk), whole);
+            let trickled = read_frames_chunked(&bytes, 1024, false, chunk);
+            assert_eq!(trickled.outcome(), whole.outcome());
         }
     }
 
@@ -650,18 +671,48 @@ mod tests {
         let mut bytes = client_frame(false, 2, &[0; 8]);
         bytes.extend(client_frame(true, 0, &[0; 8]));
         assert!(matches!(
-            read_frames(&bytes, 10).end,
+            read_frames(&bytes, 10, false).end,
             End::Failed { code: 1009, .. }
         ));
-        // One frame over the limit is refused by fastwebsockets before its payload is read.
-        let read = read_frames(&client_frame(true, 2, &[0; 11]), 10);
-        assert!(matches!(read.end, End::Failed { code: 0, .. }));
+        // One frame over the limit is refused by the decoder before its payload is read.
+        let read = read_frames(&client_frame(true, 2, &[0; 11])[..8], 10, false);
+        assert!(matches!(read.end, End::Failed { code: 1009, .. }));
         assert_eq!(
-            read_frames(&client_frame(true, 2, &[0; 10]), 10)
+            read_frames(&client_frame(true, 2, &[0; 10]), 10, false)
                 .messages
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn compressed_frames_need_the_extension_and_inflate() {
+        let json = br#"{"k":"value","n":[1,2,3]}"#.repeat(20);
+        let c = compress(15, 6, &json).expect("compressible");
+        let mut f = client_frame(true, 1, &c);
+        f[0] |= 0x40;
+        let read = read_frames(&f, 1024, true);
+        assert_eq!(read.messages[0].payload, Bytes::from(json.clone()));
+        assert!(matches!(
+            read_frames(&f, 1024, false).end,
+            End::Failed { code: 1002, .. }
+        ));
+        assert_eq!(inflate(&c, 1024).unwrap(), Bytes::from(json));
+    }
+
+    #[test]
+    fn upgrade_headers_are_parsed_as_the_gateway_parses_them() {
+        let mut h = http::HeaderMap::new();
+        h.append("sec-websocket-protocol", "a, b".parse().unwrap());
+        h.append(
+            "sec-websocket-extensions",
+            "permessage-deflate; server_max_window_bits=9"
+                .parse()
+                .unwrap(),
+        );
+        let asked = asked(&h);
+        assert_eq!(asked.subprotocols, ["a", "b"]);
+        assert_eq!(asked.deflate.map(|d| d.0), Some(9));
     }
 
     #[test]

@@ -14,8 +14,10 @@
 //! - `hook`: the connect hook client (`ConnectHook/Authorize`).
 //! - `model`: the shared vocabulary: session IDs, how a session ended, registry records.
 //! - `session`: one session: ID, counters, lifecycle, outbound queue, inbox.
-//! - `frame`: server frame encoding (encode once, share the bytes) and close payloads.
-//! - `message`: reassembly and validation of client messages.
+//! - `frame`: server frame encoding (encode once, share the bytes), strict client frame
+//!   decoding, close payloads.
+//! - `deflate`: permessage-deflate: negotiation, compress-once, bounded inflation.
+//! - `message`: reassembly, inflation and validation of client messages.
 //! - `pool`: the node's live sessions and their hub/group/user indexes.
 //! - `registry`: where sessions are recorded for lookups and listings (in memory by default).
 //! - `events`: hub events for `Subscribe`, shared within consumer groups.
@@ -30,9 +32,11 @@ mod api;
 mod client;
 mod cluster;
 pub mod config;
+mod deflate;
 mod error;
 mod events;
 mod frame;
+#[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
 mod gate;
@@ -116,25 +120,30 @@ impl Gateway {
         let load = |cert: &Option<std::path::PathBuf>,
                     key: &Option<std::path::PathBuf>,
                     ca: Option<&std::path::PathBuf>,
-                    alpn: &[u8]| {
+                    alpn: &[&[u8]]| {
             match (cert, key) {
                 (Some(cert), Some(key)) => ReloadableTls::load(TlsFiles {
                     cert: cert.clone(),
                     key: key.clone(),
                     client_ca: ca.cloned(),
-                    alpn: vec![alpn.to_vec()],
+                    alpn: alpn.iter().map(|p| p.to_vec()).collect(),
                 })
                 .map(Some)
                 .map_err(|e| Error::Security(e.to_string())),
                 _ => Ok(None),
             }
         };
-        let client_tls = load(&config.tls_cert, &config.tls_key, None, b"http/1.1")?;
+        let client_tls = load(
+            &config.tls_cert,
+            &config.tls_key,
+            None,
+            &[b"h2", b"http/1.1"],
+        )?;
         let backend_tls = load(
             &config.backend_tls_cert,
             &config.backend_tls_key,
             config.backend_client_ca.as_ref(),
-            b"h2",
+            &[b"h2"],
         )?;
         let metrics = Arc::new(Metrics::new());
         let ctx = Arc::new(SessionContext {

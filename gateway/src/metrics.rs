@@ -71,6 +71,15 @@ pub(crate) struct GrpcLabel {
     pub status: &'static str,
 }
 
+/// How a session's WebSocket is carried, and whether it is compressed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TransportLabel {
+    /// `http1` (an Upgrade) or `http2` (an extended CONNECT, RFC 8441).
+    pub transport: &'static str,
+    /// `deflate` (permessage-deflate) or `none`.
+    pub compression: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ReasonLabel {
     pub reason: &'static str,
@@ -86,6 +95,7 @@ pub(crate) struct Metrics {
     registry: Registry,
     pub sessions_open: Gauge,
     pub connects: Counter,
+    pub connects_by_transport: Family<TransportLabel, Counter>,
     pub disconnects: Family<CodeLabel, Counter>,
     pub upgrades_refused: Family<ReasonLabel, Counter>,
     pub messages_in: Counter,
@@ -123,6 +133,7 @@ impl Metrics {
         let m = Self {
             sessions_open: Gauge::default(),
             connects: Counter::default(),
+            connects_by_transport: Family::default(),
             disconnects: Family::default(),
             upgrades_refused: Family::default(),
             messages_in: Counter::default(),
@@ -159,6 +170,11 @@ impl Metrics {
             m.sessions_open.clone(),
         );
         r.register("connects", "Sessions admitted", m.connects.clone());
+        r.register(
+            "connects_by_transport",
+            "Sessions admitted, by transport (http1, http2) and compression (deflate, none)",
+            m.connects_by_transport.clone(),
+        );
         r.register(
             "disconnects",
             "Sessions ended, by close code and by who closed",

@@ -14,15 +14,15 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     cluster::GatewayPeer,
+    config::Switch,
     config::{is_name, Config},
     error::{Error, Result},
     events::{Event, EventBody, EventBus},
-    frame::{self, close_code, Opcode},
+    frame::{self, close_code, Encoded, Opcode},
     gate::Gate,
     message::{Kind, Message},
     metrics::CodeLabel,
@@ -265,6 +265,17 @@ impl Node {
     pub(crate) async fn admit(&self, s: &Arc<Session>) {
         self.pool.insert(Arc::clone(s));
         self.metrics.connects.inc();
+        self.metrics
+            .connects_by_transport
+            .get_or_create(&crate::metrics::TransportLabel {
+                transport: s.transport.as_str(),
+                compression: if s.deflate.is_some() {
+                    "deflate"
+                } else {
+                    "none"
+                },
+            })
+            .inc();
         self.metrics.sessions_open.inc();
         let record = s.record();
         if let Err(e) = self.registry.register(record.clone()).await {
@@ -353,7 +364,7 @@ impl Node {
 
     /// Queues a backend's write on an attached stream, waiting while the queue is full.
     pub(crate) async fn send_waiting(&self, s: &Arc<Session>, message: &Message) -> Result<()> {
-        let frame = self.encode(message)?;
+        let frame = self.encode(message)?.frame_for(s.deflate);
         loop {
             match s.send(frame.clone(), Flush::Batched) {
                 Ok(()) => return Ok(()),
@@ -366,8 +377,9 @@ impl Node {
         }
     }
 
-    /// Encodes a backend's message as a frame, once, after checking its size.
-    pub(crate) fn encode(&self, message: &Message) -> Result<Bytes> {
+    /// Encodes a backend's message, once, after checking its size; the compressed form is made
+    /// (once) when the first session that agreed to compression asks for it.
+    pub(crate) fn encode(&self, message: &Message) -> Result<Encoded> {
         let max = self.config.max_message_bytes.get();
         if message.len() > max {
             return Err(Error::InvalidArgument(format!(
@@ -379,7 +391,13 @@ impl Node {
             Kind::Text => Opcode::Text,
             Kind::Binary => Opcode::Binary,
         };
-        Ok(frame::encode(op, &message.payload))
+        let cfg = &self.config;
+        let compress = cfg.compression == Switch::On && message.len() >= cfg.compression_min_bytes;
+        Ok(Encoded::new(
+            op,
+            message.payload.clone(),
+            compress.then_some(cfg.compression_level),
+        ))
     }
 
     /// An open session on this node, or the right error for an ID that is not one.
@@ -415,9 +433,9 @@ impl Node {
     }
 
     pub(crate) async fn send(&self, id: &SessionId, message: &Message) -> Result<()> {
-        let frame = self.encode(message)?;
+        let encoded = self.encode(message)?;
         let s = self.open_session(id).await?;
-        match s.send(frame, Flush::Now) {
+        match s.send(encoded.frame_for(s.deflate), Flush::Now) {
             Ok(()) => Ok(()),
             Err(SendError::Gone) => Err(Self::gone(&s)),
             Err(SendError::QueueFull) => {
@@ -453,7 +471,7 @@ impl Node {
         message: &Message,
     ) -> Result<Delivery> {
         validate_target(target)?;
-        let frame = self.encode(message)?;
+        let encoded = self.encode(message)?;
         // A set, so a long exclusion list does not cost its length for every target.
         let exclude: HashSet<&SessionId> = exclude.iter().collect();
         let mut out = Delivery::default();
@@ -462,7 +480,7 @@ impl Node {
             if exclude.contains(&s.id) {
                 return;
             }
-            match s.send(frame.clone(), Flush::Now) {
+            match s.send(encoded.frame_for(s.deflate), Flush::Now) {
                 Ok(()) => out.queued += 1,
                 Err(SendError::QueueFull) => {
                     out.refused += 1;

@@ -11,14 +11,19 @@
 //   expect-text TEXT          -> `seen TEXT`      a received text message is listed
 //   expect-binary N           -> `seen binary N`  a received binary message of N bytes is listed
 //   type TEXT                 -> `sent TEXT`      typed into the text box and sent
+//   protocol                  -> `protocol P`     the protocol the page itself came over
+//                                                 (`h2`, `http/1.1`)
 //   screenshot PATH           -> `shot PATH`
 //   quit                      -> `bye`            and exits 0
 //
 // Any failure prints `error WHY` and exits 1, as does a console error or an uncaught exception
 // in the page (a Content-Security-Policy violation is one). Uses Debian's chromium
 // (CHROMIUM overrides /usr/bin/chromium) with a fresh profile; never downloads a browser.
+// With TRUST_CERT=PEM, Chromium trusts that (test) server certificate by its public key
+// (--ignore-certificate-errors-spki-list), so an https page is a secure context without errors.
 
-import { mkdtempSync, rmSync } from "node:fs";
+import { createHash, createPublicKey } from "node:crypto";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -44,6 +49,11 @@ const ARGS = [
   "--disable-component-update",
   "--disable-sync",
 ];
+
+if (process.env.TRUST_CERT) {
+  const spki = createPublicKey(readFileSync(process.env.TRUST_CERT)).export({ type: "spki", format: "der" });
+  ARGS.push(`--ignore-certificate-errors-spki-list=${createHash("sha256").update(spki).digest("base64")}`);
+}
 
 const say = (line) => process.stdout.write(`${line}\n`);
 const problems = [];
@@ -121,6 +131,9 @@ try {
       await page.locator("#send").click();
       await listed(page, "#log li.out p.body", arg);
       say(`sent ${arg}`);
+    } else if (cmd === "protocol") {
+      const p = await page.evaluate(() => performance.getEntriesByType("navigation")[0].nextHopProtocol);
+      say(`protocol ${p}`);
     } else if (cmd === "screenshot") {
       await page.screenshot({ path: arg, fullPage: true });
       say(`shot ${arg}`);

@@ -5,6 +5,7 @@
 //! hanging it; none of the bounds is an assertion on speed.
 
 pub mod gateway;
+pub mod h2ws;
 pub mod holder;
 pub mod pki;
 pub mod raw;

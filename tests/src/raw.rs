@@ -92,6 +92,8 @@ async fn send_request(
 pub struct RawWs {
     pub stream: TcpStream,
     pub session: String,
+    /// The 101 response's head, headers lower-cased as (name, value).
+    pub headers: Vec<(String, String)>,
 }
 
 impl RawWs {
@@ -113,11 +115,40 @@ impl RawWs {
         Self::upgrade(stream, addr, hub).await
     }
 
-    async fn upgrade(mut stream: TcpStream, addr: SocketAddr, hub: &str) -> RawWs {
-        let req = format!(
+    async fn upgrade(stream: TcpStream, addr: SocketAddr, hub: &str) -> RawWs {
+        Self::upgrade_with(stream, addr, hub, &[]).await
+    }
+
+    /// Connects with extra request headers (`Sec-WebSocket-Extensions`, …).
+    pub async fn connect_with(addr: SocketAddr, hub: &str, headers: &[(&str, &str)]) -> RawWs {
+        let stream = within("raw connect", TcpStream::connect(addr))
+            .await
+            .expect("connect");
+        Self::upgrade_with(stream, addr, hub, headers).await
+    }
+
+    /// The value of a header of the 101 response.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    async fn upgrade_with(
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        hub: &str,
+        headers: &[(&str, &str)],
+    ) -> RawWs {
+        let mut req = format!(
             "GET /ws/{hub} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
         );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
         stream.write_all(req.as_bytes()).await.expect("write");
         // Read the response head byte by byte so no frame bytes are swallowed.
         let mut head = Vec::new();
@@ -129,34 +160,54 @@ impl RawWs {
         }
         let head = String::from_utf8_lossy(&head).into_owned();
         assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
-        let session = head
+        let headers: Vec<(String, String)> = head
             .lines()
-            .find_map(|l| {
+            .skip(1)
+            .filter_map(|l| {
                 let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("x-switchboard-session")
-                    .then(|| v.trim().to_owned())
+                Some((k.trim().to_ascii_lowercase(), v.trim().to_owned()))
             })
+            .collect();
+        let session = headers
+            .iter()
+            .find(|(k, _)| k == "x-switchboard-session")
+            .map(|(_, v)| v.clone())
             .expect("session header");
-        RawWs { stream, session }
+        RawWs {
+            stream,
+            session,
+            headers,
+        }
     }
 
     /// Sends one masked frame with any opcode, FIN bit and payload.
     pub async fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
-        let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
-        let mask = [0x12u8, 0x34, 0x56, 0x78];
+        self.send_raw((if fin { 0x80 } else { 0 }) | opcode, payload, true)
+            .await;
+    }
+
+    /// Sends one frame whose first byte (FIN, RSV bits, opcode) is `b0`, masked or not.
+    pub async fn send_raw(&mut self, b0: u8, payload: &[u8], masked: bool) {
+        let mut f = vec![b0];
+        let m = if masked { 0x80 } else { 0 };
         match payload.len() {
-            n if n < 126 => f.push(0x80 | n as u8),
+            n if n < 126 => f.push(m | n as u8),
             n if n <= u16::MAX as usize => {
-                f.push(0x80 | 126);
+                f.push(m | 126);
                 f.extend_from_slice(&(n as u16).to_be_bytes());
             }
             n => {
-                f.push(0x80 | 127);
+                f.push(m | 127);
                 f.extend_from_slice(&(n as u64).to_be_bytes());
             }
         }
-        f.extend_from_slice(&mask);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        if masked {
+            let mask = [0x12u8, 0x34, 0x56, 0x78];
+            f.extend_from_slice(&mask);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        } else {
+            f.extend_from_slice(payload);
+        }
         // The gateway may close mid-write when it refuses the frame; that is what tests look for.
         let _ = self.stream.write_all(&f).await;
     }
@@ -178,6 +229,12 @@ impl RawWs {
 
     /// Reads one (unmasked, server) frame: (opcode, payload), or `None` at end of stream.
     pub async fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        let (b0, payload) = self.read_frame_head().await?;
+        Some((b0 & 0x0f, payload))
+    }
+
+    /// Reads one server frame: (its first byte, with FIN and the RSV bits; payload).
+    pub async fn read_frame_head(&mut self) -> Option<(u8, Vec<u8>)> {
         let mut h = [0u8; 2];
         within("frame header", self.stream.read_exact(&mut h))
             .await
@@ -191,6 +248,6 @@ impl RawWs {
         within("payload", self.stream.read_exact(&mut payload))
             .await
             .ok()?;
-        Some((h[0] & 0x0f, payload))
+        Some((h[0], payload))
     }
 }

@@ -5,7 +5,7 @@
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use switchboard_sdk::{Client, Message, ReadOutcome, Target};
-use switchboard_tests::{gateway::Gateway, within};
+use switchboard_tests::{gateway::Gateway, pki::Pki, within};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines},
     process::{Child, ChildStdin, ChildStdout, Command},
@@ -21,13 +21,22 @@ struct Browser {
 impl Browser {
     /// Opens `url`; the script prints `open` once the page is connected.
     async fn open(url: &str) -> Browser {
+        Self::open_trusting(url, None).await
+    }
+
+    /// Opens `url` with Chromium trusting the server certificate in `cert` (a PEM file).
+    async fn open_trusting(url: &str, cert: Option<&std::path::Path>) -> Browser {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser");
         let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
         assert!(
             PathBuf::from(&chromium).exists() && dir.join("node_modules/playwright-core").exists(),
             "the browser test needs chromium and playwright-core: run tests/browser/setup"
         );
-        let mut child = Command::new("node")
+        let mut command = Command::new("node");
+        if let Some(cert) = cert {
+            command.env("TRUST_CERT", cert);
+        }
+        let mut child = command
             .arg(dir.join("demo.mjs"))
             .arg(url)
             .stdin(Stdio::piped())
@@ -187,4 +196,58 @@ async fn on_a_gateway_started_with_no_flags_the_page_shows_its_session() {
         .await
         .unwrap();
     assert!(status.success(), "the browser script failed: {status}");
+}
+
+/// Chromium opens a page's WebSockets on the page's own HTTP/2 connection once the server
+/// advertises the extended CONNECT (RFC 8441): over TLS (ALPN `h2`), the demo page's session
+/// must come over HTTP/2, and work like any other.
+#[tokio::test]
+async fn over_tls_the_page_s_websocket_rides_its_http2_connection() {
+    let pki = Pki::new("h2 browser test");
+    let cert = pki.server("server");
+    let gw = Gateway::start(&[
+        "--tls-cert",
+        cert.cert.to_str().unwrap(),
+        "--tls-key",
+        cert.key.to_str().unwrap(),
+    ])
+    .await;
+    let sb = Client::builder()
+        .gateway(format!("http://{}", gw.backend_addr))
+        .build()
+        .await
+        .unwrap();
+    let url = format!("https://127.0.0.1:{}/demo?hub=lobby", gw.client_addr.port());
+    let mut page = Browser::open_trusting(&url, Some(&cert.cert)).await;
+    page.answer("open").await;
+    page.step("protocol", "protocol h2").await;
+    page.tell("session").await;
+    let id = page.answer("session").await;
+    assert_eq!(sb.session(id.as_str()).await.unwrap().hub, "lobby");
+    sb.send(id.as_str(), "over one stream").await.unwrap();
+    page.step("expect-text over one stream", "seen over one stream")
+        .await;
+    page.step("type and back", "sent and back").await;
+    match within("Read", sb.read(id.as_str(), Duration::from_secs(10)))
+        .await
+        .unwrap()
+    {
+        ReadOutcome::Message(m) => assert_eq!(m.message, Message::Text("and back".into())),
+        other => panic!("expected the typed message, got {other:?}"),
+    }
+    // The proof that the session came over HTTP/2: the gateway counted it so, and nothing came
+    // over HTTP/1.1.
+    let (status, metrics) = gw.admin_request("GET", "/metrics", None, "").await;
+    assert_eq!(status, 200);
+    let http2: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("switchboard_connects_by_transport_total{transport=\"http2\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(http2, 1.0, "{metrics}");
+    assert!(
+        !metrics.contains("transport=\"http1\""),
+        "a session came over HTTP/1.1: {metrics}"
+    );
+    page.step("quit", "bye").await;
 }

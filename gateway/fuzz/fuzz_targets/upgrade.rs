@@ -3,9 +3,15 @@
 //! handshake) and, after a 101, the session reader on the upgraded stream
 //! (`switchboard_gateway::fuzzing::serve_http`, message limit 1024).
 //!
+//! The request headers of an upgrade also go through `client::upgrade`'s subprotocol parsing
+//! and `deflate::negotiate` (`fuzzing::asked`); the session then accepts compressed messages
+//! when permessage-deflate was agreed.
+//!
 //! Checks: no panic and no hang; every routed request got its own answer, in order (hyper
 //! may add its own error answers after them); an upgrade is routed only for a valid hub;
-//! messages read after the upgrade are within the limit.
+//! subprotocols are trimmed and non-empty; an agreed permessage-deflate answers with both
+//! no-context-takeover parameters and a window of 8–15 bits; messages read after the upgrade
+//! are within the limit.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -32,6 +38,17 @@ fuzz_target!(|data: &[u8]| {
         );
         if let Route::Upgrade { hub } = route {
             assert!(fuzzing::hub(hub));
+        }
+    }
+    if let Some(asked) = &ex.asked {
+        for p in &asked.subprotocols {
+            assert!(!p.is_empty() && p.trim() == p, "subprotocol {p:?}");
+        }
+        if let Some((bits, answer)) = &asked.deflate {
+            assert!((8..=15).contains(bits), "window {bits}");
+            assert!(answer.starts_with(
+                "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+            ));
         }
     }
     if let Some(session) = &ex.session {

@@ -14,32 +14,102 @@ use crate::{config::is_name, node::Node};
 
 pub(crate) type Body = Full<Bytes>;
 
+/// Where a request goes, decided from its method, path, version and upgrade headers alone: the
+/// server acts on it, and the fuzz targets check it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route<'a> {
+    /// A WebSocket upgrade for this hub (the handshake itself is checked next).
+    Upgrade(&'a str),
+    /// `/healthz`, `/readyz` or `/metrics`.
+    Ops(&'a str),
+    Demo,
+    NotFound,
+    /// 405; these paths take GET only.
+    MethodNotAllowed,
+    /// 400: the hub is not 1–64 of `[A-Za-z0-9._-]`.
+    BadHub,
+    /// 400: `/ws/{hub}` over HTTP/1.0.
+    OldHttp,
+    /// 426: `/ws/{hub}` without `Connection: upgrade` and `Upgrade: websocket` (or, over
+    /// HTTP/2, without an extended CONNECT for `websocket`).
+    NotUpgrade,
+}
+
+/// Decides `req`'s route. `ops_on_client_port`: whether the probes and metrics are served here.
+pub(crate) fn decide<B>(req: &Request<B>, ops_on_client_port: bool) -> Route<'_> {
+    let path = req.uri().path();
+    if let Some(hub) = path.strip_prefix("/ws/") {
+        if req.version() == http::Version::HTTP_2 {
+            return decide_h2(req, hub);
+        }
+        return if req.method() != Method::GET {
+            Route::MethodNotAllowed
+        } else if !is_name(hub) {
+            Route::BadHub
+        } else if req.version() < http::Version::HTTP_11 {
+            // RFC 6455 §4.1: the opening handshake is HTTP/1.1 or later; an HTTP/1.0 peer
+            // cannot keep a connection switched to another protocol.
+            Route::OldHttp
+        } else if !fastwebsockets::upgrade::is_upgrade_request(req) {
+            Route::NotUpgrade
+        } else {
+            Route::Upgrade(hub)
+        };
+    }
+    match path {
+        // Moved to the admin port (`--ops-on-client-port false`): as if they never were.
+        "/healthz" | "/readyz" | "/metrics" if !ops_on_client_port => Route::NotFound,
+        "/healthz" | "/readyz" | "/metrics" | "/demo" if req.method() != Method::GET => {
+            Route::MethodNotAllowed
+        }
+        "/demo" => Route::Demo,
+        "/healthz" | "/readyz" | "/metrics" => Route::Ops(path),
+        _ => Route::NotFound,
+    }
+}
+
+/// `/ws/{hub}` over HTTP/2: only an extended CONNECT with `:protocol websocket` (RFC 8441 §4)
+/// opens a session.
+fn decide_h2<'a, B>(req: &Request<B>, hub: &'a str) -> Route<'a> {
+    let websocket = req
+        .extensions()
+        .get::<hyper::ext::Protocol>()
+        .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+    if req.method() != Method::CONNECT && req.method() != Method::GET {
+        Route::MethodNotAllowed
+    } else if !is_name(hub) {
+        Route::BadHub
+    } else if req.method() == Method::CONNECT && websocket {
+        Route::Upgrade(hub)
+    } else {
+        Route::NotUpgrade
+    }
+}
+
 pub(crate) async fn route(
     node: Arc<Node>,
     remote: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let path = req.uri().path();
-    let resp = if let Some(hub) = path.strip_prefix("/ws/") {
-        if req.method() != Method::GET {
-            method_not_allowed("GET")
-        } else if !is_name(hub) {
-            refuse(
-                &node,
-                "bad_hub",
-                StatusCode::BAD_REQUEST,
-                "invalid hub: 1-64 characters of [A-Za-z0-9._-]\n",
-            )
-        } else if req.version() < http::Version::HTTP_11 {
-            // RFC 6455 §4.1: the opening handshake is HTTP/1.1 or later; an HTTP/1.0 peer
-            // cannot keep a connection switched to another protocol.
-            refuse(
-                &node,
-                "old_http",
-                StatusCode::BAD_REQUEST,
-                "WebSocket upgrades need HTTP/1.1\n",
-            )
-        } else if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+    let resp = match decide(&req, node.config.ops_on_client_port) {
+        Route::Upgrade(hub) => {
+            let hub: Arc<str> = Arc::from(hub);
+            upgrade::upgrade(node, remote, hub, req).await
+        }
+        Route::MethodNotAllowed => method_not_allowed("GET"),
+        Route::BadHub => refuse(
+            &node,
+            "bad_hub",
+            StatusCode::BAD_REQUEST,
+            "invalid hub: 1-64 characters of [A-Za-z0-9._-]\n",
+        ),
+        Route::OldHttp => refuse(
+            &node,
+            "old_http",
+            StatusCode::BAD_REQUEST,
+            "WebSocket upgrades need HTTP/1.1\n",
+        ),
+        Route::NotUpgrade => {
             let mut r = refuse(
                 &node,
                 "not_upgrade",
@@ -51,22 +121,12 @@ pub(crate) async fn route(
                 header::HeaderValue::from_static("websocket"),
             );
             r
-        } else {
-            let hub: Arc<str> = Arc::from(hub);
-            upgrade::upgrade(node, remote, hub, req).await
         }
-    } else {
-        match path {
-            // Moved to the admin port (`--ops-on-client-port false`): as if they never were.
-            "/healthz" | "/readyz" | "/metrics" if !node.config.ops_on_client_port => {
-                text(StatusCode::NOT_FOUND, "not found\n")
-            }
-            "/healthz" | "/readyz" | "/metrics" | "/demo" if req.method() != Method::GET => {
-                method_not_allowed("GET")
-            }
-            "/demo" => super::demo::page(),
-            _ => ops(&node, path).unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n")),
+        Route::Demo => super::demo::page(),
+        Route::Ops(path) => {
+            ops(&node, path).unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n"))
         }
+        Route::NotFound => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     Ok(resp)
 }

@@ -1,17 +1,20 @@
-//! The client listener: plain HTTP (health, readiness, metrics) and WebSocket upgrades at
-//! `/ws/{hub}` on one port.
+//! The client listener: plain HTTP (health, readiness, metrics) and WebSockets at `/ws/{hub}` on
+//! one port, over HTTP/1.1 (Upgrade) or HTTP/2 (extended CONNECT, RFC 8441: many sessions on
+//! one connection). HTTP/2 is chosen by ALPN (`h2`) on TLS, and by its connection preface
+//! ("prior knowledge") on cleartext.
 
 mod connection;
 pub(crate) mod demo;
 pub(crate) mod http;
-mod reader;
-mod upgrade;
+pub(crate) mod protocol;
+pub(crate) mod reader;
+pub(crate) mod upgrade;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
@@ -42,11 +45,22 @@ pub(crate) async fn serve(
         tasks.spawn(
             async move {
                 let Some(tls) = tls else {
-                    return serve_http(TokioIo::new(tcp), node, remote, stop).await;
+                    let http2 =
+                        match tokio::time::timeout(handshake_timeout, sends_h2_preface(&tcp)).await
+                        {
+                            Ok(h2) => h2,
+                            Err(_) => {
+                                return tracing::debug!("no request within the handshake timeout")
+                            }
+                        };
+                    return serve_http(TokioIo::new(tcp), http2, node, remote, stop).await;
                 };
                 // A client that stalls its TLS handshake is dropped like a slow HTTP one.
                 match tokio::time::timeout(handshake_timeout, tls.acceptor().accept(tcp)).await {
-                    Ok(Ok(stream)) => serve_http(TokioIo::new(stream), node, remote, stop).await,
+                    Ok(Ok(stream)) => {
+                        let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        serve_http(TokioIo::new(stream), http2, node, remote, stop).await
+                    }
                     Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!("TLS handshake timed out"),
                 }
@@ -56,14 +70,66 @@ pub(crate) async fn serve(
     }
 }
 
-/// Serves HTTP/1.1 (and upgrades) on one connection until it ends or `stop` is cancelled.
-async fn serve_http<I>(io: I, node: Arc<Node>, remote: SocketAddr, stop: CancellationToken)
-where
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a cleartext client starts with the HTTP/2 preface. Peeks, so nothing is consumed
+/// and HTTP/1.1 connections keep the bare `TcpStream` (the idle read side and direct writes
+/// need it). "PRI" is enough to tell (no HTTP/1.1 method the gateway serves starts so; the
+/// HTTP/2 server checks the rest of the preface); shorter beginnings ("P", "PR") are looked at
+/// again a little later.
+async fn sends_h2_preface(tcp: &TcpStream) -> bool {
+    let mut buf = [0u8; 3];
+    loop {
+        let n = match tcp.peek(&mut buf).await {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            return false;
+        }
+        if n == buf.len() {
+            return true;
+        }
+        // Peeking again at once would return the same bytes: the socket stays readable.
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Serves HTTP/1.1 (and upgrades) or HTTP/2 (and extended CONNECTs) on one connection until it
+/// ends or `stop` is cancelled.
+async fn serve_http<I>(
+    io: I,
+    http2: bool,
+    node: Arc<Node>,
+    remote: SocketAddr,
+    stop: CancellationToken,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let handshake_timeout = node.config.handshake_timeout;
     let service =
         hyper::service::service_fn(move |req| http::route(Arc::clone(&node), remote, req));
+    if http2 {
+        let conn = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            // SETTINGS_ENABLE_CONNECT_PROTOCOL: browsers may open WebSockets on this connection.
+            .enable_connect_protocol()
+            .serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "http/2 connection ended");
+                }
+            }
+            _ = stop.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+        return;
+    }
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(handshake_timeout)

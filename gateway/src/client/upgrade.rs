@@ -2,9 +2,10 @@
 
 use std::{collections::BTreeSet, net::SocketAddr, sync::Arc};
 
+use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
+use http_body_util::{Empty, Full};
+use hyper::{body::Incoming, upgrade::Upgraded};
 use switchboard_proto::v1::{AuthorizeRequest, Header};
 
 use super::{
@@ -12,13 +13,14 @@ use super::{
     http::{refuse, Body},
 };
 use crate::{
-    config::OutagePolicy,
+    config::{OutagePolicy, Switch},
+    deflate,
     frame::{self, Opcode},
     hook::{Allow, Verdict},
     jwt::{self, JwtError},
     limits::Refusal,
     node::{validate_group, Node},
-    session::{Admission, Flush, Inbox, QueueLimits, Session, SessionId},
+    session::{Admission, Flush, Inbox, QueueLimits, Session, SessionId, Transport},
 };
 
 /// The response header that tells a client its session ID.
@@ -151,7 +153,17 @@ pub(crate) async fn upgrade(
             ),
         );
     }
-    let (resp, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
+    // An offer the gateway cannot honour is declined, never a reason to refuse the client.
+    let deflate = match node.config.compression {
+        Switch::On => deflate::negotiate(
+            req.headers()
+                .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        ),
+        Switch::Off => None,
+    };
+    let (resp, upgrade) = match handshake(&mut req) {
         Ok(pair) => pair,
         Err(e) => {
             return refuse(
@@ -162,6 +174,7 @@ pub(crate) async fn upgrade(
             )
         }
     };
+    let transport = upgrade.transport();
     let id = match SessionId::generate() {
         Ok(id) => id,
         Err(e) => {
@@ -177,6 +190,12 @@ pub(crate) async fn upgrade(
     let mut resp = resp.map(|_| Full::default());
     if let Ok(v) = HeaderValue::from_str(id.as_str()) {
         resp.headers_mut().insert(SESSION_HEADER, v);
+    }
+    if let Some((_, answer)) = &deflate {
+        if let Ok(v) = HeaderValue::from_str(answer) {
+            resp.headers_mut()
+                .insert(header::SEC_WEBSOCKET_EXTENSIONS, v);
+        }
     }
     let subprotocol = (!allow.subprotocol.is_empty()).then(|| Arc::<str>::from(allow.subprotocol));
     if let Some(p) = &subprotocol {
@@ -197,6 +216,8 @@ pub(crate) async fn upgrade(
             metadata: allow.metadata.into_iter().collect(),
             remote_addr: remote,
             subprotocol,
+            deflate: deflate.map(|(agreed, _)| agreed),
+            transport,
         },
         QueueLimits {
             messages: node.config.outbound_queue_messages.get(),
@@ -226,6 +247,57 @@ pub(crate) async fn upgrade(
     tasks.spawn(connection::run(node, session, upgrade, admitted));
     let _ = wait.await;
     resp
+}
+
+/// A handshake answered, and the stream it will give once the response is out.
+pub(crate) enum Pending {
+    /// HTTP/1.1: a 101 answers the Upgrade; the connection becomes the WebSocket.
+    Http1(fastwebsockets::upgrade::UpgradeFut),
+    /// HTTP/2: a 200 answers the extended CONNECT; one stream becomes the WebSocket.
+    Http2(hyper::upgrade::OnUpgrade),
+}
+
+impl Pending {
+    pub(crate) fn transport(&self) -> Transport {
+        match self {
+            Pending::Http1(_) => Transport::Http1,
+            Pending::Http2(_) => Transport::Http2,
+        }
+    }
+
+    /// The WebSocket's byte stream, once the response has gone out.
+    pub(crate) async fn upgraded(self) -> Result<Upgraded, String> {
+        match self {
+            // fastwebsockets wraps the stream in a `WebSocket` the gateway never uses: reads
+            // and writes go through `client::reader` and the session's outbound queue.
+            Pending::Http1(fut) => fut
+                .await
+                .map(|ws| ws.into_inner().into_inner())
+                .map_err(|e| e.to_string()),
+            Pending::Http2(fut) => fut.await.map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Checks the handshake of an upgrade request and builds its response: fastwebsockets' for
+/// HTTP/1.1 (`Sec-WebSocket-Key` → `Sec-WebSocket-Accept`); for HTTP/2 (RFC 8441 §5) a 200,
+/// with no key exchange, once `Sec-WebSocket-Version` is 13.
+pub(crate) fn handshake<B>(
+    req: &mut Request<B>,
+) -> Result<(Response<Empty<Bytes>>, Pending), String> {
+    if req.version() != http::Version::HTTP_2 {
+        return fastwebsockets::upgrade::upgrade(&mut *req)
+            .map(|(resp, fut)| (resp, Pending::Http1(fut)))
+            .map_err(|e| e.to_string());
+    }
+    let version = req.headers().get(header::SEC_WEBSOCKET_VERSION);
+    if version.map(HeaderValue::as_bytes) != Some(b"13") {
+        return Err("Sec-WebSocket-Version must be 13".into());
+    }
+    Ok((
+        Response::new(Empty::new()),
+        Pending::Http2(hyper::upgrade::on(req)),
+    ))
 }
 
 /// `?welcome=1` (or `true`): this client wants the welcome frame even where `--welcome-frame`
@@ -261,7 +333,7 @@ fn check_allow(allow: &Allow, offered: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn subprotocols(headers: &HeaderMap) -> Vec<String> {
+pub(crate) fn subprotocols(headers: &HeaderMap) -> Vec<String> {
     headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()

@@ -728,7 +728,7 @@ mod tests {
     /// file that sets every option is generated from them.
     fn samples(arg: &Arg) -> Option<[String; 2]> {
         let t = arg.get_value_parser().type_id();
-        let table: [(TypeId, [&str; 2]); 11] = [
+        let table: [(TypeId, [&str; 2]); 12] = [
             (
                 TypeId::of::<SocketAddr>(),
                 ["10.9.8.7:6543", "10.9.8.7:6544"],
@@ -738,6 +738,8 @@ mod tests {
             // 65535 is inside every range a u32 option takes (backlog, HTTP/2 windows).
             (TypeId::of::<u32>(), ["65535", "65534"]),
             (TypeId::of::<u64>(), ["65535", "65534"]),
+            // The compression level's range is 1 to 9.
+            (TypeId::of::<u8>(), ["9", "8"]),
             (TypeId::of::<usize>(), ["65535", "65534"]),
             (TypeId::of::<bool>(), ["true", "true"]),
             (

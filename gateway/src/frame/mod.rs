@@ -1,9 +1,15 @@
-//! Server-side WebSocket frame encoding.
+//! WebSocket frames: server frames encoded once, client frames decoded ([`decode`]).
 //!
 //! Server frames are unmasked, so one encoded frame is byte-for-byte the same for every socket:
 //! a publish encodes once and every session's queue holds a clone of the same [`Bytes`].
 
+pub(crate) mod decode;
+
+use std::sync::OnceLock;
+
 use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::deflate::{self, Deflate};
 
 /// Frame opcodes the gateway sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,9 +29,16 @@ pub(crate) const MAX_CONTROL_PAYLOAD: usize = 125;
 
 /// Encodes one complete (FIN) frame.
 pub(crate) fn encode(opcode: Opcode, payload: &[u8]) -> Bytes {
+    encode_first_byte(0x80 | opcode as u8, payload)
+}
+
+/// RSV1: the frame carries a compressed message (permessage-deflate).
+const RSV1: u8 = 0x40;
+
+fn encode_first_byte(b0: u8, payload: &[u8]) -> Bytes {
     let len = payload.len();
     let mut buf = BytesMut::with_capacity(MAX_HEADER + len);
-    buf.put_u8(0x80 | opcode as u8);
+    buf.put_u8(b0);
     if len < 126 {
         buf.put_u8(len as u8);
     } else if let Ok(len16) = u16::try_from(len) {
@@ -37,6 +50,49 @@ pub(crate) fn encode(opcode: Opcode, payload: &[u8]) -> Bytes {
     }
     buf.put_slice(payload);
     buf.freeze()
+}
+
+/// A backend's data message encoded for every form a session may need, each at most once: the
+/// plain frame, and the compressed frame for each window size sessions agreed to (usually one).
+/// A broadcast builds one and hands each session [`Encoded::frame_for`], so compression costs
+/// once per broadcast, not once per session.
+pub(crate) struct Encoded {
+    opcode: Opcode,
+    payload: Bytes,
+    plain: Bytes,
+    /// The zlib level, or `None` when this message is not compressed for anybody.
+    level: Option<u8>,
+    /// Per window size: the compressed frame, or `None` when compressing did not pay.
+    deflated: [OnceLock<Option<Bytes>>; deflate::WINDOWS],
+}
+
+impl Encoded {
+    /// `level`: compress for sessions that agreed to it, with this zlib level (`None`:
+    /// compression is off, or the message is too short to be worth it).
+    pub(crate) fn new(opcode: Opcode, payload: Bytes, level: Option<u8>) -> Self {
+        Self {
+            plain: encode(opcode, &payload),
+            opcode,
+            payload,
+            level,
+            deflated: Default::default(),
+        }
+    }
+
+    /// The frame for a session with these compression terms.
+    pub(crate) fn frame_for(&self, deflate: Option<Deflate>) -> Bytes {
+        let (Some(level), Some(d)) = (self.level, deflate) else {
+            return self.plain.clone();
+        };
+        let Some(slot) = d.window_slot() else {
+            return self.plain.clone();
+        };
+        let deflated = self.deflated[slot].get_or_init(|| {
+            deflate::compress(d, level, &self.payload)
+                .map(|c| encode_first_byte(0x80 | RSV1 | self.opcode as u8, &c))
+        });
+        deflated.as_ref().unwrap_or(&self.plain).clone()
+    }
 }
 
 /// Encodes a close frame. The reason is cut (on a character boundary) so the payload stays
@@ -70,7 +126,6 @@ pub(crate) mod close_code {
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
-    pub const INTERNAL: u16 = 1011;
     pub const TRY_AGAIN_LATER: u16 = 1013;
 
     /// Codes an endpoint may put on the wire: 1000–1003, 1007–1014 and 3000–4999.
@@ -122,6 +177,37 @@ mod tests {
         let big = encode(Opcode::Binary, &vec![0u8; 70_000]);
         assert_eq!(&big[..2], &[0x82, 127]);
         assert_eq!(u64::from_be_bytes(big[2..10].try_into().unwrap()), 70_000);
+    }
+
+    #[test]
+    fn a_message_is_compressed_once_per_window_and_shared() {
+        let payload = Bytes::from(br#"{"event":"tick","price":101.25}"#.repeat(30));
+        let encoded = Encoded::new(Opcode::Text, payload.clone(), Some(6));
+        let w15 = Some(Deflate {
+            server_window_bits: 15,
+        });
+        let w10 = Some(Deflate {
+            server_window_bits: 10,
+        });
+        let first = encoded.frame_for(w15);
+        assert_eq!(first[0], 0x80 | RSV1 | Opcode::Text as u8);
+        assert!(first.len() < payload.len() / 3);
+        // Every later session with the same window gets the very same bytes, not a copy.
+        for _ in 0..1000 {
+            assert_eq!(encoded.frame_for(w15).as_ptr(), first.as_ptr());
+        }
+        let other = encoded.frame_for(w10);
+        assert_ne!(other.as_ptr(), first.as_ptr());
+        assert_eq!(encoded.frame_for(w10).as_ptr(), other.as_ptr());
+        // Plain sessions, 8-bit windows and uncompressed messages share the plain frame.
+        let plain = encoded.frame_for(None);
+        assert_eq!(plain, encode(Opcode::Text, &payload));
+        let w8 = Some(Deflate {
+            server_window_bits: 8,
+        });
+        assert_eq!(encoded.frame_for(w8).as_ptr(), plain.as_ptr());
+        let off = Encoded::new(Opcode::Text, payload, None);
+        assert_eq!(off.frame_for(w15)[0], 0x81);
     }
 
     #[test]

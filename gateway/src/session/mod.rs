@@ -26,6 +26,7 @@ pub(crate) use inbox::{Inbound, Inbox};
 pub(crate) use outbound::{EnqueueError, Flush, Outbound, QueueLimits, Writer};
 
 use crate::{
+    deflate::Deflate,
     frame::{self, close_code},
     metrics::Metrics,
     model::{SessionCounters, SessionRecord},
@@ -81,6 +82,24 @@ pub(crate) enum SendError {
     QueueFull,
 }
 
+/// What carries a session's WebSocket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// Its own connection, after an HTTP/1.1 Upgrade.
+    Http1,
+    /// One stream of an HTTP/2 connection, after an extended CONNECT (RFC 8441).
+    Http2,
+}
+
+impl Transport {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Transport::Http1 => "http1",
+            Transport::Http2 => "http2",
+        }
+    }
+}
+
 /// Fields fixed when the session is admitted.
 pub(crate) struct Admission {
     pub id: SessionId,
@@ -90,6 +109,8 @@ pub(crate) struct Admission {
     pub metadata: BTreeMap<String, String>,
     pub remote_addr: SocketAddr,
     pub subprotocol: Option<Arc<str>>,
+    pub deflate: Option<Deflate>,
+    pub transport: Transport,
 }
 
 pub(crate) struct Session {
@@ -100,6 +121,9 @@ pub(crate) struct Session {
     pub metadata: BTreeMap<String, String>,
     pub remote_addr: SocketAddr,
     pub subprotocol: Option<Arc<str>>,
+    /// permessage-deflate, when the client offered it and the gateway agreed.
+    pub deflate: Option<Deflate>,
+    pub transport: Transport,
     pub connected_at: SystemTime,
     /// Changed by JoinGroup/LeaveGroup; the pool's group index follows it.
     groups: Mutex<BTreeSet<Arc<str>>>,
@@ -190,6 +214,8 @@ impl Session {
             metadata: admission.metadata,
             remote_addr: admission.remote_addr,
             subprotocol: admission.subprotocol,
+            deflate: admission.deflate,
+            transport: admission.transport,
             connected_at: SystemTime::now(),
             groups: Mutex::new(admission.groups),
             counters,
