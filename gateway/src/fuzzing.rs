@@ -401,6 +401,8 @@ impl AsyncRead for Trickle<'_> {
 }
 
 impl Wire for Trickle<'_> {
+    const FIRST_READ: usize = reader::READ_CHUNK;
+
     async fn readable(&mut self) {}
 }
 

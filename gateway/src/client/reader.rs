@@ -2,8 +2,9 @@
 //!
 //! Most connections are idle most of the time. When everything read has been decoded, the
 //! buffer is dropped, and on a plain socket the next read buffer is allocated only once the
-//! kernel has bytes for it (a peek, which consumes nothing). A TLS stream cannot be peeked, so it
-//! waits in a read with a fresh buffer.
+//! kernel has bytes for it (a peek, which consumes nothing). A TLS stream or an HTTP/2 stream
+//! cannot be peeked, so it waits in a read with a small buffer ([`Wire::FIRST_READ`]): its bytes
+//! come out of a buffer the stream holds anyway, so small reads cost a copy, not a syscall.
 
 use std::{future::Future, io};
 
@@ -15,7 +16,7 @@ use tokio::{
     net::tcp::OwnedReadHalf,
 };
 
-/// The first read of a burst reserves this much.
+/// The most the first read of a burst reserves (a plain socket's [`Wire::FIRST_READ`]).
 pub(crate) const READ_CHUNK: usize = 4096;
 /// A large frame's buffer grows by at most this much per read, so a client that announces a
 /// large frame and then trickles it pays for the memory with the bytes it sends.
@@ -23,12 +24,17 @@ pub(crate) const MAX_GROWTH: usize = 64 << 10;
 
 /// A socket's read half as the reader sees it.
 pub(crate) trait Wire: AsyncRead + Unpin + Send {
+    /// What the first read of a burst reserves.
+    const FIRST_READ: usize;
+
     /// Waits until a read would not block (data, end of stream or an error, all of which the
     /// next read reports). Cancel-safe and consumes nothing.
     fn readable(&mut self) -> impl Future<Output = ()> + Send;
 }
 
 impl Wire for OwnedReadHalf {
+    const FIRST_READ: usize = READ_CHUNK;
+
     async fn readable(&mut self) {
         // A peek rather than `readable()`: readiness can be left over from a read that filled
         // the buffer exactly, and a buffer allocated on it would then sit idle.
@@ -39,6 +45,9 @@ impl Wire for OwnedReadHalf {
 }
 
 impl Wire for ReadHalf<TokioIo<Upgraded>> {
+    /// Held while the session is idle, so small.
+    const FIRST_READ: usize = 512;
+
     async fn readable(&mut self) {}
 }
 
@@ -74,7 +83,7 @@ impl<W: Wire> Reader<W> {
         }
         let want = need
             .saturating_sub(self.buf.len())
-            .clamp(READ_CHUNK, MAX_GROWTH);
+            .clamp(W::FIRST_READ, MAX_GROWTH);
         self.buf.reserve(want);
         Ok(self.wire.read_buf(&mut self.buf).await? > 0)
     }
