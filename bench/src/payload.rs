@@ -24,6 +24,34 @@ pub fn text(seq: u64, sent_ns: u64, size: usize) -> String {
     s
 }
 
+/// A text payload of `size` bytes whose padding is JSON records like a market-data feed's
+/// (numbers vary from record to record and message to message), so it compresses as typical
+/// JSON does rather than as a run of `x`.
+pub fn text_json(seq: u64, sent_ns: u64, size: usize) -> String {
+    const SYMBOLS: [&str; 6] = ["ACME", "GLOBX", "INITECH", "UMBRL", "HOOLI", "VANDL"];
+    let mut s = format!("#{seq:016x}{sent_ns:016x}[");
+    let mut i = seq.wrapping_mul(7919);
+    while s.len() < size {
+        // A small LCG: deterministic, but no two records alike.
+        i = i
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let r = i >> 33;
+        s.push_str(&format!(
+            r#"{{"id":{},"symbol":"{}","bid":{}.{:02},"ask":{}.{:02},"size":{},"venue":"XNAS"}},"#,
+            r % 100_000,
+            SYMBOLS[(r % 6) as usize],
+            90 + r % 20,
+            r % 100,
+            91 + r % 20,
+            (r >> 7) % 100,
+            (r >> 11) % 5000
+        ));
+    }
+    s.truncate(size.max(TEXT_STAMP));
+    s
+}
+
 /// A binary payload of `size` bytes (at least [`BINARY_STAMP`]).
 pub fn binary(seq: u64, sent_ns: u64, size: usize) -> Vec<u8> {
     let mut v = Vec::with_capacity(size.max(BINARY_STAMP));
@@ -67,5 +95,9 @@ mod tests {
         assert_eq!(decode(&b), Some((u64::MAX - 1, 42)));
         assert_eq!(decode(b"{\"type\":\"welcome\"}"), None);
         assert_eq!(decode(&t.as_bytes()[..20]), None);
+        let j = text_json(9, 123, 2048);
+        assert_eq!(j.len(), 2048);
+        assert_eq!(decode(j.as_bytes()), Some((9, 123)));
+        assert_ne!(text_json(10, 123, 2048)[33..], j[33..]);
     }
 }

@@ -31,6 +31,12 @@ pub struct RoundSummary {
     pub first_sent_ns: u64,
     pub last_recv_ns: u64,
     pub bytes: u64,
+    /// Bytes read off the sockets this round (what the wire carried, compressed or not).
+    #[serde(default)]
+    pub wire_bytes: u64,
+    /// Sockets whose server agreed to permessage-deflate.
+    #[serde(default)]
+    pub deflated_sockets: u64,
     /// For each sequence number: its send time, the last receive time and how many sockets got
     /// it (a broadcast's time to the last socket).
     pub per_seq: Vec<SeqSpan>,

@@ -1,8 +1,14 @@
 //! A lean WebSocket client's wire format: the upgrade request, the 101 check, an incremental
 //! parser of server frames that keeps only a message's first bytes, and masked control frames.
 //!
-//! A client socket holds one [`Parser`] (about 80 bytes) and reads into a buffer shared by
-//! every socket of the thread, so an idle socket costs no read buffer.
+//! A client socket holds one [`Parser`] (about 100 bytes) and reads into a buffer shared by
+//! every socket of the thread, so an idle socket costs no read buffer. With permessage-deflate
+//! negotiated, a compressed message is buffered (compressed) until its last frame and inflated
+//! with a per-thread zlib state, so again nothing stays allocated between messages.
+
+use std::cell::RefCell;
+
+use flate2::{Decompress, FlushDecompress};
 
 use base64::Engine;
 use sha1::{Digest, Sha1};
@@ -27,11 +33,19 @@ pub fn accept_for(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(h.finalize())
 }
 
-/// The HTTP/1.1 upgrade request.
-pub fn upgrade_request(host: &str, path: &str, key: &str) -> String {
+/// The permessage-deflate offer a browser makes.
+pub const DEFLATE_OFFER: &str = "permessage-deflate; client_max_window_bits";
+
+/// The HTTP/1.1 upgrade request; `deflate` offers permessage-deflate as browsers do.
+pub fn upgrade_request(host: &str, path: &str, key: &str, deflate: bool) -> String {
+    let ext = if deflate {
+        format!("Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n")
+    } else {
+        String::new()
+    };
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n"
     )
 }
 
@@ -42,6 +56,8 @@ pub struct Upgraded {
     pub session: Option<String>,
     /// Bytes after the response head: the first frames.
     pub head_len: usize,
+    /// The server agreed to permessage-deflate.
+    pub deflate: bool,
 }
 
 /// Checks a complete response head (`buf` holds at least up to `\r\n\r\n`). `Ok(None)` while
@@ -60,6 +76,7 @@ pub fn parse_upgrade_response(buf: &[u8], key: &str) -> anyhow::Result<Option<Up
     );
     let mut session = None;
     let mut accept = None;
+    let mut deflate = false;
     for l in lines {
         if let Some((k, v)) = l.split_once(':') {
             let k = k.trim();
@@ -67,6 +84,8 @@ pub fn parse_upgrade_response(buf: &[u8], key: &str) -> anyhow::Result<Option<Up
                 session = Some(v.trim().to_owned());
             } else if k.eq_ignore_ascii_case("sec-websocket-accept") {
                 accept = Some(v.trim().to_owned());
+            } else if k.eq_ignore_ascii_case("sec-websocket-extensions") {
+                deflate |= v.trim_start().starts_with("permessage-deflate");
             }
         }
     }
@@ -77,6 +96,7 @@ pub fn parse_upgrade_response(buf: &[u8], key: &str) -> anyhow::Result<Option<Up
     Ok(Some(Upgraded {
         session,
         head_len: end + 4,
+        deflate,
     }))
 }
 
@@ -134,6 +154,43 @@ pub struct Parser {
     prefix_have: u8,
     ctrl: [u8; 125],
     ctrl_have: u8,
+    /// permessage-deflate was negotiated: RSV1 may start a message.
+    deflate: bool,
+    /// The compressed bytes of the message being assembled, when it is compressed.
+    compressed: Option<Vec<u8>>,
+}
+
+/// The most compressed bytes one message may have (a bound on the buffer, not a test limit).
+const MAX_COMPRESSED: usize = 64 << 20;
+
+thread_local! {
+    static INFLATER: RefCell<Decompress> = RefCell::new(Decompress::new(false));
+}
+
+/// Inflates a permessage-deflate message; `None` when it is not valid deflate data.
+pub fn inflate(compressed: &[u8]) -> Option<Vec<u8>> {
+    INFLATER.with(|cell| {
+        let mut d = cell.borrow_mut();
+        d.reset(false);
+        let mut input = Vec::with_capacity(compressed.len() + 4);
+        input.extend_from_slice(compressed);
+        input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+        let mut out = Vec::with_capacity(compressed.len() * 4 + 64);
+        loop {
+            let taken = d.total_in() as usize;
+            let before = out.len();
+            d.decompress_vec(&input[taken..], &mut out, FlushDecompress::Sync)
+                .ok()?;
+            if d.total_in() as usize == input.len() && out.len() < out.capacity() {
+                return Some(out);
+            }
+            if out.len() == out.capacity() {
+                out.reserve(out.capacity());
+            } else if out.len() == before && d.total_in() as usize == taken {
+                return None;
+            }
+        }
+    })
 }
 
 impl Default for Parser {
@@ -157,7 +214,14 @@ impl Parser {
             prefix_have: 0,
             ctrl: [0; 125],
             ctrl_have: 0,
+            deflate: false,
+            compressed: None,
         }
+    }
+
+    /// Accept compressed messages (the server agreed to permessage-deflate).
+    pub fn set_deflate(&mut self, on: bool) {
+        self.deflate = on;
     }
 
     /// Header length once the first two bytes are known.
@@ -208,6 +272,11 @@ impl Parser {
                 let at = self.ctrl_have as usize;
                 self.ctrl[at..at + take].copy_from_slice(chunk);
                 self.ctrl_have += take as u8;
+            } else if let Some(buf) = self.compressed.as_mut() {
+                if buf.len() + take > MAX_COMPRESSED {
+                    return Err("compressed message too large");
+                }
+                buf.extend_from_slice(chunk);
             } else {
                 let at = self.prefix_have as usize;
                 let keep = (PREFIX - at).min(take);
@@ -215,7 +284,7 @@ impl Parser {
                 self.prefix_have += keep as u8;
             }
             if self.remaining == 0 {
-                self.end_frame(&mut on);
+                self.end_frame(&mut on)?;
             }
         }
         Ok(())
@@ -224,8 +293,12 @@ impl Parser {
     fn start_frame(&mut self) -> Result<(), &'static str> {
         let b0 = self.hdr[0];
         let b1 = self.hdr[1];
-        if b0 & 0x70 != 0 {
+        let rsv1 = b0 & 0x40 != 0;
+        if b0 & 0x30 != 0 || (rsv1 && !self.deflate) {
             return Err("reserved bits set");
+        }
+        if rsv1 && !matches!(b0 & 0x0f, 1 | 2) {
+            return Err("RSV1 on a control or continuation frame");
         }
         if b1 & 0x80 != 0 {
             return Err("server frame is masked");
@@ -244,6 +317,7 @@ impl Parser {
                 self.msg_opcode = self.opcode;
                 self.msg_len = 0;
                 self.prefix_have = 0;
+                self.compressed = rsv1.then(Vec::new);
             }
             0 => {}
             8..=10 => {
@@ -263,7 +337,7 @@ impl Parser {
         Ok(())
     }
 
-    fn end_frame(&mut self, on: &mut impl FnMut(Event<'_>)) {
+    fn end_frame(&mut self, on: &mut impl FnMut(Event<'_>)) -> Result<(), &'static str> {
         self.in_payload = false;
         match self.opcode {
             8 => {
@@ -280,6 +354,16 @@ impl Parser {
             _ if self.fin => {
                 let opcode = self.msg_opcode;
                 self.msg_opcode = 0;
+                if let Some(compressed) = self.compressed.take() {
+                    let message = inflate(&compressed).ok_or("invalid compressed message")?;
+                    let keep = message.len().min(PREFIX);
+                    on(Event::Message {
+                        opcode,
+                        prefix: &message[..keep],
+                        len: message.len() as u64,
+                    });
+                    return Ok(());
+                }
                 on(Event::Message {
                     opcode,
                     prefix: &self.prefix[..self.prefix_have as usize],
@@ -288,6 +372,7 @@ impl Parser {
             }
             _ => {}
         }
+        Ok(())
     }
 }
 
@@ -363,6 +448,45 @@ mod tests {
         for chunk in [1, 2, 3, 7, 64, 1 << 20] {
             assert_eq!(run(&bytes, chunk), want, "chunk {chunk}");
         }
+    }
+
+    #[test]
+    fn compressed_messages_are_inflated_in_any_chunking() {
+        let text = br#"{"seq":1,"data":"abcabcabcabcabcabcabcabcabcabcabcabcabcabc"}"#.repeat(20);
+        let mut c = flate2::Compress::new(flate2::Compression::default(), false);
+        let mut z = Vec::with_capacity(text.len() + 64);
+        c.compress_vec(&text, &mut z, flate2::FlushCompress::Sync)
+            .unwrap();
+        z.truncate(z.len() - 4);
+        let mut bytes = frame(false, 0x41, &z[..10]);
+        bytes.extend(frame(true, 0, &z[10..]));
+        bytes.extend(frame(true, 1, b"plain"));
+        for chunk in [1, 3, 64, 1 << 20] {
+            let mut p = Parser::new();
+            p.set_deflate(true);
+            let mut out = Vec::new();
+            for c in bytes.chunks(chunk) {
+                p.feed(c, |e| {
+                    if let Event::Message { prefix, len, .. } = e {
+                        out.push((prefix.to_vec(), len));
+                    }
+                })
+                .unwrap();
+            }
+            assert_eq!(
+                out,
+                vec![
+                    (text[..PREFIX].to_vec(), text.len() as u64),
+                    (b"plain".to_vec(), 5)
+                ],
+                "chunk {chunk}"
+            );
+        }
+        let mut p = Parser::new();
+        assert!(
+            p.feed(&frame(true, 0x41, &z), |_| {}).is_err(),
+            "RSV1 without the extension"
+        );
     }
 
     #[test]

@@ -110,6 +110,10 @@ struct HoldArgs {
     handshake_timeout: u64,
     #[arg(long, value_enum, default_value_t = ClientKind::Lean)]
     client: ClientKind,
+    /// Offer permessage-deflate as browsers do (lean client only); compressed messages are
+    /// inflated to read their stamps.
+    #[arg(long)]
+    deflate: bool,
     /// Standalone: finish one round by itself with this expectation (see EXPECT above).
     #[arg(long)]
     expect: Option<String>,
@@ -170,6 +174,11 @@ struct Shared {
     dropped: AtomicU64,
     other: AtomicU64,
     bytes: AtomicU64,
+    /// Bytes read off the sockets (frames as sent, compressed or not), this round.
+    wire_bytes: AtomicU64,
+    /// Sockets whose server agreed to permessage-deflate.
+    deflated: AtomicU64,
+    deflate: bool,
     close_rx: watch::Receiver<bool>,
     sessions: Option<Mutex<Vec<(u64, String)>>>,
     errors: Mutex<BTreeMap<String, u64>>,
@@ -232,18 +241,19 @@ async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream> 
     Ok(s)
 }
 
-/// Connect and upgrade; returns the stream, the session ID header and bytes read past the 101.
+/// Connect and upgrade; returns the stream, what the 101 said and bytes read past it.
 async fn lean_handshake(
     addr: SocketAddr,
     source: Option<IpAddr>,
     host: &str,
     path: &str,
     index: u64,
-) -> Result<(TcpStream, Option<String>, Vec<u8>)> {
+    deflate: bool,
+) -> Result<(TcpStream, wire::Upgraded, Vec<u8>)> {
     let mut stream = connect(addr, source).await?;
     let key = wire::key_for(index);
     stream
-        .write_all(wire::upgrade_request(host, path, &key).as_bytes())
+        .write_all(wire::upgrade_request(host, path, &key, deflate).as_bytes())
         .await?;
     let mut head = Vec::with_capacity(512);
     loop {
@@ -253,7 +263,7 @@ async fn lean_handshake(
         }
         if let Some(up) = wire::parse_upgrade_response(&head, &key)? {
             let rest = head[up.head_len..].to_vec();
-            return Ok((stream, up.session, rest));
+            return Ok((stream, up, rest));
         }
     }
 }
@@ -296,14 +306,20 @@ async fn lean_socket(sh: Arc<Shared>, i: u32) {
         &sh.url.host,
         &path,
         g,
+        sh.deflate,
     ));
-    let (mut stream, session, rest) = match timeout(sh.handshake_timeout, hs).await {
+    let (mut stream, up, rest) = match timeout(sh.handshake_timeout, hs).await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => return fail(&sh, i, e),
         Err(_) => return fail(&sh, i, anyhow::anyhow!("handshake timed out")),
     };
     drop(path);
-    if let (Some(table), Some(id)) = (&sh.sessions, session) {
+    let mut parser = wire::Parser::new();
+    if up.deflate {
+        parser.set_deflate(true);
+        sh.deflated.fetch_add(1, Relaxed);
+    }
+    if let (Some(table), Some(id)) = (&sh.sessions, up.session) {
         table
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -313,7 +329,6 @@ async fn lean_socket(sh: Arc<Shared>, i: u32) {
     sh.opened.fetch_add(1, Relaxed);
 
     let mask = mask_for(g);
-    let mut parser = wire::Parser::new();
     let mut owed = Owed::default();
     feed(&sh, &mut parser, i, &rest, now_ns(), &mut owed);
     drop(rest);
@@ -362,6 +377,7 @@ async fn lean_socket(sh: Arc<Shared>, i: u32) {
             match stream.try_read(&mut b[..]) {
                 Ok(0) => Step::Eof,
                 Ok(n) => {
+                    sh.wire_bytes.fetch_add(n as u64, Relaxed);
                     feed(&sh, &mut parser, i, &b[..n], now_ns(), &mut owed);
                     Step::More
                 }
@@ -657,6 +673,8 @@ async fn finish(
         },
         last_recv_ns: last_recv,
         bytes: sh.bytes.swap(0, Relaxed),
+        wire_bytes: sh.wire_bytes.swap(0, Relaxed),
+        deflated_sockets: sh.deflated.load(Relaxed),
         per_seq: per_seq.into_values().collect(),
         self_cpu_ticks: (cpu.user, cpu.system),
         self_rss_kib: procfs::rss_kib(me),
@@ -707,6 +725,9 @@ async fn hold(args: HoldArgs) -> Result<()> {
         dropped: AtomicU64::new(0),
         other: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
+        wire_bytes: AtomicU64::new(0),
+        deflated: AtomicU64::new(0),
+        deflate: args.deflate,
         close_rx,
         sessions: args
             .sessions_file
@@ -861,7 +882,7 @@ async fn churn_cycle(
 ) -> Result<u64> {
     let t0 = Instant::now();
     let (mut stream, _, rest) =
-        lean_handshake(addr, source, &url.host, &url.path(index), index).await?;
+        lean_handshake(addr, source, &url.host, &url.path(index), index, false).await?;
     let hs = t0.elapsed().as_nanos() as u64;
     let mask = mask_for(index);
     stream.write_all(&wire::close_frame(1000, mask)).await?;

@@ -91,6 +91,9 @@ struct BroadcastArgs {
     /// Binary frames (Switchboard only).
     #[arg(long)]
     binary: bool,
+    /// Pad text with JSON records (compresses like typical JSON) instead of `x`.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -339,7 +342,13 @@ async fn broadcast(target: Target, endpoint: &str, a: BroadcastArgs) -> Result<P
                     target: Some(pb::Target {
                         kind: Some(target::Kind::Hub(a.hub.clone())),
                     }),
-                    message: Some(message(seq, a.size, a.binary)),
+                    message: Some(if a.json {
+                        pb::Message {
+                            payload: Some(Payload::Text(payload::text_json(seq, now_ns(), a.size))),
+                        }
+                    } else {
+                        message(seq, a.size, a.binary)
+                    }),
                     ..Default::default()
                 };
                 match client.publish(req).await {
@@ -362,7 +371,12 @@ async fn broadcast(target: Target, endpoint: &str, a: BroadcastArgs) -> Result<P
             for seq in 1..=a.count {
                 sleep_until((start + interval * (seq as u32 - 1)).into()).await;
                 let t = Instant::now();
-                let text = payload::text(seq, now_ns(), a.size.max(payload::TEXT_STAMP));
+                let size = a.size.max(payload::TEXT_STAMP);
+                let text = if a.json {
+                    payload::text_json(seq, now_ns(), size)
+                } else {
+                    payload::text(seq, now_ns(), size)
+                };
                 match peer_publish(&mut http, target, "all", text).await {
                     Ok(()) => tally.ok += 1,
                     Err(e) => {

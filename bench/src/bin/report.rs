@@ -4,6 +4,10 @@
 //!
 //! `report --out BENCHMARKS.md --plots bench/plots --command "bench/run-all" RUN1/suite.json ...`
 //!
+//! `report --section protocols --out BENCHMARKS.md --command "..." RUN1/suite.json ...`
+//! regenerates only that section of an existing BENCHMARKS.md (between its
+//! `<!-- section:protocols -->` markers, with its own provenance line), leaving the rest.
+//!
 //! Text in the plots is drawn with ab_glyph from a TrueType file (`--font`, default
 //! DejaVuSans from Debian's fonts-dejavu-core), so no fontconfig or freetype is needed.
 
@@ -37,6 +41,10 @@ struct Cli {
         default_value = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
     )]
     font: PathBuf,
+    /// Regenerate only this section of `--out` (`protocols`: permessage-deflate and HTTP/2), in
+    /// place.
+    #[arg(long)]
+    section: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -154,6 +162,190 @@ impl Data {
             .map(|(_, v)| *v as f64)
             .unwrap_or(0.0)
     }
+}
+
+/// `old` with the block between `<!-- section:NAME -->` and `<!-- /section:NAME -->` replaced by
+/// `## title` + `body`; appended when there is no such block.
+fn splice_section(old: &str, name: &str, body: &str) -> String {
+    let open = format!("<!-- section:{name} -->");
+    let close = format!("<!-- /section:{name} -->");
+    let block = format!("{open}\n{body}{close}\n");
+    match (old.find(&open), old.find(&close)) {
+        (Some(a), Some(b)) if b > a => {
+            format!(
+                "{}{block}{}",
+                &old[..a],
+                old[b + close.len()..].trim_start_matches('\n')
+            )
+        }
+        _ if old.is_empty() => block,
+        _ => format!("{}\n{block}", old.trim_end_matches('\n').to_owned() + "\n"),
+    }
+}
+
+/// permessage-deflate and WebSockets over HTTP/2.
+fn protocols_section(d: &Data, md: &mut String) -> Result<()> {
+    compression_section(d, md)?;
+    let h2: Vec<(&Key, &Group)> = d.of("http2").collect();
+    if h2.is_empty() {
+        return Ok(());
+    }
+    writeln!(md, "## WebSockets over HTTP/2: idle sessions\n")?;
+    writeln!(
+        md,
+        "Idle WebSocket sessions opened as extended CONNECTs (RFC 8441) on cleartext HTTP/2 \
+         connections, 100 per connection (`h2hold`); the gateway's RSS after minus before, per \
+         session. The HTTP/1.1 figure of the same count (one socket per session) is in the idle \
+         table above.\n"
+    )?;
+    writeln!(
+        md,
+        "| sessions | per connection | RSS/session KiB (median) | range | HTTP/1.1 RSS/conn KiB |"
+    )?;
+    writeln!(md, "| --- | --- | --- | --- | --- |")?;
+    for (k, g) in h2 {
+        let n = Data::param(k, "sessions");
+        let h1 = d
+            .get("idle", "switchboard", &[("sockets", n)])
+            .and_then(|g| g.med("rss_per_conn_kib"))
+            .or_else(|| {
+                d.get(
+                    "compression",
+                    "switchboard",
+                    &[("sockets", n), ("deflate", 0.0)],
+                )?
+                .med("rss_per_conn_kib")
+            });
+        writeln!(
+            md,
+            "| {:.0} | {:.0} | {} | {} | {} |",
+            n,
+            Data::param(k, "per_connection"),
+            f(g.med("rss_per_session_kib"), 2),
+            g.range("rss_per_session_kib")
+                .map(|(a, b)| format!("{a:.2}–{b:.2}"))
+                .unwrap_or_default(),
+            f(h1, 2),
+        )?;
+    }
+    writeln!(md)?;
+    Ok(())
+}
+
+/// The permessage-deflate broadcast: each target with and without compression, and the
+/// issue's targets for the gateway.
+fn compression_section(d: &Data, md: &mut String) -> Result<()> {
+    if d.of("compression").next().is_none() {
+        return Ok(());
+    }
+    writeln!(
+        md,
+        "## permessage-deflate: broadcast of a 2 KiB JSON message\n"
+    )?;
+    writeln!(
+        md,
+        "A hub-wide broadcast of a 2,048-byte text message of JSON records (market-data-like, \
+         numbers varying from record to record) to 10,000 sockets, once with clients that do not \
+         offer permessage-deflate and once with clients that offer it as browsers do \
+         (`permessage-deflate; client_max_window_bits`). The gateway compresses each broadcast \
+         once (no context takeover) and queues the same frame for every session; nchan stores a \
+         compressed copy per message (`nchan_deflate_message_for_websocket on`). *Wire* is what \
+         the load generators read off their sockets per delivered message (frame headers \
+         included); CPU is the server's per delivered message; RSS per connection is measured \
+         with the sockets idle, before the broadcast.\n"
+    )?;
+    writeln!(md, "| target | compression | RSS/conn KiB | wire B/msg | user µs/msg | sys µs/msg | total µs/msg | total range | p50 ms | delivered/expected | exact |")?;
+    writeln!(
+        md,
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    )?;
+    let mut rows: Vec<(&Key, &Group)> = d.of("compression").collect();
+    rows.sort_by_key(|(k, _)| (target_order(&k.1), Data::param(k, "deflate") as i64));
+    for (k, g) in &rows {
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} |",
+            k.1,
+            if Data::param(k, "deflate") > 0.0 {
+                "permessage-deflate"
+            } else {
+                "none"
+            },
+            f(g.med("rss_per_conn_kib"), 2),
+            f(g.med("wire_bytes_per_msg"), 0),
+            f(g.med("cpu_user_us_per_msg"), 2),
+            f(g.med("cpu_sys_us_per_msg"), 2),
+            f(g.med("cpu_total_us_per_msg"), 2),
+            g.range("cpu_total_us_per_msg")
+                .map(|(a, b)| format!("{a:.2}–{b:.2}"))
+                .unwrap_or_default(),
+            f(g.med("p50_ms"), 1),
+            f(g.med("delivered"), 0),
+            f(g.med("expected"), 0),
+            g.exact()
+        )?;
+    }
+    writeln!(md)?;
+    let n = rows
+        .first()
+        .map(|(k, _)| Data::param(k, "sockets"))
+        .unwrap_or(10_000.0);
+    let plain = d.get(
+        "compression",
+        "switchboard",
+        &[("sockets", n), ("deflate", 0.0)],
+    );
+    let deflate = d.get(
+        "compression",
+        "switchboard",
+        &[("sockets", n), ("deflate", 1.0)],
+    );
+    if let (Some(p), Some(c)) = (plain, deflate) {
+        let ratio = |m: &str| Some(c.med(m)? / p.med(m)?);
+        let cpu = ratio("cpu_total_us_per_msg");
+        let wire = ratio("wire_bytes_per_msg");
+        let rss = (c.med("rss_per_conn_kib"), p.med("rss_per_conn_kib"));
+        writeln!(
+            md,
+            "| target (gateway, deflate vs none) | measured (median) | met |"
+        )?;
+        writeln!(md, "| --- | --- | --- |")?;
+        let yes = |ok: Option<bool>| match ok {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "–",
+        };
+        writeln!(
+            md,
+            "| server CPU per delivered message ≤ 1.5× | {}× | {} |",
+            f(cpu, 2),
+            yes(cpu.map(|r| r <= 1.5))
+        )?;
+        writeln!(
+            md,
+            "| bytes on the wire per message ≤ 0.3× | {}× | {} |",
+            f(wire, 2),
+            yes(wire.map(|r| r <= 0.3))
+        )?;
+        // "The same as plain": within the run-to-run spread of the plain figure, or 0.1 KiB.
+        let spread = p
+            .range("rss_per_conn_kib")
+            .map(|(a, b)| (b - a).max(0.1))
+            .unwrap_or(0.1);
+        let same = match rss {
+            (Some(c), Some(p)) => Some(c - p <= spread),
+            _ => None,
+        };
+        writeln!(
+            md,
+            "| idle RSS per compressed session = plain (within {spread:.2} KiB) | {} vs {} KiB | {} |",
+            f(rss.0, 2),
+            f(rss.1, 2),
+            yes(same)
+        )?;
+        writeln!(md)?;
+    }
+    Ok(())
 }
 
 fn f(v: Option<f64>, digits: usize) -> String {
@@ -344,6 +536,33 @@ fn main() -> Result<()> {
     }
     let d = Data { groups };
     let n_runs = files.len();
+    if let Some(section) = &cli.section {
+        anyhow::ensure!(section == "protocols", "unknown section {section:?}");
+        let mut body = String::new();
+        writeln!(
+            body,
+            "Generated by `{}` ({} run{}, started {}; gateway revision {}), apart from the rest of \
+             this file.\n",
+            cli.command,
+            n_runs,
+            if n_runs == 1 { "" } else { "s" },
+            files
+                .iter()
+                .map(|f| f.started.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            files[0]
+                .machine
+                .get("revision")
+                .cloned()
+                .unwrap_or_else(|| "unknown".into()),
+        )?;
+        protocols_section(&d, &mut body)?;
+        let old = std::fs::read_to_string(&cli.out)
+            .with_context(|| format!("read {}", cli.out.display()))?;
+        std::fs::write(&cli.out, splice_section(&old, section, &body))?;
+        return Ok(());
+    }
 
     let font = std::fs::read(&cli.font).with_context(|| {
         format!(
@@ -860,6 +1079,13 @@ fn main() -> Result<()> {
         )?;
     }
     writeln!(md)?;
+
+    if d.of("compression").next().is_some() || d.of("http2").next().is_some() {
+        let mut body = String::new();
+        protocols_section(&d, &mut body)?;
+        md.push_str(&splice_section("", "protocols", &body));
+        md.push('\n');
+    }
 
     // --- notes ---
     let mut notes = Vec::new();

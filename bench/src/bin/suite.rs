@@ -13,7 +13,10 @@
 //! SendBatch of every message due each millisecond over the same sockets; also through the
 //! non-owning node of a two-node Redis cluster), `churn` (connect + upgrade + close
 //! loops with the Redis registry; Redis commands and reads per connect), `flood` (one socket,
-//! server-to-client throughput at 20 B, 1 KiB, 16 KiB).
+//! server-to-client throughput at 20 B, 1 KiB, 16 KiB), `compression` (a 2 KiB JSON broadcast
+//! to 10k sockets with and without permessage-deflate: idle RSS, server CPU and bytes on the
+//! wire per delivered message, gateway and nchan), `http2` (10k idle WebSocket sessions over
+//! HTTP/2, 100 per connection: RSS per session).
 
 use std::{
     collections::BTreeMap,
@@ -567,6 +570,8 @@ struct LgSpec {
     url: String,
     count: u64,
     base: u64,
+    /// Offer permessage-deflate.
+    deflate: bool,
 }
 
 fn kv(line: &str, key: &str) -> Option<u64> {
@@ -596,6 +601,7 @@ impl Loadgen {
             .arg(out)
             .arg("--sessions-file")
             .arg(&sessions)
+            .args(spec.deflate.then_some("--deflate"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(out.join(format!("{name}.stderr")))?)
@@ -716,6 +722,7 @@ fn split(url: &str, n: u64, base: u64) -> Vec<LgSpec> {
             url: url.to_owned(),
             count: c,
             base: base + at,
+            deflate: false,
         });
         at += c;
     }
@@ -765,6 +772,10 @@ struct Round {
     to_last_us: Vec<f64>,
     first_sent_ns: u64,
     last_recv_ns: u64,
+    /// Bytes the sockets read (frames as the wire carried them).
+    wire_bytes: u64,
+    /// Sockets whose server agreed to permessage-deflate.
+    deflated: u64,
 }
 
 async fn finish_all(lgs: &mut [Loadgen], tag: &str, expect: &str, wait_ms: u64) -> Result<Round> {
@@ -783,6 +794,8 @@ async fn finish_all(lgs: &mut [Loadgen], tag: &str, expect: &str, wait_ms: u64) 
         to_last_us: Vec::new(),
         first_sent_ns: u64::MAX,
         last_recv_ns: 0,
+        wire_bytes: 0,
+        deflated: 0,
     };
     for lg in lgs.iter_mut() {
         let (s, raw) = lg.finish(tag, expect, wait_ms).await?;
@@ -793,6 +806,8 @@ async fn finish_all(lgs: &mut [Loadgen], tag: &str, expect: &str, wait_ms: u64) 
         r.dropped += s.sockets_dropped;
         r.failed += s.sockets_failed;
         r.exact &= s.exact;
+        r.wire_bytes += s.wire_bytes;
+        r.deflated += s.deflated_sockets;
         if s.delivered > 0 {
             r.first_sent_ns = r.first_sent_ns.min(s.first_sent_ns);
             r.last_recv_ns = r.last_recv_ns.max(s.last_recv_ns);
@@ -855,6 +870,8 @@ struct Plan {
     unicast_seconds: f64,
     churn_seconds: f64,
     flood_seconds: f64,
+    /// Sockets of the permessage-deflate broadcast.
+    compression_sockets: u64,
 }
 
 impl Plan {
@@ -872,6 +889,7 @@ impl Plan {
                 unicast_seconds: 2.0,
                 churn_seconds: 3.0,
                 flood_seconds: 1.0,
+                compression_sockets: 1000,
             }
         } else {
             Plan {
@@ -886,6 +904,7 @@ impl Plan {
                 unicast_seconds: 5.0,
                 churn_seconds: 10.0,
                 flood_seconds: 3.0,
+                compression_sockets: 10_000,
             }
         }
     }
@@ -1097,6 +1116,245 @@ async fn fanout_one(
         });
     }
     close_all(lgs).await;
+    server.stop().await;
+    Ok(())
+}
+
+/// The broadcast of a 2 KiB JSON message with and without permessage-deflate, gateway and
+/// nchan (which compresses once per message with `nchan_deflate_message_for_websocket`): idle
+/// RSS per connection, server CPU and bytes on the wire per delivered message.
+async fn scenario_compression(
+    env: &mut Env,
+    plan: &Plan,
+    targets: &[String],
+    out: &mut Vec<Record>,
+) -> Result<()> {
+    println!(
+        "\n## permessage-deflate: broadcast of a 2 KiB JSON message (one node / one worker)\n"
+    );
+    row(&sargs(&[
+        "target",
+        "sockets",
+        "compression",
+        "RSS/conn KiB",
+        "wire B/msg",
+        "user µs/msg",
+        "sys µs/msg",
+        "total µs/msg",
+        "p50 ms",
+        "delivered/expected",
+        "exact",
+    ]));
+    row(&sargs(&["---"; 11]));
+    let n = plan.compression_sockets;
+    for target in targets
+        .iter()
+        .filter(|t| *t == "switchboard" || *t == "nchan")
+    {
+        for deflate in [false, true] {
+            if let Err(e) = compression_one(env, plan, target, n, deflate, out).await {
+                println!("| {target} | {n} | {deflate} | failed: {e:#} |");
+                out.push(Record {
+                    scenario: "compression".into(),
+                    target: target.clone(),
+                    params: BTreeMap::from([
+                        ("sockets".into(), n as f64),
+                        ("deflate".into(), f64::from(u8::from(deflate))),
+                    ]),
+                    exact: Some(false),
+                    notes: vec![format!("failed: {e:#}")],
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn compression_one(
+    env: &mut Env,
+    plan: &Plan,
+    target: &str,
+    n: u64,
+    deflate: bool,
+    out: &mut Vec<Record>,
+) -> Result<()> {
+    const SIZE: u64 = 2048;
+    let server = start_server(env, target).await?;
+    let dir = env.dir(&format!("compression-{target}-{n}-{deflate}"))?;
+    sleep(Duration::from_millis(500)).await;
+    let rss0 = server.rss_kib();
+    let mut specs = split(&server.ws_url(0), n, 0);
+    for s in &mut specs {
+        s.deflate = deflate;
+    }
+    let mut lgs = open_all(env, &specs, &dir, open_rate(target)).await?;
+    sleep(Duration::from_secs(1)).await;
+    let rss1 = server.rss_kib();
+    let opened: u64 = lgs.iter().map(|l| l.opened).sum();
+    let per_conn = rss1.saturating_sub(rss0) as f64 / opened.max(1) as f64;
+    let (count, interval) = broadcast_plan(n, plan.quick, target);
+    let (t, endpoint) = server.publish_to(0);
+    let cpu0 = server.cpu();
+    let rep = publish(
+        env,
+        t,
+        &endpoint,
+        &sargs(&[
+            "broadcast",
+            "--json",
+            "--count",
+            &count.to_string(),
+            "--size",
+            &SIZE.to_string(),
+            "--interval-ms",
+            &interval.to_string(),
+        ]),
+        Duration::from_secs(count * interval / 1000 + 120),
+    )
+    .await?;
+    let r = finish_all(&mut lgs, "deflate", &format!("broadcast:{count}"), 30_000).await?;
+    let cpu = server.cpu().since(cpu0);
+    let delivered = r.delivered.max(1) as f64;
+    let user = cpu.user as f64 * env.us_per_tick() / delivered;
+    let sys = cpu.system as f64 * env.us_per_tick() / delivered;
+    let wire = r.wire_bytes as f64 / delivered;
+    let exact = r.exact && rep.failed == 0;
+    let label = if deflate { "deflate" } else { "none" };
+    row(&[
+        target.into(),
+        n.to_string(),
+        label.into(),
+        format!("{per_conn:.2}"),
+        format!("{wire:.0}"),
+        format!("{user:.2}"),
+        format!("{sys:.2}"),
+        format!("{:.2}", user + sys),
+        ms(r.latency.p50),
+        format!("{}/{}", r.delivered, r.expected),
+        exact.to_string(),
+    ]);
+    let mut notes = Vec::new();
+    if deflate && r.deflated < opened {
+        notes.push(format!(
+            "the server agreed to permessage-deflate on {} of {opened} sockets",
+            r.deflated
+        ));
+    }
+    if rep.failed > 0 {
+        notes.push(format!("publish errors: {:?}", rep.errors));
+    }
+    out.push(Record {
+        scenario: "compression".into(),
+        target: target.into(),
+        params: BTreeMap::from([
+            ("sockets".into(), n as f64),
+            ("deflate".into(), f64::from(u8::from(deflate))),
+        ]),
+        metrics: BTreeMap::from([
+            ("rss_per_conn_kib".into(), per_conn),
+            ("wire_bytes_per_msg".into(), wire),
+            ("payload_bytes".into(), SIZE as f64),
+            ("cpu_user_us_per_msg".into(), user),
+            ("cpu_sys_us_per_msg".into(), sys),
+            ("cpu_total_us_per_msg".into(), user + sys),
+            ("p50_ms".into(), r.latency.p50 / 1000.0),
+            ("p99_ms".into(), r.latency.p99 / 1000.0),
+            ("delivered".into(), r.delivered as f64),
+            ("expected".into(), r.expected as f64),
+            ("deflated_sockets".into(), r.deflated as f64),
+            ("opened".into(), opened as f64),
+        ]),
+        exact: Some(exact),
+        notes,
+        cdf: vec![],
+    });
+    close_all(lgs).await;
+    server.stop().await;
+    Ok(())
+}
+
+/// Idle sessions over HTTP/2 (RFC 8441): `h2hold` opens connections of 100 WebSocket streams
+/// each; the gateway's RSS per session, to set beside the HTTP/1.1 idle figure of the same
+/// count.
+async fn scenario_http2(env: &mut Env, plan: &Plan, out: &mut Vec<Record>) -> Result<()> {
+    println!("\n## Idle WebSocket sessions over HTTP/2 (100 per connection)\n");
+    row(&sargs(&[
+        "target",
+        "sessions",
+        "per connection",
+        "RSS/session KiB",
+        "opened",
+    ]));
+    row(&sargs(&["---"; 5]));
+    const PER_CONN: u64 = 100;
+    let n = plan.compression_sockets;
+    let server = gateway_server(env, 1, false).await?;
+    let dir = env.dir(&format!("http2-{n}"))?;
+    sleep(Duration::from_millis(500)).await;
+    let rss0 = server.rss_kib();
+    let url = server.ws_url(0);
+    let addr = url
+        .strip_prefix("ws://")
+        .and_then(|r| r.split('/').next())
+        .context("gateway address")?
+        .to_owned();
+    let mut child = Command::new(env.bin_dir.join("h2hold"))
+        .args(["--addr", &addr, "--path", "/ws/bench"])
+        .args(["--connections", &(n / PER_CONN).to_string()])
+        .args(["--streams", &PER_CONN.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("h2hold.stderr"))?)
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawn h2hold")?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let line = timeout(Duration::from_secs(180), async {
+        while let Some(l) = lines.next_line().await? {
+            if l.starts_with("opened") {
+                return Ok(l);
+            }
+        }
+        anyhow::bail!("h2hold exited")
+    })
+    .await
+    .context("h2hold did not open its sessions")??;
+    let opened = kv(&line, "ok").unwrap_or(0);
+    sleep(Duration::from_secs(1)).await;
+    let rss1 = server.rss_kib();
+    let per = rss1.saturating_sub(rss0) as f64 / opened.max(1) as f64;
+    row(&[
+        "switchboard".into(),
+        n.to_string(),
+        PER_CONN.to_string(),
+        format!("{per:.2}"),
+        opened.to_string(),
+    ]);
+    out.push(Record {
+        scenario: "http2".into(),
+        target: "switchboard".into(),
+        params: BTreeMap::from([
+            ("sessions".into(), n as f64),
+            ("per_connection".into(), PER_CONN as f64),
+        ]),
+        metrics: BTreeMap::from([
+            ("rss_per_session_kib".into(), per),
+            ("rss_before_kib".into(), rss0 as f64),
+            ("rss_after_kib".into(), rss1 as f64),
+            ("opened".into(), opened as f64),
+        ]),
+        exact: None,
+        notes: if opened < n {
+            vec![format!("only {opened} of {n} sessions opened")]
+        } else {
+            vec![]
+        },
+        cdf: vec![],
+    });
+    let _ = stdin.write_all(b"close\n").await;
+    let _ = timeout(Duration::from_secs(30), child.wait()).await;
     server.stop().await;
     Ok(())
 }
@@ -1821,6 +2079,16 @@ async fn run(a: RunArgs) -> Result<()> {
             errors.push(format!("flood: {e:#}"));
         }
     }
+    if want("compression") {
+        if let Err(e) = scenario_compression(&mut env, &plan, &targets, &mut records).await {
+            errors.push(format!("compression: {e:#}"));
+        }
+    }
+    if want("http2") {
+        if let Err(e) = scenario_http2(&mut env, &plan, &mut records).await {
+            errors.push(format!("http2: {e:#}"));
+        }
+    }
     if want("multinode") {
         if let Err(e) = scenario_multinode(&mut env, &plan, &mut records).await {
             errors.push(format!("multinode: {e:#}"));
@@ -1867,23 +2135,32 @@ async fn smoke(common: CommonArgs) -> Result<()> {
         let server = gateway_server(&mut env, 1, false).await?;
         let dir = env.dir("smoke")?;
         let n = 300u64;
+        // Half the sockets negotiate permessage-deflate, so every round checks compressed
+        // delivery too.
         let specs = vec![
             LgSpec {
                 url: server.ws_url(0),
                 count: n / 2,
                 base: 0,
+                deflate: false,
             },
             LgSpec {
                 url: server.ws_url(0),
                 count: n - n / 2,
                 base: n / 2,
+                deflate: true,
             },
         ];
         let mut lgs = open_all(&mut env, &specs, &dir, 2000.0).await?;
         let opened: u64 = lgs.iter().map(|l| l.opened).sum();
         check("open", opened == n, format!("{opened}/{n} sockets open"));
         let (t, endpoint) = server.publish_to(0);
-        for (size, binary) in [(100u64, false), (2048, false), (20, true)] {
+        for (size, binary, json) in [
+            (100u64, false, false),
+            (2048, false, false),
+            (2048, false, true),
+            (20, true, false),
+        ] {
             let mut args = sargs(&[
                 "broadcast",
                 "--count",
@@ -1896,14 +2173,25 @@ async fn smoke(common: CommonArgs) -> Result<()> {
             if binary {
                 args.push("--binary".into());
             }
+            if json {
+                args.push("--json".into());
+            }
             let rep = publish(&env, t, &endpoint, &args, Duration::from_secs(60)).await?;
-            let r = finish_all(&mut lgs, &format!("b{size}"), "broadcast:5", 20_000).await?;
+            let tag = format!("b{size}{}", if json { "j" } else { "" });
+            let r = finish_all(&mut lgs, &tag, "broadcast:5", 20_000).await?;
+            let kind = if binary {
+                " binary"
+            } else if json {
+                " JSON"
+            } else {
+                ""
+            };
             check(
-                &format!("broadcast {size} B{}", if binary { " binary" } else { "" }),
-                r.exact && rep.failed == 0 && rep.queued == 5 * n,
+                &format!("broadcast {size} B{kind} (half the sockets with permessage-deflate)"),
+                r.exact && rep.failed == 0 && rep.queued == 5 * n && r.deflated == n - n / 2,
                 format!(
-                    "delivered {}/{} duplicates {} unexpected {} queued {} publish errors {:?}",
-                    r.delivered, r.expected, r.duplicates, r.unexpected, rep.queued, rep.errors
+                    "delivered {}/{} duplicates {} unexpected {} queued {} publish errors {:?} deflate sockets {}",
+                    r.delivered, r.expected, r.duplicates, r.unexpected, rep.queued, rep.errors, r.deflated
                 ),
             );
         }
@@ -1945,6 +2233,7 @@ async fn smoke(common: CommonArgs) -> Result<()> {
             url: server.ws_url(0),
             count: 1,
             base: 0,
+            deflate: false,
         }];
         let mut lgs = open_all(&mut env, &specs, &dir, 100.0).await?;
         let session = std::fs::read_to_string(&lgs[0].sessions)?
