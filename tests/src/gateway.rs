@@ -271,6 +271,30 @@ impl Gateway {
         crate::raw::http_request_with_body(addr, method, path, &headers, body.as_bytes()).await
     }
 
+    /// The next client message of session `id` through `Read` (waiting up to 10 s); panics on
+    /// anything but a message.
+    pub async fn read_message(&self, id: &str) -> switchboard_proto::v1::Message {
+        use switchboard_proto::v1::{read_response::Result as R, ReadRequest};
+        let got = self
+            .api()
+            .await
+            .read(ReadRequest {
+                session_id: id.to_owned(),
+                timeout: Some(prost_types::Duration {
+                    seconds: 10,
+                    nanos: 0,
+                }),
+            })
+            .await
+            .expect("read")
+            .into_inner()
+            .result;
+        match got {
+            Some(R::Message(m)) => m.message.expect("a message"),
+            other => panic!("expected a message from {id}, got {other:?}"),
+        }
+    }
+
     /// Plain HTTP GET on the client port: (status, body).
     pub async fn http_get(&self, path: &str) -> (u16, String) {
         crate::raw::http_request(self.client_addr, "GET", path, &[]).await

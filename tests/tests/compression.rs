@@ -3,9 +3,7 @@
 //! connection (unmasked frames, misplaced RSV1, decompression bombs).
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
-use switchboard_proto::v1::{
-    self as pb, message::Payload, read_response::Result as R, target::Kind as T,
-};
+use switchboard_proto::v1::{self as pb, message::Payload, target::Kind as T};
 use switchboard_tests::{gateway::Gateway, raw::RawWs};
 
 const OFFER: &str = "permessage-deflate; client_max_window_bits";
@@ -181,24 +179,8 @@ async fn compressed_client_messages_reach_the_backend_inflated() {
     c.send_raw(0x80, d, true).await;
     // An uncompressed message after them.
     c.send_frame(true, 0x1, b"plain").await;
-    let mut api = gw.api().await;
     for want in [whole.as_str(), fragmented.as_str(), "plain"] {
-        let got = api
-            .read(pb::ReadRequest {
-                session_id: c.session.clone(),
-                timeout: Some(prost_types::Duration {
-                    seconds: 10,
-                    nanos: 0,
-                }),
-            })
-            .await
-            .expect("read")
-            .into_inner()
-            .result;
-        match got {
-            Some(R::Message(m)) => assert_eq!(m.message, text(want)),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(Some(gw.read_message(&c.session).await), text(want));
     }
 }
 
@@ -219,20 +201,10 @@ async fn a_decompression_bomb_closes_with_1009_and_spares_the_others() {
     bystander
         .send_raw(0x80 | RSV1 | 0x1, &deflate(at_limit.as_bytes()), true)
         .await;
-    let mut api = gw.api().await;
-    let got = api
-        .read(pb::ReadRequest {
-            session_id: bystander.session.clone(),
-            timeout: Some(prost_types::Duration {
-                seconds: 10,
-                nanos: 0,
-            }),
-        })
-        .await
-        .expect("read")
-        .into_inner()
-        .result;
-    assert!(matches!(got, Some(R::Message(m)) if m.message == text(&at_limit)));
+    assert_eq!(
+        Some(gw.read_message(&bystander.session).await),
+        text(&at_limit)
+    );
 }
 
 #[tokio::test]

@@ -3,9 +3,7 @@
 //! flow control holds the gateway back like TCP does; and what is not an extended CONNECT for
 //! `websocket` is refused.
 
-use switchboard_proto::v1::{
-    self as pb, message::Payload, read_response::Result as R, target::Kind as T,
-};
+use switchboard_proto::v1::{self as pb, message::Payload, target::Kind as T};
 use switchboard_tests::{gateway::Gateway, h2ws::H2Connection, within};
 use tonic::Code;
 
@@ -63,19 +61,10 @@ async fn many_sessions_share_one_http2_connection_and_end_one_by_one() {
     }
     // A client message on the second stream reaches the backend.
     sessions[1].send_frame(0x1, b"from h2");
-    let got = api
-        .read(pb::ReadRequest {
-            session_id: sessions[1].session.clone(),
-            timeout: Some(prost_types::Duration {
-                seconds: 10,
-                nanos: 0,
-            }),
-        })
-        .await
-        .expect("read")
-        .into_inner()
-        .result;
-    assert!(matches!(got, Some(R::Message(m)) if m.message == text("from h2")));
+    assert_eq!(
+        Some(gw.read_message(&sessions[1].session).await),
+        text("from h2")
+    );
 
     // The first session closes; the others keep going on the same connection.
     sessions[0].send_frame(0x8, &1000u16.to_be_bytes());

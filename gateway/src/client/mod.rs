@@ -10,7 +10,7 @@ pub(crate) mod protocol;
 pub(crate) mod reader;
 pub(crate) mod upgrade;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc};
 
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -117,25 +117,28 @@ async fn serve_http<I>(
             .enable_connect_protocol()
             .serve_connection(io, service);
         tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "http/2 connection ended");
-                }
-            }
-            _ = stop.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
-        }
-        return;
+        until_done(conn, &stop, |c| c.graceful_shutdown()).await;
+    } else {
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(handshake_timeout)
+            .serve_connection(io, service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        until_done(conn, &stop, |c| c.graceful_shutdown()).await;
     }
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(handshake_timeout)
-        .serve_connection(io, service)
-        .with_upgrades();
-    tokio::pin!(conn);
+}
+
+/// Drives a connection to its end; once `stop` is cancelled, shuts it down gracefully (requests
+/// in flight finish, no new ones are taken) and waits for that.
+async fn until_done<C, E>(
+    mut conn: Pin<&mut C>,
+    stop: &CancellationToken,
+    graceful: impl FnOnce(Pin<&mut C>),
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
@@ -143,7 +146,7 @@ async fn serve_http<I>(
             }
         }
         _ = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
+            graceful(conn.as_mut());
             let _ = conn.await;
         }
     }
