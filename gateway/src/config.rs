@@ -54,6 +54,28 @@ pub enum Switch {
     Off,
 }
 
+/// A per-hub override of `--compression`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HubSwitch {
+    pub hub: String,
+    pub switch: Switch,
+}
+
+fn parse_hub_switch(s: &str) -> Result<HubSwitch, String> {
+    let (hub, switch) = s.split_once('=').ok_or("expected HUB=on or HUB=off")?;
+    if !is_name(hub) {
+        return Err(format!(
+            "'{hub}' is not a hub name (1-64 of [A-Za-z0-9._-])"
+        ));
+    }
+    let switch =
+        Switch::from_str(switch, true).map_err(|_| format!("'{switch}': expected on or off"))?;
+    Ok(HubSwitch {
+        hub: hub.to_owned(),
+        switch,
+    })
+}
+
 /// Where the admin listener binds, or `off`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AdminListen(pub Option<SocketAddr>);
@@ -144,6 +166,17 @@ pub struct Config {
         default_value = "on"
     )]
     pub compression: Switch,
+
+    /// permessage-deflate for one hub, overriding --compression, as `HUB=on` or `HUB=off`;
+    /// repeatable.
+    #[arg(
+        long = "hub-compression",
+        env = "SWITCHBOARD_HUB_COMPRESSION",
+        value_name = "HUB=on|off",
+        value_delimiter = ' ',
+        value_parser = parse_hub_switch
+    )]
+    pub hub_compression: Vec<HubSwitch>,
 
     /// Messages shorter than this go uncompressed even to sessions that negotiated compression.
     #[arg(long, env = "SWITCHBOARD_COMPRESSION_MIN_BYTES", default_value = "256")]
@@ -486,6 +519,16 @@ impl Config {
         )
     }
 
+    /// Whether sessions of `hub` may negotiate permessage-deflate: its `--hub-compression`
+    /// (the last one given), else `--compression`.
+    pub fn compression_for(&self, hub: &str) -> Switch {
+        self.hub_compression
+            .iter()
+            .rev()
+            .find(|h| h.hub == hub)
+            .map_or(self.compression, |h| h.switch)
+    }
+
     /// Checks the rules flags alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let any_token = self.backend_token.is_some() || !self.scoped_backend_tokens.is_empty();
@@ -690,6 +733,7 @@ impl fmt::Debug for Config {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("welcome_frame", &self.welcome_frame)
             .field("compression", &self.compression)
+            .field("hub_compression", &self.hub_compression)
             .field("compression_min_bytes", &self.compression_min_bytes)
             .field("compression_level", &self.compression_level)
             .field("shutdown_grace", &self.shutdown_grace)
@@ -747,6 +791,29 @@ mod tests {
         let mut all = vec!["switchboard-gateway"];
         all.extend_from_slice(args);
         Config::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn a_hub_may_turn_compression_on_or_off_for_itself() {
+        let c = parse(&["--compression", "off", "--hub-compression", "news=on"]);
+        assert_eq!(c.compression_for("news"), Switch::On);
+        assert_eq!(c.compression_for("chat"), Switch::Off);
+        let c = parse(&[
+            "--hub-compression",
+            "chat=off",
+            "--hub-compression",
+            "chat=on",
+        ]);
+        assert_eq!(
+            c.compression_for("chat"),
+            Switch::On,
+            "the last one given wins"
+        );
+        assert_eq!(c.compression_for("news"), Switch::On);
+        for bad in ["chat", "chat=maybe", "a/b=on", "=off"] {
+            let argv = ["switchboard-gateway", "--hub-compression", bad];
+            assert!(Config::try_parse_from(argv).is_err(), "{bad}");
+        }
     }
 
     #[test]

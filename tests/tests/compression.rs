@@ -162,6 +162,25 @@ async fn an_offer_the_gateway_cannot_honour_is_declined_not_refused() {
 }
 
 #[tokio::test]
+async fn one_hub_may_differ_from_the_rest() {
+    let gw = Gateway::start(&["--compression", "off", "--hub-compression", "news=on"]).await;
+    let news = RawWs::connect_with(
+        gw.client_addr,
+        "news",
+        &[("Sec-WebSocket-Extensions", OFFER)],
+    )
+    .await;
+    assert_eq!(news.header("sec-websocket-extensions"), Some(AGREED));
+    let chat = RawWs::connect_with(
+        gw.client_addr,
+        "chat",
+        &[("Sec-WebSocket-Extensions", OFFER)],
+    )
+    .await;
+    assert_eq!(chat.header("sec-websocket-extensions"), None);
+}
+
+#[tokio::test]
 async fn compressed_client_messages_reach_the_backend_inflated() {
     let gw = Gateway::start(&[]).await;
     let mut c =

@@ -154,7 +154,7 @@ pub(crate) async fn upgrade(
         );
     }
     // An offer the gateway cannot honour is declined, never a reason to refuse the client.
-    let deflate = match node.config.compression {
+    let deflate = match node.config.compression_for(&hub) {
         Switch::On => deflate::negotiate(
             req.headers()
                 .get_all(header::SEC_WEBSOCKET_EXTENSIONS)

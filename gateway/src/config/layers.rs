@@ -656,7 +656,7 @@ mod tests {
     use std::{net::SocketAddr, time::Duration};
 
     use super::*;
-    use crate::config::{AdminListen, ScopedToken};
+    use crate::config::{AdminListen, HubSwitch, ScopedToken};
 
     /// A process environment and file system made of maps, for `load`.
     struct World {
@@ -728,7 +728,7 @@ mod tests {
     /// file that sets every option is generated from them.
     fn samples(arg: &Arg) -> Option<[String; 2]> {
         let t = arg.get_value_parser().type_id();
-        let table: [(TypeId, [&str; 2]); 12] = [
+        let table: [(TypeId, [&str; 2]); 13] = [
             (
                 TypeId::of::<SocketAddr>(),
                 ["10.9.8.7:6543", "10.9.8.7:6544"],
@@ -755,6 +755,7 @@ mod tests {
                 ["chat,news=sample-token", "ops=other-token"],
             ),
             (TypeId::of::<AdminListen>(), ["10.9.8.7:9999", "off"]),
+            (TypeId::of::<HubSwitch>(), ["chat=off", "news=on"]),
         ];
         if let (false, Some(default)) = (is_flag(arg), arg.get_default_values().first()) {
             // An enum, or a boolean option: a possible value that is not the default.
