@@ -33,6 +33,7 @@ pub(crate) fn inbound(m: pb::InboundMessage) -> Inbound {
     Inbound {
         seq: m.seq,
         message: from_message(m.message),
+        client_seq: m.client_seq,
     }
 }
 
@@ -69,6 +70,8 @@ pub(crate) fn session_info(s: pb::SessionInfo) -> SessionInfo {
         last_active_at: time(s.last_active_at),
         remote_addr: s.remote_addr,
         subprotocol: s.subprotocol,
+        reliable: s.reliable,
+        suspended: s.suspended,
         counters: s.counters.map(|c| SessionCounters {
             messages_in: c.messages_in,
             bytes_in: c.bytes_in,
@@ -83,6 +86,7 @@ pub(crate) fn session_info(s: pb::SessionInfo) -> SessionInfo {
 pub(crate) fn state(s: i32) -> SessionState {
     match pb::SessionState::try_from(s) {
         Ok(pb::SessionState::Open) => SessionState::Open,
+        Ok(pb::SessionState::Suspended) => SessionState::Suspended,
         Ok(pb::SessionState::Closed) => SessionState::Closed,
         Ok(pb::SessionState::Invalid) => SessionState::Invalid,
         _ => SessionState::Unknown,
@@ -117,6 +121,8 @@ pub(crate) fn event_kind(k: EventKind) -> i32 {
         EventKind::Connected => pb::EventKind::Connected as i32,
         EventKind::Message => pb::EventKind::Message as i32,
         EventKind::Disconnected => pb::EventKind::Disconnected as i32,
+        EventKind::Suspended => pb::EventKind::Suspended as i32,
+        EventKind::Resumed => pb::EventKind::Resumed as i32,
     }
 }
 
@@ -136,5 +142,11 @@ pub(crate) fn event(e: pb::Event) -> Option<Event> {
             hub: e.hub,
             closed: closed(c),
         },
+        Kind::Suspended(c) => Event::Suspended {
+            session,
+            hub: e.hub,
+            closed: closed(c),
+        },
+        Kind::Resumed(info) => Event::Resumed(session_info(info)),
     })
 }

@@ -201,6 +201,11 @@ pub struct Inbound {
     pub seq: u64,
     /// What the client sent.
     pub message: Message,
+    /// For a reliable session (`switchboard.reliable.v1`): the client's own seq of this
+    /// message, stable across resumes. A node killed between handing a message to a backend
+    /// and recording it makes the client send it again after its resume; this seq lets a
+    /// backend drop that repeat. 0 for plain sessions.
+    pub client_seq: u64,
 }
 
 /// Who ended a session.
@@ -302,6 +307,10 @@ pub struct SessionInfo {
     pub remote_addr: String,
     /// The negotiated WebSocket subprotocol; empty when none.
     pub subprotocol: String,
+    /// The client chose reliable sessions (`switchboard.reliable.v1`).
+    pub reliable: bool,
+    /// Reliable, and waiting for its client to resume.
+    pub suspended: bool,
     /// Live counters; present only when the answer came from the node holding the session.
     pub counters: Option<SessionCounters>,
 }
@@ -356,6 +365,9 @@ pub enum SessionState {
     Closed,
     /// Never seen, or closed too long ago to remember.
     Unknown,
+    /// A reliable session whose connection is gone, waiting for its client to resume (on any
+    /// node). Messages sent to it wait for the resume.
+    Suspended,
     /// Not a well-formed session ID, so no session ever had it (a typo, a truncated or
     /// foreign string). The other IDs of the same check are still answered.
     Invalid,
@@ -574,6 +586,19 @@ pub enum Event {
         /// How it ended.
         closed: Closed,
     },
+    /// A reliable session's connection ended; the session waits for its client to resume
+    /// (a [`Event::Resumed`] follows) or ends when the resume window passes
+    /// ([`Event::Disconnected`]).
+    Suspended {
+        /// The suspended session.
+        session: SessionId,
+        /// Its hub.
+        hub: String,
+        /// How its connection ended.
+        closed: Closed,
+    },
+    /// A reliable session's client resumed; `node` says where it is now.
+    Resumed(SessionInfo),
 }
 
 impl Event {
@@ -586,8 +611,10 @@ impl Event {
     /// ```
     pub fn session_id(&self) -> &SessionId {
         match self {
-            Event::Connected(info) => &info.id,
-            Event::Message { session, .. } | Event::Disconnected { session, .. } => session,
+            Event::Connected(info) | Event::Resumed(info) => &info.id,
+            Event::Message { session, .. }
+            | Event::Disconnected { session, .. }
+            | Event::Suspended { session, .. } => session,
         }
     }
 
@@ -600,8 +627,10 @@ impl Event {
     /// ```
     pub fn hub(&self) -> &str {
         match self {
-            Event::Connected(info) => &info.hub,
-            Event::Message { hub, .. } | Event::Disconnected { hub, .. } => hub,
+            Event::Connected(info) | Event::Resumed(info) => &info.hub,
+            Event::Message { hub, .. }
+            | Event::Disconnected { hub, .. }
+            | Event::Suspended { hub, .. } => hub,
         }
     }
 
@@ -618,6 +647,8 @@ impl Event {
             Event::Connected(_) => EventKind::Connected,
             Event::Message { .. } => EventKind::Message,
             Event::Disconnected { .. } => EventKind::Disconnected,
+            Event::Suspended { .. } => EventKind::Suspended,
+            Event::Resumed(_) => EventKind::Resumed,
         }
     }
 }
@@ -643,4 +674,8 @@ pub enum EventKind {
     Message,
     /// [`Event::Disconnected`].
     Disconnected,
+    /// [`Event::Suspended`].
+    Suspended,
+    /// [`Event::Resumed`].
+    Resumed,
 }

@@ -251,6 +251,16 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_WELCOME_FRAME")]
     pub welcome_frame: bool,
 
+    /// How long a reliable session (`switchboard.reliable.v1`) whose connection dropped waits
+    /// for its client to resume before it ends.
+    #[arg(long, env = "SWITCHBOARD_RESUME_WINDOW", default_value = "120s", value_parser = parse_duration)]
+    pub resume_window: Duration,
+
+    /// Most messages a reliable session keeps for its client before an ack; past it the session
+    /// ends with 1008 "resume buffer full".
+    #[arg(long, env = "SWITCHBOARD_RESUME_BUFFER", default_value = "1024")]
+    pub resume_buffer: NonZeroUsize,
+
     /// On SIGTERM/SIGINT, how long to wait for sessions and calls to finish before exiting.
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -732,6 +742,8 @@ impl fmt::Debug for Config {
             .field("close_timeout", &self.close_timeout)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("welcome_frame", &self.welcome_frame)
+            .field("resume_window", &self.resume_window)
+            .field("resume_buffer", &self.resume_buffer)
             .field("compression", &self.compression)
             .field("hub_compression", &self.hub_compression)
             .field("compression_min_bytes", &self.compression_min_bytes)

@@ -33,6 +33,10 @@ pub(crate) enum Error {
     TooManyGroups(SessionId, usize),
     #[error("this backend token may not act on hub {0:?}")]
     HubNotAllowed(String),
+    #[error("session {0} was resumed on another node while this call ran; call again")]
+    Moved(SessionId),
+    #[error("session {0} has --resume-buffer messages its client has not acknowledged; it ends")]
+    ResumeBufferFull(SessionId),
     #[error("the gateway is shutting down")]
     ShuttingDown,
     #[error("registry: {0}")]

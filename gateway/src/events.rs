@@ -1,4 +1,5 @@
-//! Hub events for `Subscribe`: connected, message, disconnected.
+//! Hub events for `Subscribe`: connected, message, disconnected; suspended and resumed for
+//! reliable sessions.
 //!
 //! Subscribers join a consumer group of a hub. Every group receives every event; within a group
 //! each event goes to one member, and all events of one session go to the same member while
@@ -45,6 +46,8 @@ pub(crate) enum EventKind {
     Connected = 1,
     Message = 2,
     Disconnected = 4,
+    Suspended = 8,
+    Resumed = 16,
 }
 
 /// Which kinds a subscriber wants, as a bit set of [`EventKind`]s.
@@ -52,7 +55,7 @@ pub(crate) enum EventKind {
 pub(crate) struct Kinds(pub u8);
 
 impl Kinds {
-    pub(crate) const ALL: Kinds = Kinds(1 | 2 | 4);
+    pub(crate) const ALL: Kinds = Kinds(1 | 2 | 4 | 8 | 16);
 
     fn wants(self, k: EventKind) -> bool {
         self.0 & k as u8 != 0
@@ -64,6 +67,10 @@ pub(crate) enum EventBody {
     Connected(Box<SessionRecord>),
     Message(Inbound),
     Disconnected(SessionEnd),
+    /// A reliable session's connection ended; the session waits for a resume.
+    Suspended(SessionEnd),
+    /// A reliable session's client is back.
+    Resumed(Box<SessionRecord>),
 }
 
 #[derive(Debug)]
@@ -79,6 +86,8 @@ impl Event {
             EventBody::Connected(_) => EventKind::Connected,
             EventBody::Message(_) => EventKind::Message,
             EventBody::Disconnected(_) => EventKind::Disconnected,
+            EventBody::Suspended(_) => EventKind::Suspended,
+            EventBody::Resumed(_) => EventKind::Resumed,
         }
     }
 }

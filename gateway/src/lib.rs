@@ -49,6 +49,7 @@ mod model;
 mod node;
 mod pool;
 mod registry;
+mod reliable;
 mod session;
 mod sweeper;
 pub mod telemetry;
@@ -328,6 +329,7 @@ impl Gateway {
                 "sessions still open at the end of the grace period"
             );
         }
+        node.hand_over(deadline).await;
         stop_http.cancel();
         stop_api.cancel();
         match tokio::time::timeout_at(deadline, &mut api).await {

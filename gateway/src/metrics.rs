@@ -105,6 +105,10 @@ pub(crate) struct Metrics {
     pub outbound_refused: Counter,
     pub outbound_discarded: Counter,
     pub slow_consumer_closes: Counter,
+    pub sessions_suspended: Gauge,
+    pub resumes: Counter,
+    pub resumes_refused: Counter,
+    pub reliable_duplicates: Counter,
     pub write_timeouts: Counter,
     pub inbound_discarded: Family<ReasonLabel, Counter>,
     pub inbox_messages: Gauge,
@@ -143,6 +147,10 @@ impl Metrics {
             outbound_refused: Counter::default(),
             outbound_discarded: Counter::default(),
             slow_consumer_closes: Counter::default(),
+            sessions_suspended: Gauge::default(),
+            resumes: Counter::default(),
+            resumes_refused: Counter::default(),
+            reliable_duplicates: Counter::default(),
             write_timeouts: Counter::default(),
             inbound_discarded: Family::default(),
             inbox_messages: Gauge::default(),
@@ -170,6 +178,26 @@ impl Metrics {
             m.sessions_open.clone(),
         );
         r.register("connects", "Sessions admitted", m.connects.clone());
+        r.register(
+            "sessions_suspended",
+            "Reliable sessions waiting for their client to resume (counted in sessions_open too)",
+            m.sessions_suspended.clone(),
+        );
+        r.register(
+            "resumes",
+            "Reliable sessions resumed on this node",
+            m.resumes.clone(),
+        );
+        r.register(
+            "resumes_refused",
+            "Resumes refused with 4401 (unknown or expired session, wrong token)",
+            m.resumes_refused.clone(),
+        );
+        r.register(
+            "reliable_duplicates",
+            "Client messages of reliable sessions dropped as duplicates (resent after a resume)",
+            m.reliable_duplicates.clone(),
+        );
         r.register(
             "connects_by_transport",
             "Sessions admitted, by transport (http1, http2) and compression (deflate, none)",

@@ -14,7 +14,12 @@ use std::{
     time::Duration,
 };
 
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
+
+mod reliable;
+
+pub(crate) use reliable::Found;
 
 use crate::{
     cluster::GatewayPeer,
@@ -41,6 +46,8 @@ const MAX_GROUP_LEN: usize = 128;
 pub(crate) const MAX_PAGE: usize = 1000;
 /// Sessions a publish offers its frame to between two yields to the runtime.
 const FAN_OUT_YIELD: usize = 1_000;
+/// Reliable sessions a publish keeps its message for concurrently.
+const RELIABLE_FAN_OUT: usize = 64;
 
 pub(crate) struct Node {
     pub config: Arc<Config>,
@@ -146,12 +153,22 @@ impl Node {
         self.draining.store(true, Ordering::Relaxed);
         self.shutdown.cancel();
         for s in self.pool.all() {
-            s.close(
-                close_code::GOING_AWAY,
-                "server shutting down",
-                Closer::Gateway,
-                false,
-            );
+            if s.reliable.is_some() {
+                // The session is suspended, not ended: its client resumes on another node.
+                s.close(
+                    close_code::SERVICE_RESTART,
+                    "service restart: resume elsewhere",
+                    Closer::Gateway,
+                    false,
+                );
+            } else {
+                s.close(
+                    close_code::GOING_AWAY,
+                    "server shutting down",
+                    Closer::Gateway,
+                    false,
+                );
+            }
         }
     }
 
@@ -321,8 +338,9 @@ impl Node {
     /// drains), else to the hub's subscribers, else into the inbox for `Read`. A message never
     /// overtakes an earlier one: while the inbox holds messages, new ones queue behind them.
     /// Waits (and so pauses the socket) while nobody takes it.
-    pub(crate) async fn deliver(&self, s: &Arc<Session>, message: Message) {
-        let inbound = s.inbox.stamp(message);
+    pub(crate) async fn deliver(&self, s: &Arc<Session>, message: Message, client_seq: u64) {
+        let mut inbound = s.inbox.stamp(message);
+        inbound.client_seq = client_seq;
         if !s.is_attached() && s.inbox.is_empty() && self.events.wants_messages(&s.hub).await {
             let event = Event {
                 session: s.id.clone(),
@@ -330,6 +348,7 @@ impl Node {
                 body: EventBody::Message(inbound.clone()),
             };
             if self.events.publish(event).await > 0 {
+                self.taken(s, client_seq);
                 return;
             }
         }
@@ -364,6 +383,9 @@ impl Node {
 
     /// Queues a backend's write on an attached stream, waiting while the queue is full.
     pub(crate) async fn send_waiting(&self, s: &Arc<Session>, message: &Message) -> Result<()> {
+        if let Some(rel) = &s.reliable {
+            return self.send_reliable(s, rel, message, "").await;
+        }
         let frame = self.encode(message)?.frame_for(s.deflate);
         loop {
             match s.send(frame.clone(), Flush::Batched) {
@@ -432,9 +454,22 @@ impl Node {
         }
     }
 
-    pub(crate) async fn send(&self, id: &SessionId, message: &Message) -> Result<()> {
+    /// `message_id` (may be empty) keeps a retried send to a reliable session from being
+    /// kept twice.
+    pub(crate) async fn send(
+        &self,
+        id: &SessionId,
+        message: &Message,
+        message_id: &str,
+    ) -> Result<()> {
         let encoded = self.encode(message)?;
         let s = self.open_session(id).await?;
+        if let Some(rel) = &s.reliable {
+            return match self.send_reliable(&s, rel, message, message_id).await {
+                Err(Error::Moved(_)) => self.hand_on(id, message, message_id).await,
+                r => r,
+            };
+        }
         match s.send(encoded.frame_for(s.deflate), Flush::Now) {
             Ok(()) => Ok(()),
             Err(SendError::Gone) => Err(Self::gone(&s)),
@@ -464,11 +499,14 @@ impl Node {
         }
     }
 
+    /// `message_id` identifies this publish on every node it reaches, so a reliable session
+    /// moving between two of them keeps it once.
     pub(crate) async fn publish(
         &self,
         target: &Target,
         exclude: &[SessionId],
         message: &Message,
+        message_id: &str,
     ) -> Result<Delivery> {
         validate_target(target)?;
         let encoded = self.encode(message)?;
@@ -476,8 +514,13 @@ impl Node {
         let exclude: HashSet<&SessionId> = exclude.iter().collect();
         let mut out = Delivery::default();
         let started = std::time::Instant::now();
+        let mut reliable = Vec::new();
         fan_out(self.pool.targets(target), |s| {
             if exclude.contains(&s.id) {
+                return;
+            }
+            if s.reliable.is_some() {
+                reliable.push(s);
                 return;
             }
             match s.send(encoded.frame_for(s.deflate), Flush::Now) {
@@ -490,6 +533,27 @@ impl Node {
             }
         })
         .await;
+        // Reliable sessions number and keep each message (in Redis when there is one), so
+        // they cost a round trip each: a bounded number at a time.
+        let kept = futures_util::stream::iter(reliable)
+            .map(|s| async move {
+                let Some(rel) = &s.reliable else {
+                    return Ok(());
+                };
+                match self.send_reliable(&s, rel, message, message_id).await {
+                    Err(Error::Moved(_)) => self.hand_on(&s.id, message, message_id).await,
+                    r => r,
+                }
+            })
+            .buffer_unordered(RELIABLE_FAN_OUT)
+            .collect::<Vec<_>>()
+            .await;
+        for r in kept {
+            match r {
+                Ok(()) => out.queued += 1,
+                Err(_) => out.refused += 1,
+            }
+        }
         self.metrics
             .publish_fanout
             .observe(started.elapsed().as_secs_f64());
@@ -510,6 +574,15 @@ impl Node {
             )));
         }
         let s = self.open_session(id).await?;
+        if s.is_suspended() {
+            let end = SessionEnd {
+                code,
+                reason: reason.to_owned(),
+                closed_by: Closer::Backend,
+            };
+            self.end_suspended(&s, end).await;
+            return Ok(());
+        }
         if s.close(code, reason, Closer::Backend, false) {
             Ok(())
         } else {
@@ -569,6 +642,7 @@ impl Node {
             self.pool.leave(&s, group);
         }
         self.registry.set_group(&s.record(), group, member).await?;
+        self.reliable_groups_changed(&s).await?;
         Ok(())
     }
 
@@ -587,10 +661,14 @@ impl Node {
             return Err(Error::ReadWhileAttached(id.clone()));
         }
         let timeout = timeout.min(self.config.max_read_timeout);
-        tokio::select! {
-            next = s.inbox.next(timeout) => Ok(next),
-            _ = self.shutdown.cancelled() => Err(Error::ShuttingDown),
+        let next = tokio::select! {
+            next = s.inbox.next(timeout) => next,
+            _ = self.shutdown.cancelled() => return Err(Error::ShuttingDown),
+        };
+        if let Next::Message(m) = &next {
+            self.taken(&s, m.client_seq);
         }
+        Ok(next)
     }
 }
 

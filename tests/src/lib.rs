@@ -4,6 +4,7 @@
 //! Every wait here has a generous upper bound so a broken gateway fails a test instead of
 //! hanging it; none of the bounds is an assertion on speed.
 
+pub mod envelope;
 pub mod gateway;
 pub mod h2ws;
 pub mod holder;

@@ -136,6 +136,7 @@ async fn publish_lists_over_the_cap_are_refused_and_lists_at_the_cap_work() {
             target: sessions(unknown_ids(CAP + 1)),
             exclude: vec![],
             message: text("too many targets"),
+            ..Default::default()
         })
         .await,
     );
@@ -148,6 +149,7 @@ async fn publish_lists_over_the_cap_are_refused_and_lists_at_the_cap_work() {
             }),
             exclude: unknown_ids(CAP + 1),
             message: text("too many exclusions"),
+            ..Default::default()
         })
         .await,
     );
@@ -160,6 +162,7 @@ async fn publish_lists_over_the_cap_are_refused_and_lists_at_the_cap_work() {
             target: sessions(targets),
             exclude: unknown_ids(CAP),
             message: text("at the cap"),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -208,6 +211,7 @@ async fn a_scoped_token_sees_and_reaches_only_its_hub_across_nodes() {
             target: sessions(vec![chat_b.id.clone(), news_b.id.clone()]),
             exclude: vec![],
             message: text("refused"),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -220,6 +224,7 @@ async fn a_scoped_token_sees_and_reaches_only_its_hub_across_nodes() {
                 .map(|id| pb::SendRequest {
                     session_id: id.clone(),
                     message: text("batch"),
+                    ..Default::default()
                 })
                 .collect(),
         })
@@ -242,6 +247,7 @@ async fn a_scoped_token_sees_and_reaches_only_its_hub_across_nodes() {
             target: sessions(vec![chat_b.id.clone()]),
             exclude: vec![],
             message: text("allowed"),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -252,6 +258,7 @@ async fn a_scoped_token_sees_and_reaches_only_its_hub_across_nodes() {
     full.send(pb::SendRequest {
         session_id: news_b.id.clone(),
         message: text("first"),
+        ..Default::default()
     })
     .await
     .unwrap();

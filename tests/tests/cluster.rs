@@ -56,6 +56,7 @@ async fn send(api: &mut Api, id: &str, s: &str) -> Result<(), tonic::Status> {
     api.send(pb::SendRequest {
         session_id: id.into(),
         message: text(s),
+        ..Default::default()
     })
     .await
     .map(drop)
@@ -92,22 +93,27 @@ async fn cross_node_operations(url: String) {
                 pb::SendRequest {
                     session_id: on_a.id.clone(),
                     message: text("batch a"),
+                    ..Default::default()
                 },
                 pb::SendRequest {
                     session_id: on_c.id.clone(),
                     message: text("batch c"),
+                    ..Default::default()
                 },
                 pb::SendRequest {
                     session_id: "AAAAAAAAAAAAAAAAAAAAAA".into(),
                     message: text("x"),
+                    ..Default::default()
                 },
                 pb::SendRequest {
                     session_id: on_b.id.clone(),
                     message: text("batch b"),
+                    ..Default::default()
                 },
                 pb::SendRequest {
                     session_id: String::new(),
                     message: text("x"),
+                    ..Default::default()
                 },
             ],
         })
@@ -256,6 +262,7 @@ async fn publish_across_nodes(url: String) {
             }),
             exclude: vec![],
             message: text("to the group"),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -273,6 +280,7 @@ async fn publish_across_nodes(url: String) {
             }),
             exclude: vec![ids[0].clone()],
             message: text("to the list"),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -306,6 +314,7 @@ async fn publish_across_nodes(url: String) {
             }),
             exclude: vec![],
             message: text("to everyone"),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -320,6 +329,7 @@ async fn publish_across_nodes(url: String) {
         .map(|c| pb::SendRequest {
             session_id: c.id.clone(),
             message: text("marker"),
+            ..Default::default()
         })
         .collect();
     let results = api
@@ -586,7 +596,7 @@ async fn subscribers_on_any_node_share_a_hubs_events_across_the_cluster() {
                     Some(Ev::Connected(_)) => 0,
                     Some(Ev::Message(_)) => 1,
                     Some(Ev::Disconnected(_)) => 2,
-                    None => 3,
+                    Some(Ev::Suspended(_) | Ev::Resumed(_)) | None => 3,
                 };
                 let _ = tx.send((node, group, e.session_id, kind)).await;
             }

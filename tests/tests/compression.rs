@@ -67,6 +67,7 @@ async fn publish(gw: &Gateway, hub: &str, msg: &str) {
         }),
         exclude: vec![],
         message: text(msg),
+        ..Default::default()
     })
     .await
     .expect("publish");
@@ -131,6 +132,7 @@ async fn a_window_limit_the_client_asks_for_is_kept() {
     api.send(pb::SendRequest {
         session_id: c.session.clone(),
         message: text(&msg),
+        ..Default::default()
     })
     .await
     .expect("send");

@@ -55,6 +55,7 @@ async fn publish(api: &mut Api, target: Option<pb::Target>, s: &str) -> pb::Publ
         target,
         exclude: vec![],
         message: text(s),
+        ..Default::default()
     })
     .await
     .expect("publish")
@@ -254,6 +255,7 @@ async fn each_gets_once(clients: &mut [Client], want: &str, api: &mut Api) {
         api.send(pb::SendRequest {
             session_id: c.id.clone(),
             message: text("marker"),
+            ..Default::default()
         })
         .await
         .expect("marker");
@@ -329,6 +331,7 @@ async fn a_node_started_while_publishes_flow_is_reached_once_ready() {
                         target: hub("h"),
                         exclude: vec![],
                         message: text(&format!("flow {i}")),
+                        ..Default::default()
                     })
                     .await;
                 tokio::time::sleep(Duration::from_millis(2)).await;

@@ -40,6 +40,7 @@ fn send(id: &str, message: Option<pb::Message>) -> pb::SendRequest {
     pb::SendRequest {
         session_id: id.into(),
         message,
+        ..Default::default()
     }
 }
 
@@ -48,6 +49,7 @@ fn publish(kind: T, exclude: &[&str], msg: &str) -> pb::PublishRequest {
         target: Some(pb::Target { kind: Some(kind) }),
         exclude: exclude.iter().map(|s| s.to_string()).collect(),
         message: text(msg),
+        ..Default::default()
     }
 }
 
@@ -669,6 +671,7 @@ async fn a_client_asks_for_its_welcome_frame_with_a_query_parameter() {
     api.send(pb::SendRequest {
         session_id: plain.id.clone(),
         message: text("first"),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -685,6 +688,7 @@ async fn raising_the_message_limit_alone_raises_the_queues_with_it() {
     api.send(pb::SendRequest {
         session_id: c.id.clone(),
         message: text(&big),
+        ..Default::default()
     })
     .await
     .unwrap();

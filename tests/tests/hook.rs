@@ -113,6 +113,7 @@ async fn an_allowed_client_gets_the_hooks_user_groups_metadata_and_subprotocol()
                 message: Some(pb::Message {
                     payload: Some(pb::message::Payload::Text("hi alice".into())),
                 }),
+                ..Default::default()
             })
             .await
             .unwrap()

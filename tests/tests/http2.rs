@@ -54,6 +54,7 @@ async fn many_sessions_share_one_http2_connection_and_end_one_by_one() {
         }),
         exclude: vec![],
         message: text(msg),
+        ..Default::default()
     };
     api.publish(publish("to all")).await.expect("publish");
     for s in &mut sessions {
@@ -109,6 +110,7 @@ async fn http2_flow_control_holds_a_stream_that_does_not_read() {
             .send(pb::SendRequest {
                 session_id: stalled.session.clone(),
                 message: text(&chunk),
+                ..Default::default()
             })
             .await;
         match r {
@@ -123,6 +125,7 @@ async fn http2_flow_control_holds_a_stream_that_does_not_read() {
     api.send(pb::SendRequest {
         session_id: lively.session.clone(),
         message: text("unaffected"),
+        ..Default::default()
     })
     .await
     .expect("send");

@@ -274,6 +274,7 @@ async fn take_over_ends_the_first_stream_and_detaching_leaves_messages_for_read(
         message: Some(pb::Message {
             payload: Some(Payload::Text("still open".into())),
         }),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -312,6 +313,7 @@ async fn subscribe_sees_connected_message_disconnected_in_order() {
             }
             Ev::Message(m) => format!("message:{}", text_of(&m)),
             Ev::Disconnected(c) => format!("disconnected:{}", c.code),
+            other => format!("unexpected:{other:?}"),
         });
     }
     assert_eq!(kinds, ["connected", "message:hello", "disconnected:1000"]);
@@ -391,7 +393,7 @@ async fn a_consumer_group_splits_events_once_each_and_another_group_gets_them_al
                 Some(Ev::Connected(_)) => 0,
                 Some(Ev::Message(_)) => 1,
                 Some(Ev::Disconnected(_)) => 2,
-                None => panic!("event without kind"),
+                ref other => panic!("unexpected event {other:?}"),
             };
             assert!(seen.insert((e.session_id.clone(), kind)), "duplicate event");
             let prev = owner.insert(e.session_id.clone(), i);
@@ -487,6 +489,7 @@ async fn a_backend_vanishing_mid_stream_does_not_disturb_the_gateway() {
         message: Some(pb::Message {
             payload: Some(Payload::Text("hi".into())),
         }),
+        ..Default::default()
     })
     .await
     .unwrap();

@@ -51,6 +51,7 @@ async fn the_launcher_starts_a_working_cluster_and_stops_it() {
         message: Some(pb::Message {
             payload: Some(pb::message::Payload::Text("across nodes".into())),
         }),
+        ..Default::default()
     })
     .await
     .unwrap();

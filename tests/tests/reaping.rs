@@ -280,6 +280,7 @@ async fn still_open(api: &mut Api, clients: &mut [Client]) {
         api.send(pb::SendRequest {
             session_id: c.id.clone(),
             message: text("still here?"),
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|s| panic!("send to {}: {s}", c.id));

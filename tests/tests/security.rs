@@ -81,6 +81,7 @@ async fn wss_and_grpc_over_tls_work_and_mutual_tls_refuses_a_backend_without_a_c
     api.send(pb::SendRequest {
         session_id: c.id.clone(),
         message: text("over TLS"),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -131,6 +132,7 @@ async fn sighup_reloads_the_certificate_without_dropping_sessions() {
         api.send(pb::SendRequest {
             session_id: c.id.clone(),
             message: text("still here"),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -328,6 +330,7 @@ async fn a_flooding_client_is_closed_with_1008_and_others_still_get_their_messag
     api.send(pb::SendRequest {
         session_id: normal.id.clone(),
         message: text("unaffected"),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -355,6 +358,7 @@ async fn a_scoped_backend_token_cannot_touch_other_hubs() {
         .send(pb::SendRequest {
             session_id: in_chat.id.clone(),
             message: text("ok"),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -362,6 +366,7 @@ async fn a_scoped_backend_token_cannot_touch_other_hubs() {
         .send(pb::SendRequest {
             session_id: in_news.id.clone(),
             message: text("no"),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -373,6 +378,7 @@ async fn a_scoped_backend_token_cannot_touch_other_hubs() {
             }),
             exclude: vec![],
             message: text("no"),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -486,6 +492,7 @@ async fn nodes_call_each_other_over_mutual_tls() {
     let mut req = tonic::Request::new(pb::SendRequest {
         session_id: on_a.id.clone(),
         message: text("across TLS"),
+        ..Default::default()
     });
     req.metadata_mut()
         .insert("authorization", "Bearer cluster-secret".parse().unwrap());

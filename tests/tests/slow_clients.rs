@@ -73,6 +73,7 @@ async fn send_until_gone(api: &mut Api, id: &str) {
             .send(pb::SendRequest {
                 session_id: id.into(),
                 message: binary(&chunk),
+                ..Default::default()
             })
             .await;
         match r {
@@ -231,6 +232,7 @@ async fn with_the_default_grace_a_stopped_client_gets_1013_and_a_steady_slow_rea
                 .send(pb::SendRequest {
                     session_id: stopped.session.clone(),
                     message: binary(&chunk),
+                    ..Default::default()
                 })
                 .await;
             match r {
@@ -280,6 +282,7 @@ async fn with_the_default_grace_a_stopped_client_gets_1013_and_a_steady_slow_rea
                 }),
                 exclude: vec![],
                 message: text(&format!("m{published} {pad}")),
+                ..Default::default()
             })
             .await
             .expect("publish")
@@ -314,6 +317,7 @@ async fn with_the_default_grace_a_stopped_client_gets_1013_and_a_steady_slow_rea
         }),
         exclude: vec![],
         message: text("end"),
+        ..Default::default()
     })
     .await
     .expect("publish the end marker");

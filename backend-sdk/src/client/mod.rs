@@ -128,6 +128,7 @@ impl Client {
         let req = pb::SendRequest {
             session_id: session.to_string(),
             message: Some(convert::message(message.into())),
+            message_id: String::new(),
         };
         self.inner
             .call(

@@ -97,6 +97,7 @@ impl<'a> Publish<'a> {
             target: Some(convert::target(self.target)),
             exclude: self.exclude.iter().map(ToString::to_string).collect(),
             message: Some(convert::message(self.message)),
+            message_id: String::new(),
         };
         let resp = self
             .client

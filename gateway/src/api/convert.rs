@@ -81,6 +81,7 @@ pub(crate) fn inbound(m: &Inbound) -> pb::InboundMessage {
     pb::InboundMessage {
         seq: m.seq,
         message: Some(to_pb_message(&m.message)),
+        client_seq: m.client_seq,
     }
 }
 
@@ -122,6 +123,7 @@ pub(crate) fn closed(end: &SessionEnd) -> pb::Closed {
 pub(crate) fn state(l: &Liveness) -> pb::SessionState {
     match l {
         Liveness::Open => pb::SessionState::Open,
+        Liveness::Suspended => pb::SessionState::Suspended,
         Liveness::Closed(_) => pb::SessionState::Closed,
         Liveness::Unknown => pb::SessionState::Unknown,
     }
@@ -147,6 +149,8 @@ pub(crate) fn session_info(r: SessionRecord) -> pb::SessionInfo {
         last_active_at: Some(timestamp(r.last_active_at)),
         remote_addr: r.remote_addr,
         subprotocol: r.subprotocol,
+        reliable: r.reliable,
+        suspended: r.suspended,
         counters: r.counters.map(|c| pb::SessionCounters {
             messages_in: c.messages_in,
             bytes_in: c.bytes_in,
@@ -179,6 +183,8 @@ pub(crate) fn encode_event(e: &crate::events::Event) -> pb::Event {
         EventBody::Connected(r) => Kind::Connected(session_info((**r).clone())),
         EventBody::Message(m) => Kind::Message(inbound(m)),
         EventBody::Disconnected(end) => Kind::Disconnected(closed(end)),
+        EventBody::Suspended(end) => Kind::Suspended(closed(end)),
+        EventBody::Resumed(r) => Kind::Resumed(session_info((**r).clone())),
     };
     pb::Event {
         session_id: e.session.to_string(),

@@ -8,7 +8,7 @@ mod service;
 mod status;
 mod streams;
 
-pub(crate) use convert::encode_event;
+pub(crate) use convert::{encode_event, to_pb_message};
 
 use std::{sync::Arc, time::Duration};
 

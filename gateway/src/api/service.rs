@@ -173,7 +173,11 @@ impl GatewayService {
                 .into_iter()
                 .map(|(node, mut peer, r)| async move { (node, peer.publish(r).await) }),
         );
-        let (local, remote) = tokio::join!(self.node.publish(&local_target, exclude, msg), remote);
+        let (local, remote) = tokio::join!(
+            self.node
+                .publish(&local_target, exclude, msg, &req.message_id),
+            remote
+        );
         let local = local?;
         let mut out = pb::PublishResponse {
             queued: local.queued,
@@ -215,7 +219,7 @@ impl Gateway for GatewayService {
                 Located::There { mut peer, .. } => return forwarded(peer.send(req.clone()).await),
             };
             let msg = convert::message(req.message.clone())?;
-            self.node.send(&id, &msg).await?;
+            self.node.send(&id, &msg, &req.message_id).await?;
             Ok(pb::SendResponse {})
         }
         .instrument(span("Send", &req.session_id))
@@ -292,7 +296,7 @@ impl Gateway for GatewayService {
                         Err(Error::Remote(status.clone()))
                     }
                     _ => match convert::message(items[i].message.clone()) {
-                        Ok(m) => self.node.send(&id, &m).await,
+                        Ok(m) => self.node.send(&id, &m, "").await,
                         Err(e) => Err(e),
                     },
                 };
@@ -360,12 +364,22 @@ impl Gateway for GatewayService {
             }
             let msg = convert::message(req.message.clone())?;
             if scope == Scope::Local {
-                let d = self.node.publish(&target, &exclude, &msg).await?;
+                let d = self
+                    .node
+                    .publish(&target, &exclude, &msg, &req.message_id)
+                    .await?;
                 return Ok(pb::PublishResponse {
                     queued: d.queued,
                     refused: d.refused,
                     unreachable_nodes: Vec::new(),
                 });
+            }
+            let mut req = req;
+            if req.message_id.is_empty() {
+                // One ID for every node this publish reaches (see `Node::publish`).
+                req.message_id = crate::session::SessionId::generate()
+                    .map(|id| id.to_string())
+                    .unwrap_or_default();
             }
             self.publish_everywhere(req, target, &exclude, &msg).await
         }

@@ -26,7 +26,8 @@ pub(crate) fn status(e: &Error) -> Status {
         Error::TakenOver => Code::Aborted,
         Error::StreamFailed => Code::Cancelled,
         Error::SubscriberTooSlow => Code::ResourceExhausted,
-        Error::ShuttingDown => Code::Unavailable,
+        Error::ShuttingDown | Error::Moved(_) => Code::Unavailable,
+        Error::ResumeBufferFull(_) => Code::ResourceExhausted,
         Error::TooManyGroups(..) => Code::ResourceExhausted,
         Error::HubNotAllowed(_) => Code::PermissionDenied,
         Error::Registry(RegistryError::BadPageToken) => Code::InvalidArgument,
@@ -57,6 +58,8 @@ fn info(e: &Error) -> Option<(&'static str, HashMap<String, String>)> {
             ("SESSION_CLOSED", m)
         }
         Error::QueueFull(id) => ("QUEUE_FULL", session(id.as_str())),
+        Error::Moved(id) => ("SESSION_MOVED", session(id.as_str())),
+        Error::ResumeBufferFull(id) => ("RESUME_BUFFER_FULL", session(id.as_str())),
         Error::AlreadyAttached(id) => ("ALREADY_ATTACHED", session(id.as_str())),
         Error::ReadWhileAttached(id) => ("READ_WHILE_ATTACHED", session(id.as_str())),
         Error::TakenOver => ("TAKEN_OVER", HashMap::new()),

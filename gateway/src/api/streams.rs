@@ -175,6 +175,7 @@ async fn next_for_attached(node: &Node, att: &Attachment) -> Result<pb::AttachRe
         let kind = match next {
             Next::Message(m) => {
                 att.acks.sent(&m);
+                node.taken(&att.session, m.client_seq);
                 Resp::Message(convert::inbound(&m))
             }
             Next::Closed(end) => Resp::Closed(convert::closed(&end)),
@@ -230,6 +231,8 @@ fn kinds(requested: &[i32]) -> Result<Kinds> {
             Ok(pb::EventKind::Connected) => EventKind::Connected as u8,
             Ok(pb::EventKind::Message) => EventKind::Message as u8,
             Ok(pb::EventKind::Disconnected) => EventKind::Disconnected as u8,
+            Ok(pb::EventKind::Suspended) => EventKind::Suspended as u8,
+            Ok(pb::EventKind::Resumed) => EventKind::Resumed as u8,
             _ => return Err(Error::InvalidArgument(format!("unknown event kind {r}"))),
         };
     }

@@ -20,7 +20,7 @@ use tracing::Instrument;
 use super::{
     protocol::{ClientProtocol, Step},
     reader::{Reader, Wire},
-    upgrade::Pending,
+    upgrade::{Pending, ReliableStart},
 };
 use crate::{
     frame::{self, close_code, Opcode},
@@ -40,14 +40,24 @@ pub(crate) fn run(
     session: Arc<Session>,
     upgrade: Pending,
     admitted: tokio::sync::oneshot::Sender<()>,
+    reliable: Option<ReliableStart>,
 ) -> impl Future<Output = ()> + Send + 'static {
     let span = tracing::info_span!("session", id = %session.id, hub = %session.hub);
     async move {
-        Box::pin(node.admit(&session)).await;
+        match reliable {
+            None => Box::pin(node.admit(&session)).await,
+            Some(start) => Box::pin(admit_reliable(&node, &session, start)).await,
+        }
         // The handler may be gone (the client left): the upgrade then fails below.
         let _ = admitted.send(());
         let Some(socket) = connect(&session, upgrade.upgraded().await) else {
-            Box::pin(node.retire(&session, dropped(&session))).await;
+            match session.reliable.clone() {
+                None => Box::pin(node.retire(&session, dropped(&session))).await,
+                Some(rel) => {
+                    Box::pin(node.reliable_connection_ended(&session, &rel, dropped(&session)))
+                        .await
+                }
+            };
             return;
         };
         let end = match socket {
@@ -59,7 +69,10 @@ pub(crate) fn run(
                 Box::pin(read_loop(&node, &session, reader)).await
             }
         };
-        let end = Box::pin(node.retire(&session, end)).await;
+        let end = match session.reliable.clone() {
+            None => Box::pin(node.retire(&session, end)).await,
+            Some(rel) => Box::pin(node.reliable_connection_ended(&session, &rel, end)).await,
+        };
         tracing::info!(
             code = end.code,
             reason = %end.reason,
@@ -68,6 +81,27 @@ pub(crate) fn run(
         );
     }
     .instrument(span)
+}
+
+/// A reliable connection's start: the welcome (and a resume's replay) queued first, then
+/// the session admitted, or put in the place of the connection it resumes.
+async fn admit_reliable(node: &Node, session: &Arc<Session>, start: ReliableStart) {
+    if let Err(e) = node
+        .open_reliable(session, &start.token, start.resumed)
+        .await
+    {
+        tracing::warn!(error = %e, "could not replay kept messages; the client will resume again");
+        session.close(
+            close_code::TRY_AGAIN_LATER,
+            "registry unavailable: resume again",
+            Closer::Gateway,
+            false,
+        );
+    }
+    match start.resumed {
+        None => node.admit(session).await,
+        Some(_) => node.admit_resumed(session, start.previous.as_ref()).await,
+    }
 }
 
 /// The read side of an upgraded socket whose write side went to the session.
@@ -225,10 +259,21 @@ async fn take_steps(
             return Err(fail(node, session, close_code::POLICY, "rate limit exceeded").await);
         }
         session.received(message.len());
+        let (message, client_seq) = match &session.reliable {
+            None => (message, 0),
+            Some(rel) => match Box::pin(node.client_envelope(session, rel, message)).await {
+                Ok(Some(pair)) => pair,
+                Ok(None) => continue,
+                Err((code, why)) => {
+                    tracing::info!(code, why, "closing reliable session on a bad envelope");
+                    return Err(fail(node, session, code, &why).await);
+                }
+            },
+        };
         tokio::select! {
             biased;
             _ = session.killed() => return Err(dropped(session)),
-            _ = node.deliver(session, message) => {}
+            _ = node.deliver(session, message, client_seq) => {}
         }
     }
 }

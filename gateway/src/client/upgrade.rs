@@ -1,6 +1,11 @@
-//! Admission of a WebSocket upgrade: draining check, connect hook, handshake, session ID.
+//! Admission of a WebSocket upgrade: draining check, connect hook, handshake, session ID;
+//! for a reliable session's resume, the session it names instead of the hook.
 
-use std::{collections::BTreeSet, net::SocketAddr, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    sync::Arc,
+};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
@@ -19,7 +24,8 @@ use crate::{
     hook::{Allow, Verdict},
     jwt::{self, JwtError},
     limits::Refusal,
-    node::{validate_group, Node},
+    node::{validate_group, Found, Node},
+    reliable::{self, ResumeRequest},
     session::{Admission, Flush, Inbox, QueueLimits, Session, SessionId, Transport},
 };
 
@@ -30,7 +36,7 @@ pub(crate) async fn upgrade(
     node: Arc<Node>,
     remote: SocketAddr,
     hub: Arc<str>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Response<Body> {
     if node.is_draining() {
         return refuse(
@@ -110,6 +116,32 @@ pub(crate) async fn upgrade(
         .into_iter()
         .filter(|p| !p.starts_with(jwt::PROTOCOL_PREFIX))
         .collect();
+    let wants_reliable = offered.iter().any(|p| p == reliable::PROTOCOL);
+    let resume = match ResumeRequest::from_query(req.uri().query()) {
+        Ok(r) if wants_reliable => r,
+        Ok(_) => None,
+        Err(why) => {
+            return refuse(
+                &node,
+                "bad_resume",
+                StatusCode::BAD_REQUEST,
+                format!("{why}\n"),
+            )
+        }
+    };
+    if let Some(r) = &resume {
+        // The token is the proof: the connect hook was asked when the session began.
+        return match node.find_for_resume(r, &hub).await {
+            Some(found) => {
+                let resumed = Resumed {
+                    ack: r.ack,
+                    token: r.token.clone(),
+                };
+                admit_reliable(node, remote, hub, req, permit, found, resumed).await
+            }
+            None => refuse_resume(&node, req),
+        };
+    }
     let mut allow = match &node.gate.hook {
         None => Allow::default(),
         Some(hook) => match hook
@@ -138,6 +170,9 @@ pub(crate) async fn upgrade(
             }
         }
     }
+    if allow.subprotocol.is_empty() && wants_reliable {
+        allow.subprotocol = reliable::PROTOCOL.to_owned();
+    }
     if allow.subprotocol.is_empty() && offered.iter().any(|p| p == jwt::MARKER_PROTOCOL) {
         allow.subprotocol = jwt::MARKER_PROTOCOL.to_owned();
     }
@@ -153,6 +188,164 @@ pub(crate) async fn upgrade(
             ),
         );
     }
+    let reliable_session = allow.subprotocol == reliable::PROTOCOL;
+    let id = match SessionId::generate() {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::error!(error = %e, "no randomness for a session ID");
+            return refuse(
+                &node,
+                "internal",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error\n",
+            );
+        }
+    };
+    let groups: Vec<String> = allow.groups;
+    let metadata: BTreeMap<String, String> = allow.metadata.into_iter().collect();
+    let mut start = None;
+    if reliable_session {
+        match node
+            .start_reliable(&id, &hub, &allow.user, &groups, &metadata)
+            .await
+        {
+            Ok((rel, token)) => start = Some((rel, token)),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record a reliable session");
+                return refuse(
+                    &node,
+                    "registry_down",
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "session registry unavailable\n",
+                );
+            }
+        }
+    }
+    let profile = Profile {
+        id,
+        user: allow.user,
+        groups,
+        metadata,
+        subprotocol: allow.subprotocol,
+    };
+    let reliable = start.map(|(rel, token)| ReliableStart {
+        reliable: rel,
+        token: token.0,
+        resumed: None,
+        previous: None,
+    });
+    open(node, remote, hub, req, permit, profile, reliable).await
+}
+
+/// Who a session is, as admission decided.
+struct Profile {
+    id: SessionId,
+    user: String,
+    groups: Vec<String>,
+    metadata: BTreeMap<String, String>,
+    subprotocol: String,
+}
+
+/// A resume's own facts.
+struct Resumed {
+    ack: u64,
+    token: String,
+}
+
+/// Opens a connection for a session a resume found.
+async fn admit_reliable(
+    node: Arc<Node>,
+    remote: SocketAddr,
+    hub: Arc<str>,
+    req: Request<Incoming>,
+    permit: crate::limits::Permit,
+    found: Found,
+    resumed: Resumed,
+) -> Response<Body> {
+    let Some(id) = SessionId::parse(&found_id(&req)) else {
+        return refuse_resume(&node, req);
+    };
+    let profile = Profile {
+        id,
+        user: found.user,
+        groups: found.groups,
+        metadata: found.metadata,
+        subprotocol: reliable::PROTOCOL.to_owned(),
+    };
+    let start = ReliableStart {
+        reliable: found.reliable,
+        token: resumed.token,
+        resumed: Some(resumed.ack),
+        previous: found.previous,
+    };
+    open(node, remote, hub, req, permit, profile, Some(start)).await
+}
+
+/// The session ID a resume names (already checked by `find_for_resume`).
+fn found_id(req: &Request<Incoming>) -> String {
+    ResumeRequest::from_query(req.uri().query())
+        .ok()
+        .flatten()
+        .map(|r| r.session)
+        .unwrap_or_default()
+}
+
+/// A refused resume: the handshake completes and the connection is closed with 4401 at
+/// once, the one refusal a browser's WebSocket can report (docs/reliable.md).
+fn refuse_resume(node: &Node, mut req: Request<Incoming>) -> Response<Body> {
+    node.metrics.resumes_refused.inc();
+    let (resp, upgrade) = match handshake(&mut req) {
+        Ok(pair) => pair,
+        Err(e) => {
+            return refuse(
+                node,
+                "bad_handshake",
+                StatusCode::BAD_REQUEST,
+                format!("bad WebSocket handshake: {e}\n"),
+            )
+        }
+    };
+    let mut resp = resp.map(|_| Full::default());
+    resp.headers_mut().insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(reliable::PROTOCOL),
+    );
+    node.ctx.tasks.spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let Ok(upgraded) = upgrade.upgraded().await else {
+            return;
+        };
+        let mut io = hyper_util::rt::TokioIo::new(upgraded);
+        let close = frame::encode_close(reliable::RESUME_REFUSED, "resume refused");
+        let write = async {
+            io.write_all(&close).await?;
+            io.shutdown().await
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), write).await;
+    });
+    resp
+}
+
+/// What a reliable connection starts with.
+pub(crate) struct ReliableStart {
+    pub reliable: Arc<crate::reliable::Reliable>,
+    pub token: String,
+    /// For a resume: the last gateway `seq` the client received.
+    pub resumed: Option<u64>,
+    /// For a resume on this node: the connection it replaces.
+    pub previous: Option<Arc<Session>>,
+}
+
+/// Answers the handshake and starts the session's task.
+async fn open(
+    node: Arc<Node>,
+    remote: SocketAddr,
+    hub: Arc<str>,
+    mut req: Request<Incoming>,
+    permit: crate::limits::Permit,
+    profile: Profile,
+    reliable: Option<ReliableStart>,
+) -> Response<Body> {
     // An offer the gateway cannot honour is declined, never a reason to refuse the client.
     let deflate = match node.config.compression_for(&hub) {
         Switch::On => deflate::negotiate(
@@ -175,20 +368,8 @@ pub(crate) async fn upgrade(
         }
     };
     let transport = upgrade.transport();
-    let id = match SessionId::generate() {
-        Ok(id) => id,
-        Err(e) => {
-            tracing::error!(error = %e, "no randomness for a session ID");
-            return refuse(
-                &node,
-                "internal",
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error\n",
-            );
-        }
-    };
     let mut resp = resp.map(|_| Full::default());
-    if let Ok(v) = HeaderValue::from_str(id.as_str()) {
+    if let Ok(v) = HeaderValue::from_str(profile.id.as_str()) {
         resp.headers_mut().insert(SESSION_HEADER, v);
     }
     if let Some((_, answer)) = &deflate {
@@ -197,31 +378,40 @@ pub(crate) async fn upgrade(
                 .insert(header::SEC_WEBSOCKET_EXTENSIONS, v);
         }
     }
-    let subprotocol = (!allow.subprotocol.is_empty()).then(|| Arc::<str>::from(allow.subprotocol));
+    let subprotocol =
+        (!profile.subprotocol.is_empty()).then(|| Arc::<str>::from(profile.subprotocol));
     if let Some(p) = &subprotocol {
         if let Ok(v) = HeaderValue::from_str(p) {
             resp.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, v);
         }
     }
+    // A reliable connection may start with a replay of up to --resume-buffer messages.
+    let extra = if reliable.is_some() {
+        node.config.resume_buffer.get() + 1
+    } else {
+        0
+    };
     let session = Session::new(
         Admission {
-            id,
+            id: profile.id,
             hub,
-            user: (!allow.user.is_empty()).then(|| Arc::from(allow.user)),
-            groups: allow
+            user: (!profile.user.is_empty()).then(|| Arc::from(profile.user)),
+            groups: profile
                 .groups
                 .into_iter()
                 .map(Arc::from)
                 .collect::<BTreeSet<_>>(),
-            metadata: allow.metadata.into_iter().collect(),
+            metadata: profile.metadata,
             remote_addr: remote,
             subprotocol,
             deflate: deflate.map(|(agreed, _)| agreed),
             transport,
+            reliable: reliable.as_ref().map(|r| Arc::clone(&r.reliable)),
         },
         QueueLimits {
-            messages: node.config.outbound_queue_messages.get(),
-            bytes: node.config.outbound_queue_bytes(),
+            messages: node.config.outbound_queue_messages.get() + extra,
+            bytes: node.config.outbound_queue_bytes()
+                + extra * node.config.max_message_bytes.get().min(64 * 1024),
         },
         Inbox::new(
             node.config.inbox_messages.get(),
@@ -231,7 +421,7 @@ pub(crate) async fn upgrade(
         Arc::clone(&node.ctx),
         Some(permit),
     );
-    if node.config.welcome_frame || asks_for_welcome(req.uri().query()) {
+    if reliable.is_none() && (node.config.welcome_frame || asks_for_welcome(req.uri().query())) {
         let welcome = serde_json::json!({"type": "welcome", "session": session.id.as_str()});
         let _ = session.send(
             frame::encode(Opcode::Text, welcome.to_string().as_bytes()),
@@ -244,7 +434,7 @@ pub(crate) async fn upgrade(
     // never keep a session that has no task.
     let (admitted, wait) = tokio::sync::oneshot::channel();
     let tasks = node.ctx.tasks.clone();
-    tasks.spawn(connection::run(node, session, upgrade, admitted));
+    tasks.spawn(connection::run(node, session, upgrade, admitted, reliable));
     let _ = wait.await;
     resp
 }

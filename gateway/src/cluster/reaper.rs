@@ -18,7 +18,7 @@ use super::Cluster;
 use crate::{
     events::{Event, EventBody},
     node::Node,
-    registry::{node_lost, SessionRecord},
+    registry::{node_lost, Reaped},
 };
 
 /// Most `disconnected` events of lost sessions in flight at once.
@@ -75,7 +75,11 @@ async fn reap(node: &Node, cluster: &Cluster, dead: &str, stop: &CancellationTok
                 return;
             }
         }
-        let page = match cluster.redis.reap_page(dead).await {
+        let page = match cluster
+            .redis
+            .reap_page(dead, node.config.resume_window)
+            .await
+        {
             Ok(Some(page)) => page,
             Ok(None) => break,
             Err(e) => {
@@ -83,7 +87,7 @@ async fn reap(node: &Node, cluster: &Cluster, dead: &str, stop: &CancellationTok
                 return;
             }
         };
-        lost += page.len();
+        lost += page.lost.len();
         announce_lost(node, page).await;
         match cluster.redis.extend_reap(dead, &node.id).await {
             Ok(true) => {}
@@ -100,16 +104,26 @@ async fn reap(node: &Node, cluster: &Cluster, dead: &str, stop: &CancellationTok
     tracing::warn!(node = %dead, sessions = lost, "node lost; its sessions are gone");
 }
 
-/// Tells subscribers that sessions of a lost node are gone, a bounded number at a time.
-pub(crate) async fn announce_lost(node: &Node, lost: Vec<SessionRecord>) {
-    node.metrics.sessions_lost.inc_by(lost.len() as u64);
-    futures_util::stream::iter(lost)
-        .for_each_concurrent(ANNOUNCE_CONCURRENCY, |r| async move {
+/// Tells subscribers that sessions of a lost node are gone (or, reliable ones, suspended
+/// until their clients resume elsewhere), a bounded number at a time.
+pub(crate) async fn announce_lost(node: &Node, page: Reaped) {
+    node.metrics.sessions_lost.inc_by(page.lost.len() as u64);
+    let lost = page.lost.into_iter().map(|r| (r, false));
+    let suspended = page.suspended.into_iter().map(|r| (r, true));
+    futures_util::stream::iter(lost.chain(suspended))
+        .for_each_concurrent(ANNOUNCE_CONCURRENCY, |(r, suspended)| async move {
+            let body = if suspended {
+                // The session's own state must outlive the window too, not the record alone.
+                node.suspend_orphan(&r).await;
+                EventBody::Suspended(node_lost())
+            } else {
+                EventBody::Disconnected(node_lost())
+            };
             node.events
                 .publish(Event {
                     session: r.id,
                     hub: r.hub.into(),
-                    body: EventBody::Disconnected(node_lost()),
+                    body,
                 })
                 .await;
         })
@@ -121,9 +135,13 @@ pub(crate) async fn announce_lost(node: &Node, lost: Vec<SessionRecord>) {
 pub(crate) async fn clean_own_leftovers(node: &Node, cluster: &Cluster) {
     let mut stale = 0;
     loop {
-        match cluster.redis.reap_page(&node.id).await {
+        match cluster
+            .redis
+            .reap_page(&node.id, node.config.resume_window)
+            .await
+        {
             Ok(Some(page)) => {
-                stale += page.len();
+                stale += page.lost.len() + page.suspended.len();
                 announce_lost(node, page).await;
             }
             Ok(None) => break,

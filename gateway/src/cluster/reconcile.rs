@@ -125,12 +125,20 @@ async fn register_unrecorded(
     ids: &[SessionId],
 ) -> Result<usize, RegistryError> {
     let recorded = cluster.redis.held_by(&node.id, ids).await?;
-    let missing: Vec<SessionId> = ids
-        .iter()
-        .zip(recorded)
-        .filter(|(_, ok)| !ok)
-        .map(|(id, _)| id.clone())
-        .collect();
+    let mut missing = Vec::new();
+    for (id, ok) in ids.iter().zip(recorded) {
+        if ok {
+            continue;
+        }
+        // A reliable session whose record names another node may have been resumed there:
+        // it is not this node's to register again.
+        if let Some(s) = node.pool.get(id).filter(|s| s.reliable.is_some()) {
+            if node.moved_away(&s).await? {
+                continue;
+            }
+        }
+        missing.push(id.clone());
+    }
     register(node, cluster, &missing).await
 }
 

@@ -125,7 +125,9 @@ pub(crate) mod close_code {
     pub const ABNORMAL: u16 = 1006;
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const POLICY: u16 = 1008;
+    pub const UNSUPPORTED: u16 = 1003;
     pub const TOO_BIG: u16 = 1009;
+    pub const SERVICE_RESTART: u16 = 1012;
     pub const TRY_AGAIN_LATER: u16 = 1013;
 
     /// Codes an endpoint may put on the wire: 1000–1003, 1007–1014 and 3000–4999.

@@ -50,6 +50,10 @@ pub(crate) struct SessionRecord {
     pub last_active_at: SystemTime,
     pub remote_addr: String,
     pub subprotocol: String,
+    /// A `switchboard.reliable.v1` session.
+    pub reliable: bool,
+    /// Reliable, and its connection is gone: waiting for a resume.
+    pub suspended: bool,
     /// Live counters; present only when the record comes from the node holding the session.
     pub counters: Option<SessionCounters>,
 }
@@ -68,6 +72,8 @@ pub(crate) struct SessionCounters {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Liveness {
     Open,
+    /// A reliable session waiting for its client to resume.
+    Suspended,
     /// Closed recently enough that the registry still remembers how.
     Closed(SessionEnd),
     /// Never seen, or closed too long ago to remember.

@@ -124,8 +124,12 @@ impl MemoryRegistry {
 
     pub(crate) fn liveness(&self, id: &SessionId) -> Liveness {
         let inner = self.lock();
-        if inner.records.contains_key(id) {
-            Liveness::Open
+        if let Some(r) = inner.records.get(id) {
+            if r.suspended {
+                Liveness::Suspended
+            } else {
+                Liveness::Open
+            }
         } else if let Some(end) = inner.tombstones.get(id) {
             Liveness::Closed(end.clone())
         } else {
@@ -245,6 +249,8 @@ mod tests {
             last_active_at: SystemTime::now(),
             remote_addr: "127.0.0.1:1".into(),
             subprotocol: String::new(),
+            reliable: false,
+            suspended: false,
             counters: None,
         }
     }

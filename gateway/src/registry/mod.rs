@@ -12,7 +12,7 @@ mod redis;
 use std::{sync::Arc, time::Duration};
 
 pub(crate) use memory::MemoryRegistry;
-pub(crate) use redis::{node_lost, MemberRecord, RedisRegistry, PAGE};
+pub(crate) use redis::{node_lost, Appended, MemberRecord, NewState, Reaped, RedisRegistry, PAGE};
 
 pub(crate) use crate::model::{Liveness, SessionRecord};
 use crate::{
@@ -197,6 +197,8 @@ pub(crate) fn tests_record(id: &SessionId) -> SessionRecord {
         last_active_at: std::time::SystemTime::now(),
         remote_addr: "127.0.0.1:1".into(),
         subprotocol: String::new(),
+        reliable: false,
+        suspended: false,
         counters: None,
     }
 }

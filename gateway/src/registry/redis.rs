@@ -49,6 +49,10 @@ use redis::{
     Cmd, FromRedisValue, Value,
 };
 
+mod journal;
+
+pub(crate) use journal::{Appended, NewState};
+
 use super::{ListFilter, Liveness, Page, RegistryError, SessionRecord, TOMBSTONE_TTL};
 use crate::metrics::Metrics;
 use crate::model::{Closer, SessionEnd, SessionId};
@@ -73,6 +77,15 @@ const LIST_READS: usize = 64;
 enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+}
+
+/// What one step of reaping a dead node did.
+#[derive(Debug, Default)]
+pub(crate) struct Reaped {
+    /// Sessions gone with the node.
+    pub lost: Vec<SessionRecord>,
+    /// Reliable sessions suspended just now: they wait for their clients to resume elsewhere.
+    pub suspended: Vec<SessionRecord>,
 }
 
 /// A node's lease as read back from Redis.
@@ -357,7 +370,11 @@ impl RedisRegistry {
             .arg("remote_addr")
             .arg(&r.remote_addr)
             .arg("subprotocol")
-            .arg(&r.subprotocol);
+            .arg(&r.subprotocol)
+            .arg("reliable")
+            .arg(u8::from(r.reliable))
+            .arg("suspended")
+            .arg(u8::from(r.suspended));
         c
     }
 
@@ -500,9 +517,10 @@ impl RedisRegistry {
         let mut cmds = Vec::with_capacity(ids.len() * 2);
         for id in ids {
             cmds.push(
-                redis::cmd("HGET")
+                redis::cmd("HMGET")
                     .arg(self.key(&["session", id.as_str()]))
                     .arg("node")
+                    .arg("suspended")
                     .clone(),
             );
             cmds.push(
@@ -516,18 +534,23 @@ impl RedisRegistry {
             .iter()
             .step_by(2)
             .filter_map(|v| {
-                redis::from_redis_value_ref::<Option<String>>(v)
+                redis::from_redis_value_ref::<(Option<String>, Option<String>)>(v)
                     .ok()
-                    .flatten()
+                    .and_then(|(node, _)| node)
             })
             .collect();
         self.learn(nodes.iter().map(String::as_str)).await?;
         let mut out = Vec::with_capacity(ids.len());
         for pair in replies.chunks(2) {
-            let node: Option<String> = pair
+            let (node, suspended): (Option<String>, Option<String>) = pair
                 .first()
                 .and_then(|v| redis::from_redis_value_ref(v).ok())
-                .flatten();
+                .unwrap_or((None, None));
+            if node.is_some() && suspended.as_deref() == Some("1") {
+                // Its holder may be gone: the session's state waits in Redis for a resume.
+                out.push(Liveness::Suspended);
+                continue;
+            }
             let closed: Option<String> = pair
                 .get(1)
                 .and_then(|v| redis::from_redis_value_ref(v).ok())
@@ -972,17 +995,22 @@ impl RedisRegistry {
     }
 
     /// Removes one page of a dead node's sessions: records, index entries, a tombstone for
-    /// each. Returns the records this call took (each session is taken by one caller only),
-    /// or `None` once the node's index is empty.
+    /// each. Reliable sessions are kept instead, suspended for `resume_window` (their clients
+    /// may resume elsewhere). Returns what this call did (each session is handled by one
+    /// caller only), or `None` once the node's index is empty.
     pub(crate) async fn reap_page(
         &self,
         dead: &str,
-    ) -> Result<Option<Vec<SessionRecord>>, RegistryError> {
+        resume_window: Duration,
+    ) -> Result<Option<Reaped>, RegistryError> {
         let ids = self.node_page(dead, None, PAGE).await?;
         if ids.is_empty() {
             return Ok(None);
         }
-        self.take(dead, &ids, &node_lost(), true).await.map(Some)
+        let window = resume_window.as_millis().max(1) as u64;
+        self.take(dead, &ids, &node_lost(), true, window)
+            .await
+            .map(Some)
     }
 
     /// Removes records of `node` for sessions it no longer holds (what a failed unregister
@@ -997,7 +1025,9 @@ impl RedisRegistry {
             reason: "session ended".into(),
             closed_by: Closer::Gateway,
         };
-        self.take(node, ids, &end, false).await.map(|r| r.len())
+        self.take(node, ids, &end, false, 0)
+            .await
+            .map(|r| r.lost.len())
     }
 
     /// Takes the records of `ids` that name `node` (atomically per record), and clears every
@@ -1008,7 +1038,8 @@ impl RedisRegistry {
         ids: &[String],
         end: &SessionEnd,
         overwrite_tombstone: bool,
-    ) -> Result<Vec<SessionRecord>, RegistryError> {
+        keep_reliable_ms: u64,
+    ) -> Result<Reaped, RegistryError> {
         let cmds = ids
             .iter()
             .map(|id| {
@@ -1017,18 +1048,27 @@ impl RedisRegistry {
                     .arg(1)
                     .arg(self.key(&["session", id]))
                     .arg(node)
+                    .arg(keep_reliable_ms)
                     .clone()
             })
             .collect();
         let replies = self.batch(cmds).await?;
         let node_index = self.key(&["idx", "node", node]);
-        let mut taken = Vec::new();
+        let mut out = Reaped::default();
         let mut cmds = Vec::new();
         for (id, v) in ids.iter().zip(replies) {
             cmds.push(redis::cmd("ZREM").arg(&node_index).arg(id).clone());
-            let Ok(map) = redis::from_redis_value::<HashMap<String, String>>(v) else {
+            let Ok(mut map) = redis::from_redis_value::<HashMap<String, String>>(v) else {
                 continue;
             };
+            if let Some(kept) = map.remove("_kept") {
+                if let Some(r) = SessionId::parse(id).and_then(|sid| parse_record(&sid, map)) {
+                    if kept == "new" {
+                        out.suspended.push(r);
+                    }
+                }
+                continue;
+            }
             let Some(r) = SessionId::parse(id).and_then(|sid| parse_record(&sid, map)) else {
                 continue;
             };
@@ -1043,10 +1083,10 @@ impl RedisRegistry {
             }
             cmds.push(tombstone);
             cmds.extend(self.index_cmds(&r, false));
-            taken.push(r);
+            out.lost.push(r);
         }
         self.batch(cmds).await?;
-        Ok(taken)
+        Ok(out)
     }
 
     /// Forgets a dead node once its sessions are gone: its members and its place in the node
@@ -1242,7 +1282,23 @@ impl RedisRegistry {
 }
 
 /// Returns a session's record and deletes it, only if the record names the node `ARGV[1]`.
-const TAKE_SCRIPT: &str = "if redis.call('HGET', KEYS[1], 'node') == ARGV[1] then local r = redis.call('HGETALL', KEYS[1]) redis.call('DEL', KEYS[1]) return r end return false";
+/// With a resume window (`ARGV[2]` ms, not 0), a reliable session's record is kept instead,
+/// marked suspended with that TTL (its client may resume on another node), and answered with
+/// `_kept` = `new` (suspended just now) or `old` (it was already).
+const TAKE_SCRIPT: &str = r"
+if redis.call('HGET', KEYS[1], 'node') ~= ARGV[1] then return false end
+if ARGV[2] ~= '0' and redis.call('HGET', KEYS[1], 'reliable') == '1' then
+  local was = redis.call('HGET', KEYS[1], 'suspended') == '1'
+  redis.call('HSET', KEYS[1], 'suspended', '1')
+  if not was or redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+  local r = redis.call('HGETALL', KEYS[1])
+  table.insert(r, '_kept')
+  table.insert(r, was and 'old' or 'new')
+  return r
+end
+local r = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return r";
 
 /// Extends a lock held by `ARGV[1]` to `ARGV[2]` ms.
 const EXTEND_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0";
@@ -1340,6 +1396,8 @@ fn parse_record(id: &SessionId, mut m: HashMap<String, String>) -> Option<Sessio
         last_active_at: from_millis(&take("last_active_at")),
         remote_addr: take("remote_addr"),
         subprotocol: take("subprotocol"),
+        reliable: take("reliable") == "1",
+        suspended: take("suspended") == "1",
         node,
         counters: None,
     })

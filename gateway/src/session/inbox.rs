@@ -22,6 +22,8 @@ use super::SessionEnd;
 pub struct Inbound {
     pub seq: u64,
     pub message: Message,
+    /// A reliable client's own seq of this message; 0 for a plain session.
+    pub client_seq: u64,
 }
 
 /// What a reader gets.
@@ -95,7 +97,11 @@ impl Inbox {
         let mut st = self.lock();
         let seq = st.next_seq;
         st.next_seq += 1;
-        Inbound { seq, message }
+        Inbound {
+            seq,
+            message,
+            client_seq: 0,
+        }
     }
 
     /// Appends a message, waiting while the inbox is full. A message larger than the byte bound

@@ -11,7 +11,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
         Arc, Mutex, MutexGuard,
     },
     time::{Duration, Instant, SystemTime},
@@ -30,6 +30,7 @@ use crate::{
     frame::{self, close_code},
     metrics::Metrics,
     model::{SessionCounters, SessionRecord},
+    reliable::Reliable,
 };
 
 /// A monotonic millisecond clock shared by all sessions, with its wall-clock origin, so a
@@ -111,6 +112,8 @@ pub(crate) struct Admission {
     pub subprotocol: Option<Arc<str>>,
     pub deflate: Option<Deflate>,
     pub transport: Transport,
+    /// Set for a `switchboard.reliable.v1` session.
+    pub reliable: Option<Arc<Reliable>>,
 }
 
 pub(crate) struct Session {
@@ -124,6 +127,10 @@ pub(crate) struct Session {
     /// permessage-deflate, when the client offered it and the gateway agreed.
     pub deflate: Option<Deflate>,
     pub transport: Transport,
+    /// What a reliable session keeps across its connections; `None` for a plain session.
+    pub reliable: Option<Arc<Reliable>>,
+    /// A reliable session whose connection is gone, waiting for a resume.
+    suspended: AtomicBool,
     pub connected_at: SystemTime,
     /// Changed by JoinGroup/LeaveGroup; the pool's group index follows it.
     groups: Mutex<BTreeSet<Arc<str>>>,
@@ -216,6 +223,8 @@ impl Session {
             subprotocol: admission.subprotocol,
             deflate: admission.deflate,
             transport: admission.transport,
+            reliable: admission.reliable,
+            suspended: AtomicBool::new(false),
             connected_at: SystemTime::now(),
             groups: Mutex::new(admission.groups),
             counters,
@@ -296,6 +305,14 @@ impl Session {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(group)
+    }
+
+    pub(crate) fn is_suspended(&self) -> bool {
+        self.suspended.load(Relaxed)
+    }
+
+    pub(crate) fn set_suspended(&self, suspended: bool) {
+        self.suspended.store(suspended, Relaxed);
     }
 
     pub(crate) fn is_open(&self) -> bool {
@@ -409,6 +426,12 @@ impl Session {
         end
     }
 
+    /// Replaces the recorded end of a session whose connection already ended (a reliable
+    /// session that outlived it, and ends later for its own reason).
+    pub(crate) fn reclose(&self, end: SessionEnd) {
+        *self.lifecycle() = Lifecycle::Closed(end);
+    }
+
     /// The end recorded by a close in progress, if any.
     pub(crate) fn closing(&self) -> Option<SessionEnd> {
         match &*self.lifecycle() {
@@ -484,6 +507,8 @@ impl Session {
             last_active_at: self.ctx.clock.wall(c.last_rx_ms.load(Relaxed)),
             remote_addr: self.remote_addr.to_string(),
             subprotocol: self.subprotocol.as_deref().unwrap_or_default().to_owned(),
+            reliable: self.reliable.is_some(),
+            suspended: self.is_suspended(),
             counters: Some(SessionCounters {
                 messages_in: c.messages_in.load(Relaxed),
                 bytes_in: c.bytes_in.load(Relaxed),

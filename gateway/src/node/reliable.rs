@@ -1,0 +1,630 @@
+//! Reliable sessions on the node (docs/reliable.md): backend messages numbered and kept until
+//! the client acknowledges them, client messages acknowledged once a backend has them, and a
+//! session that outlives its connection (suspended) until its client resumes here or on
+//! another node.
+//!
+//! Without Redis the kept messages live in [`Reliable`]; with Redis they are written there
+//! *before* a `Send` is answered, so they survive the node. Every step that numbers a message,
+//! replays, or hands the session from one connection to the next holds the session's `order`
+//! lock: frames reach the socket in `seq` order and a replay never interleaves with a send.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use futures_util::StreamExt;
+
+use super::Node;
+use crate::{
+    error::{Error, Result},
+    events::{Event, EventBody},
+    frame::close_code,
+    message::Message,
+    registry::{Appended, NewState, RedisRegistry},
+    reliable::{self, Counters, FromClient, Receive, Reliable, ResumeRequest, Token},
+    session::{Closer, Flush, SendError, Session, SessionEnd, SessionId},
+};
+
+/// How long a node that lost a session to a resume elsewhere keeps trying to hand a message
+/// to the new holder (which may not have it in its pool for a moment).
+const HAND_ON_FOR: Duration = Duration::from_secs(2);
+
+/// A session a resume found: what the new connection takes over.
+pub(crate) struct Found {
+    pub reliable: Arc<Reliable>,
+    pub user: String,
+    pub groups: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+    /// The previous connection, when it is on this node.
+    pub previous: Option<Arc<Session>>,
+}
+
+impl Node {
+    fn journal(&self) -> Option<&RedisRegistry> {
+        self.registry.cluster().map(|c| &c.redis)
+    }
+
+    /// A new reliable session's state, and (with Redis) its record there.
+    pub(crate) async fn start_reliable(
+        &self,
+        id: &SessionId,
+        hub: &str,
+        user: &str,
+        groups: &[String],
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(Arc<Reliable>, Token)> {
+        let token = Token::generate()
+            .map_err(|e| Error::InvalidArgument(format!("no randomness for a token: {e}")))?;
+        let digest = reliable::digest(&token.0);
+        if let Some(redis) = self.journal() {
+            redis
+                .rel_create(
+                    id.as_str(),
+                    NewState {
+                        token: &digest,
+                        owner: &self.id,
+                        hub,
+                        user,
+                        groups,
+                        metadata,
+                    },
+                )
+                .await?;
+        }
+        Ok((Reliable::new(digest, Counters::default()), token))
+    }
+
+    /// Finds the session a resume names and checks its token; with Redis, takes it over from
+    /// whichever node held it. `None`: refuse (the reason is logged, never the token).
+    pub(crate) async fn find_for_resume(&self, req: &ResumeRequest, hub: &str) -> Option<Found> {
+        let Some(id) = SessionId::parse(&req.session) else {
+            tracing::info!(session = %req.session, "resume refused: not a session ID");
+            return None;
+        };
+        if let Some(s) = self.pool.get(&id) {
+            let Some(rel) = s.reliable.clone() else {
+                tracing::info!(session = %id, "resume refused: not a reliable session");
+                return None;
+            };
+            if !rel.token_matches(&req.token) || *s.hub != *hub {
+                tracing::info!(session = %id, "resume refused: wrong token or hub");
+                return None;
+            }
+            return Some(Found {
+                reliable: rel,
+                user: s.user.as_deref().unwrap_or_default().to_owned(),
+                groups: s.groups().iter().map(|g| g.to_string()).collect(),
+                metadata: s.metadata.clone(),
+                previous: Some(s),
+            });
+        }
+        let redis = self.journal()?;
+        let claimed = match redis.rel_claim(id.as_str(), &req.token, &self.id).await {
+            Ok(Some(c)) if c.hub == hub => c,
+            Ok(Some(_)) => {
+                tracing::info!(session = %id, "resume refused: another hub's session");
+                return None;
+            }
+            Ok(None) => {
+                tracing::info!(session = %id, "resume refused: unknown, expired or wrong token");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(session = %id, error = %e, "resume refused: registry unavailable");
+                return None;
+            }
+        };
+        tracing::info!(session = %id, from = %claimed.previous, "session taken over for a resume");
+        Some(Found {
+            reliable: Reliable::new(reliable::digest(&req.token), claimed.counters),
+            user: claimed.user,
+            groups: claimed.groups,
+            metadata: claimed.metadata,
+            previous: None,
+        })
+    }
+
+    /// Makes `s` the connection of its reliable session: the welcome, then (for a resume)
+    /// every kept message after `after`, before anything new.
+    pub(crate) async fn open_reliable(
+        &self,
+        s: &Arc<Session>,
+        token: &str,
+        resumed: Option<u64>,
+    ) -> Result<()> {
+        let Some(rel) = s.reliable.clone() else {
+            return Ok(());
+        };
+        let _order = rel.order.lock().await;
+        let window = self.config.resume_window.as_millis() as u64;
+        let welcome =
+            reliable::welcome_frame(s.id.as_str(), token, resumed.is_some(), rel.taken(), window);
+        let _ = s.send(welcome, Flush::Batched);
+        if let Some(after) = resumed {
+            let kept = match self.journal() {
+                None => rel.journal_after(after),
+                Some(redis) => {
+                    redis
+                        .rel_after(s.id.as_str(), after, self.config.resume_buffer.get())
+                        .await?
+                }
+            };
+            for (seq, m) in kept {
+                rel.assigned(seq);
+                let _ = s.send(reliable::message_frame(seq, &m), Flush::Batched);
+            }
+        }
+        rel.set_current(s);
+        Ok(())
+    }
+
+    /// Numbers and keeps a backend message for a reliable session, then writes it if the
+    /// client is connected. `Ok` means it is kept: it reaches the client, now or after a
+    /// resume, unless the session ends.
+    pub(crate) async fn send_reliable(
+        &self,
+        s: &Arc<Session>,
+        rel: &Arc<Reliable>,
+        message: &Message,
+        message_id: &str,
+    ) -> Result<()> {
+        let _order = rel.order.lock().await;
+        let max = self.config.resume_buffer.get();
+        let seq = match self.journal() {
+            None => {
+                if rel.unacked() >= max as u64 {
+                    return Err(self.resume_buffer_full(s, rel).await);
+                }
+                if !rel.remember(message_id, max) {
+                    return Ok(());
+                }
+                let seq = rel.next_seq();
+                rel.journal_push(seq, message.clone());
+                seq
+            }
+            Some(redis) => match redis
+                .rel_append(s.id.as_str(), &self.id, message, message_id, max)
+                .await?
+            {
+                Appended::Seq(seq) => {
+                    rel.assigned(seq);
+                    seq
+                }
+                Appended::Duplicate => return Ok(()),
+                Appended::Full => return Err(self.resume_buffer_full(s, rel).await),
+                Appended::Moved | Appended::Gone => {
+                    drop(_order);
+                    self.lost_to_resume(s).await;
+                    return Err(Error::Moved(s.id.clone()));
+                }
+            },
+        };
+        if let Some(live) = rel.current() {
+            match live.send(reliable::message_frame(seq, message), Flush::Now) {
+                Ok(()) | Err(SendError::Gone) => {}
+                // The message is kept: the connection goes, the session is suspended, and the
+                // client's resume gets everything it did not acknowledge.
+                Err(SendError::QueueFull) => {
+                    self.metrics.slow_consumer_closes.inc();
+                    live.close(
+                        close_code::TRY_AGAIN_LATER,
+                        "slow consumer: resume to catch up",
+                        Closer::Gateway,
+                        true,
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A `Send` this node could not keep because the session moved: hand it to the holder.
+    pub(crate) async fn hand_on(
+        &self,
+        id: &SessionId,
+        message: &Message,
+        message_id: &str,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + HAND_ON_FOR;
+        loop {
+            let r = match self.route(super::Scope::Cluster, id).await? {
+                super::Route::There { mut peer } => peer
+                    .send(switchboard_proto::v1::SendRequest {
+                        session_id: id.to_string(),
+                        message: Some(crate::api::to_pb_message(message)),
+                        message_id: message_id.to_owned(),
+                    })
+                    .await
+                    .map(drop)
+                    .map_err(Error::Remote),
+                super::Route::Here => Err(Error::Moved(id.clone())),
+            };
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// More than `--resume-buffer` messages wait for the client's ack: the session ends.
+    async fn resume_buffer_full(&self, s: &Arc<Session>, rel: &Reliable) -> Error {
+        const WHY: &str = "resume buffer full";
+        tracing::warn!(session = %s.id, hub = %s.hub, "reliable session over its resume buffer; ending it");
+        match rel.current() {
+            Some(live) if live.is_open() => {
+                live.close(close_code::POLICY, WHY, Closer::Gateway, true);
+            }
+            _ => {
+                let end = SessionEnd {
+                    code: close_code::POLICY,
+                    reason: WHY.into(),
+                    closed_by: Closer::Gateway,
+                };
+                let s = Arc::clone(s);
+                self.forget_reliable(&s).await;
+                if s.is_suspended() {
+                    self.metrics.sessions_suspended.dec();
+                }
+                s.reclose(end.clone());
+                self.retire(&s, end).await;
+            }
+        }
+        Error::ResumeBufferFull(s.id.clone())
+    }
+
+    /// Another node resumed this session: this node's connection (if any) is closed with 4001
+    /// and its entry leaves the pool without an event (the session lives on there).
+    pub(crate) async fn lost_to_resume(&self, s: &Arc<Session>) {
+        let Some(rel) = &s.reliable else { return };
+        let _order = rel.order.lock().await;
+        let Some(current) = self.pool.get(&s.id) else {
+            return;
+        };
+        if !current
+            .reliable
+            .as_ref()
+            .is_some_and(|r| Arc::ptr_eq(r, rel))
+        {
+            return;
+        }
+        tracing::info!(session = %s.id, "session resumed on another node");
+        current.close(reliable::REPLACED, "replaced", Closer::Gateway, true);
+        current.finish(SessionEnd {
+            code: reliable::REPLACED,
+            reason: "resumed elsewhere".into(),
+            closed_by: Closer::Gateway,
+        });
+        if current.is_suspended() {
+            self.metrics.sessions_suspended.dec();
+        }
+        self.pool.remove(&current);
+        self.metrics.sessions_open.dec();
+    }
+
+    /// Acts on one envelope from a reliable client; `Err` with the close code and why when it
+    /// breaks the protocol.
+    pub(crate) async fn client_envelope(
+        &self,
+        s: &Arc<Session>,
+        rel: &Arc<Reliable>,
+        message: Message,
+    ) -> std::result::Result<Option<(Message, u64)>, (u16, String)> {
+        match reliable::parse(&message)? {
+            FromClient::Ack(seq) => {
+                if !rel.client_acked(seq) {
+                    return Err((
+                        close_code::PROTOCOL_ERROR,
+                        format!("ack {seq} is beyond the last seq sent"),
+                    ));
+                }
+                if let Some(redis) = self.journal() {
+                    if let Err(e) = redis.rel_acked(s.id.as_str(), seq).await {
+                        tracing::warn!(session = %s.id, error = %e, "could not trim acknowledged messages");
+                    }
+                }
+                Ok(None)
+            }
+            FromClient::Message { seq, message } => match rel.receive(seq) {
+                Receive::New => Ok(Some((message, seq))),
+                Receive::Duplicate => {
+                    self.metrics.reliable_duplicates.inc();
+                    let taken = rel.taken();
+                    if taken >= seq {
+                        let _ = s.send(reliable::ack_frame(taken), Flush::Now);
+                    }
+                    Ok(None)
+                }
+                Receive::Gap { expected } => Err((
+                    close_code::PROTOCOL_ERROR,
+                    format!("sequence gap: expected seq {expected}, got {seq}"),
+                )),
+            },
+        }
+    }
+
+    /// A backend has client message `seq` of `s`: record it, then tell the client. One task
+    /// per session at a time, which acknowledges the highest mark reached meanwhile.
+    pub(crate) fn taken(&self, s: &Session, seq: u64) {
+        let Some(rel) = &s.reliable else { return };
+        if seq == 0 || !rel.take(seq) || !rel.start_acking() {
+            return;
+        }
+        let rel = Arc::clone(rel);
+        let id = s.id.clone();
+        let cluster = self.registry.cluster().cloned();
+        self.ctx.tasks.spawn(async move {
+            let mut acked = 0;
+            loop {
+                let mark = rel.taken();
+                if mark > acked {
+                    if let Some(c) = &cluster {
+                        // Recorded before the ack: a client that saw the ack never resends, and
+                        // a node taking over knows where the client's messages stand.
+                        if let Err(e) = c.redis.rel_taken(id.as_str(), mark).await {
+                            tracing::warn!(session = %id, error = %e, "could not record the client's progress");
+                        }
+                    }
+                    if let Some(live) = rel.current() {
+                        let _ = live.send(reliable::ack_frame(mark), Flush::Now);
+                    }
+                    acked = mark;
+                }
+                rel.stop_acking();
+                if rel.taken() == acked || !rel.start_acking() {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// A connection of a reliable session ended: the session is suspended (the connection
+    /// dropped, or the gateway closed it for a reason a resume fixes), ends (the client or a
+    /// backend closed it), or lives on in a newer connection.
+    pub(crate) async fn reliable_connection_ended(
+        self: &Arc<Self>,
+        s: &Arc<Session>,
+        rel: &Arc<Reliable>,
+        end: SessionEnd,
+    ) -> SessionEnd {
+        let order = rel.order.lock().await;
+        let current = rel.current().is_some_and(|c| Arc::ptr_eq(&c, s))
+            && self.pool.get(&s.id).is_some_and(|p| Arc::ptr_eq(&p, s));
+        if !current {
+            return s.finish(end);
+        }
+        if !suspends(&end) {
+            drop(order);
+            self.forget_reliable(s).await;
+            return self.retire(s, end).await;
+        }
+        let end = s.finish(end);
+        if let Some(redis) = self.journal() {
+            match redis
+                .rel_suspend(s.id.as_str(), &self.id, self.config.resume_window)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    drop(order);
+                    self.lost_to_resume(s).await;
+                    return end;
+                }
+                Err(e) => {
+                    tracing::warn!(session = %s.id, error = %e, "could not start the resume window in redis")
+                }
+            }
+        }
+        s.set_suspended(true);
+        self.metrics.sessions_suspended.inc();
+        drop(order);
+        if let Err(e) = self.registry.register(s.record()).await {
+            tracing::warn!(session = %s.id, error = %e, "could not record the suspension");
+        }
+        if let Some(redis) = self.journal() {
+            // Should this node die, the record leaves with the session's state.
+            if let Err(e) = redis
+                .rel_record_ttl(s.id.as_str(), Some(self.config.resume_window))
+                .await
+            {
+                tracing::warn!(session = %s.id, error = %e, "could not give the record a TTL");
+            }
+        }
+        self.events
+            .publish(Event {
+                session: s.id.clone(),
+                hub: s.hub.clone(),
+                body: EventBody::Suspended(end.clone()),
+            })
+            .await;
+        tracing::info!(code = end.code, reason = %end.reason, "session suspended; waiting for a resume");
+        let node = Arc::clone(self);
+        let s = Arc::clone(s);
+        let rel = Arc::clone(rel);
+        let kept = end.clone();
+        self.ctx.tasks.spawn(async move {
+            let end = kept;
+            tokio::select! {
+                _ = tokio::time::sleep(node.config.resume_window) => {}
+                // Drained or shutting down: with Redis the state waits there for a resume
+                // elsewhere; without, nothing survives the process.
+                _ = node.shutdown.cancelled() => {
+                    if node.journal().is_some() {
+                        return;
+                    }
+                }
+            }
+            node.expire(&s, &rel, end).await;
+        });
+        end
+    }
+
+    /// A backend closed a suspended session: it ends now.
+    pub(crate) async fn end_suspended(&self, s: &Arc<Session>, end: SessionEnd) {
+        let Some(rel) = &s.reliable else { return };
+        let order = rel.order.lock().await;
+        let still = self.pool.get(&s.id).is_some_and(|p| Arc::ptr_eq(&p, s)) && s.is_suspended();
+        drop(order);
+        if still {
+            self.metrics.sessions_suspended.dec();
+            self.forget_reliable(s).await;
+            s.reclose(end.clone());
+            self.retire(s, end).await;
+        }
+    }
+
+    /// A reliable session's groups changed: a resume on another node must find them.
+    pub(crate) async fn reliable_groups_changed(&self, s: &Session) -> Result<()> {
+        if let (Some(_), Some(redis)) = (&s.reliable, self.journal()) {
+            let groups: Vec<String> = s.groups().iter().map(|g| g.to_string()).collect();
+            redis.rel_set_groups(s.id.as_str(), &groups).await?;
+        }
+        Ok(())
+    }
+
+    /// Draining with Redis: waits, up to `deadline`, until every reliable session suspended
+    /// here has been resumed on another node, while the backend API still serves, so that a
+    /// message sent meanwhile is kept for it. Whatever is left waits in Redis.
+    pub(crate) async fn hand_over(&self, deadline: tokio::time::Instant) {
+        if self.journal().is_none() {
+            return;
+        }
+        loop {
+            let left: Vec<Arc<Session>> = self
+                .pool
+                .all()
+                .into_iter()
+                .filter(|s| s.is_suspended())
+                .collect();
+            if left.is_empty() {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::info!(
+                    sessions = left.len(),
+                    "suspended sessions left for a resume elsewhere"
+                );
+                return;
+            }
+            futures_util::stream::iter(left)
+                .for_each_concurrent(64, |s| async move {
+                    let _ = self.moved_away(&s).await;
+                })
+                .await;
+            tokio::time::sleep_until(
+                (tokio::time::Instant::now() + Duration::from_millis(100)).min(deadline),
+            )
+            .await;
+        }
+    }
+
+    /// A dead node's reliable session: its state in Redis gets the resume window as TTL, as
+    /// its node would have given it on a suspension.
+    pub(crate) async fn suspend_orphan(&self, r: &crate::registry::SessionRecord) {
+        if let Some(redis) = self.journal() {
+            if let Err(e) = redis
+                .rel_suspend(r.id.as_str(), &r.node, self.config.resume_window)
+                .await
+            {
+                tracing::warn!(session = %r.id, error = %e, "could not start a lost node's session's resume window");
+            }
+        }
+    }
+
+    /// Whether another node took this reliable session over (it then leaves this node quietly).
+    pub(crate) async fn moved_away(
+        &self,
+        s: &Arc<Session>,
+    ) -> std::result::Result<bool, crate::registry::RegistryError> {
+        let Some(redis) = self.journal() else {
+            return Ok(false);
+        };
+        let owner = redis.rel_owner(s.id.as_str()).await?;
+        if owner.is_some_and(|o| o != *self.id) {
+            self.lost_to_resume(s).await;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// The resume window passed: the session ends, unless it was resumed meanwhile.
+    async fn expire(&self, s: &Arc<Session>, rel: &Arc<Reliable>, end: SessionEnd) {
+        if self.moved_away(s).await.unwrap_or(false) {
+            return;
+        }
+        let order = rel.order.lock().await;
+        let still = rel.current().is_some_and(|c| Arc::ptr_eq(&c, s))
+            && self.pool.get(&s.id).is_some_and(|p| Arc::ptr_eq(&p, s));
+        drop(order);
+        if !still {
+            return;
+        }
+        self.metrics.sessions_suspended.dec();
+        self.forget_reliable(s).await;
+        let end = SessionEnd {
+            reason: format!("{}; not resumed within the resume window", end.reason),
+            ..end
+        };
+        s.reclose(end.clone());
+        self.retire(s, end).await;
+    }
+
+    /// A resumed connection takes the place of the previous one: pool, registry, event.
+    pub(crate) async fn admit_resumed(&self, s: &Arc<Session>, previous: Option<&Arc<Session>>) {
+        if let Some(prev) = previous {
+            if prev.is_suspended() {
+                self.metrics.sessions_suspended.dec();
+            } else {
+                prev.close(reliable::REPLACED, "replaced", Closer::Gateway, true);
+            }
+            // Client messages no backend took yet follow the session, in order.
+            let waiting: Vec<_> = std::iter::from_fn(|| prev.inbox.try_pop()).collect();
+            s.inbox.requeue(waiting.into_iter());
+        } else {
+            self.metrics.sessions_open.inc();
+        }
+        self.pool.insert(Arc::clone(s));
+        self.metrics.resumes.inc();
+        let record = s.record();
+        if let Err(e) = self.registry.register(record.clone()).await {
+            tracing::warn!(session = %s.id, error = %e, "could not register the resumed session");
+        }
+        if let Some(redis) = self.journal() {
+            if let Err(e) = redis.rel_record_ttl(s.id.as_str(), None).await {
+                tracing::warn!(session = %s.id, error = %e, "could not take the record's TTL off");
+            }
+        }
+        self.events
+            .publish(Event {
+                session: s.id.clone(),
+                hub: s.hub.clone(),
+                body: EventBody::Resumed(Box::new(record)),
+            })
+            .await;
+    }
+
+    /// Drops an ended reliable session's kept state.
+    async fn forget_reliable(&self, s: &Session) {
+        if let Some(redis) = self.journal() {
+            if let Err(e) = redis.rel_forget(s.id.as_str(), &self.id).await {
+                tracing::warn!(session = %s.id, error = %e, "could not remove the session's kept messages");
+            }
+        }
+    }
+}
+
+/// Whether a connection that ended this way leaves its reliable session suspended.
+fn suspends(end: &SessionEnd) -> bool {
+    match end.closed_by {
+        // No close frame: the connection dropped.
+        Closer::Client => end.code == close_code::ABNORMAL,
+        Closer::Gateway => matches!(
+            end.code,
+            close_code::GOING_AWAY
+                | close_code::ABNORMAL
+                | close_code::SERVICE_RESTART
+                | close_code::TRY_AGAIN_LATER
+                | 1011
+                | reliable::REPLACED
+        ),
+        Closer::Backend | Closer::NodeLost => false,
+    }
+}

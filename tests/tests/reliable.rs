@@ -1,0 +1,401 @@
+//! Reliable sessions (`switchboard.reliable.v1`, docs/reliable.md) on the wire: the welcome,
+//! numbered messages both ways, acks, suspension, resume with replay, refusals, the bounds,
+//! on one node and across nodes sharing a real redis-server.
+
+use std::time::Duration;
+
+use switchboard_proto::v1::{self as pb, event::Kind as Ev, message::Payload, read_response};
+use switchboard_tests::{
+    envelope::{Got, RelClient},
+    gateway::{Api, Gateway},
+    redis::Redis,
+    within,
+};
+use tonic::Streaming;
+
+fn base(gw: &Gateway) -> String {
+    format!("ws://{}", gw.client_addr)
+}
+
+async fn send(api: &mut Api, id: &str, text: &str) -> Result<(), tonic::Status> {
+    api.send(pb::SendRequest {
+        session_id: id.into(),
+        message: Some(pb::Message {
+            payload: Some(Payload::Text(text.into())),
+        }),
+        ..Default::default()
+    })
+    .await
+    .map(drop)
+}
+
+async fn subscribe(api: &mut Api, hub: &str) -> Streaming<pb::Event> {
+    // Lifecycle events only: client messages stay for Read.
+    let kinds = [
+        pb::EventKind::Connected,
+        pb::EventKind::Disconnected,
+        pb::EventKind::Suspended,
+        pb::EventKind::Resumed,
+    ];
+    api.subscribe(pb::SubscribeRequest {
+        hub: hub.into(),
+        kinds: kinds.into_iter().map(|k| k as i32).collect(),
+        ..Default::default()
+    })
+    .await
+    .expect("subscribe")
+    .into_inner()
+}
+
+/// The next event of `kind`'s sort for `session`, skipping others.
+async fn event(events: &mut Streaming<pb::Event>, session: &str, want: &str) -> Ev {
+    loop {
+        let e = within("an event", events.message())
+            .await
+            .expect("event stream")
+            .expect("event stream open");
+        if e.session_id != session {
+            continue;
+        }
+        let kind = e.kind.expect("event kind");
+        let name = match &kind {
+            Ev::Connected(_) => "connected",
+            Ev::Message(_) => "message",
+            Ev::Disconnected(_) => "disconnected",
+            Ev::Suspended(_) => "suspended",
+            Ev::Resumed(_) => "resumed",
+        };
+        if name == want {
+            return kind;
+        }
+        assert!(
+            !matches!(kind, Ev::Disconnected(_)),
+            "unexpected disconnected while waiting for {want}: {kind:?}"
+        );
+    }
+}
+
+async fn state(api: &mut Api, id: &str) -> pb::SessionState {
+    let r = api
+        .check_sessions(pb::CheckSessionsRequest {
+            session_ids: vec![id.into()],
+        })
+        .await
+        .expect("check")
+        .into_inner();
+    r.sessions[0].state()
+}
+
+async fn read_text(api: &mut Api, id: &str) -> (u64, String) {
+    let r = api
+        .read(pb::ReadRequest {
+            session_id: id.into(),
+            timeout: Some(prost_types::Duration {
+                seconds: 10,
+                nanos: 0,
+            }),
+        })
+        .await
+        .expect("read")
+        .into_inner();
+    match r.result {
+        Some(read_response::Result::Message(m)) => match m.message.and_then(|m| m.payload) {
+            Some(Payload::Text(t)) => (m.client_seq, t),
+            other => panic!("expected text, got {other:?}"),
+        },
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn messages_are_numbered_both_ways_and_client_messages_are_acked_once_a_backend_has_them() {
+    let gw = Gateway::start(&[]).await;
+    let mut api = gw.api().await;
+    let mut c = RelClient::open(&base(&gw), "h").await;
+    assert!(!c.welcome.resumed);
+    assert_eq!(c.welcome.ack, 0);
+    for i in 1..=3 {
+        send(&mut api, c.session(), &format!("m{i}")).await.unwrap();
+    }
+    for i in 1..=3 {
+        assert_eq!(c.message().await, (i, format!("m{i}")));
+    }
+    c.ack(3).await;
+    c.send(1, "hello").await;
+    c.send(2, "again").await;
+    // Not acknowledged while it waits in the inbox: a backend has not got it yet.
+    let (client_seq, text) = read_text(&mut api, c.session()).await;
+    assert_eq!((client_seq, text.as_str()), (1, "hello"));
+    c.acked(1).await;
+    assert_eq!(read_text(&mut api, c.session()).await, (2, "again".into()));
+    c.acked(2).await;
+    // A resend of what was taken is a duplicate: dropped, and answered with the ack.
+    c.send(2, "again").await;
+    c.acked(2).await;
+    c.send(3, "third").await;
+    assert_eq!(read_text(&mut api, c.session()).await, (3, "third".into()));
+}
+
+#[tokio::test]
+async fn a_dropped_connection_suspends_the_session_and_a_resume_replays_what_was_missed_in_order() {
+    let gw = Gateway::start(&[]).await;
+    let mut api = gw.api().await;
+    let mut events = subscribe(&mut api, "h").await;
+    let mut c = RelClient::open(&base(&gw), "h").await;
+    let id = c.session().to_owned();
+    event(&mut events, &id, "connected").await;
+    send(&mut api, &id, "one").await.unwrap();
+    send(&mut api, &id, "two").await.unwrap();
+    assert_eq!(c.message().await, (1, "one".into()));
+    assert_eq!(c.message().await, (2, "two".into()));
+    c.ack(1).await;
+    let w = c.drop_connection();
+    event(&mut events, &id, "suspended").await;
+    assert_eq!(state(&mut api, &id).await, pb::SessionState::Suspended);
+    let info = api
+        .get_session(pb::GetSessionRequest {
+            session_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    assert!(info.reliable && info.suspended);
+    // Sends go on while nobody is connected.
+    send(&mut api, &id, "three").await.unwrap();
+    send(&mut api, &id, "four").await.unwrap();
+    // The client got 1 and 2 (its ack of 2 never left): everything after 2 comes back.
+    let mut c = RelClient::resume(&base(&gw), "h", &w, 2).await.unwrap();
+    assert!(c.welcome.resumed);
+    assert_eq!(c.session(), id);
+    event(&mut events, &id, "resumed").await;
+    assert_eq!(c.message().await, (3, "three".into()));
+    assert_eq!(c.message().await, (4, "four".into()));
+    send(&mut api, &id, "five").await.unwrap();
+    assert_eq!(c.message().await, (5, "five".into()));
+    assert_eq!(state(&mut api, &id).await, pb::SessionState::Open);
+}
+
+#[tokio::test]
+async fn a_resume_with_an_earlier_ack_gets_every_unacknowledged_message_again() {
+    let gw = Gateway::start(&[]).await;
+    let mut api = gw.api().await;
+    let mut c = RelClient::open(&base(&gw), "h").await;
+    let id = c.session().to_owned();
+    for i in 1..=5 {
+        send(&mut api, &id, &format!("m{i}")).await.unwrap();
+    }
+    for i in 1..=5 {
+        assert_eq!(c.message().await.0, i);
+    }
+    c.ack(2).await;
+    // A resume while the first connection still looks open replaces it.
+    let mut again = RelClient::resume(&base(&gw), "h", &c.welcome.clone(), 2)
+        .await
+        .unwrap();
+    assert!(again.welcome.resumed);
+    for i in 3..=5 {
+        assert_eq!(again.message().await, (i, format!("m{i}")));
+    }
+    assert_eq!(c.next().await, Got::Close(4001, "replaced".into()));
+}
+
+#[tokio::test]
+async fn resumes_are_refused_with_4401_for_a_wrong_token_an_ended_session_or_another_hub() {
+    let gw = Gateway::start(&[]).await;
+    let c = RelClient::open(&base(&gw), "h").await;
+    let mut w = c.welcome.clone();
+    let good = w.token.clone();
+    w.token = "not-the-token".into();
+    assert_eq!(
+        RelClient::resume(&base(&gw), "h", &w, 0).await.err(),
+        Some(4401)
+    );
+    w.token = good;
+    assert_eq!(
+        RelClient::resume(&base(&gw), "other", &w, 0).await.err(),
+        Some(4401)
+    );
+    // The wrong attempts changed nothing: the right one still resumes.
+    let c = RelClient::resume(&base(&gw), "h", &w, 0).await.unwrap();
+    // A client's close frame ends the session for good.
+    c.ws.close(1000, "bye").await;
+    let mut api = gw.api().await;
+    within("the session to end", async {
+        while state(&mut api, &w.session).await != pb::SessionState::Closed {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(
+        RelClient::resume(&base(&gw), "h", &w, 0).await.err(),
+        Some(4401)
+    );
+}
+
+#[tokio::test]
+async fn protocol_violations_close_with_their_codes() {
+    let gw = Gateway::start(&[]).await;
+    let mut c = RelClient::open(&base(&gw), "h").await;
+    c.send(2, "skips one").await;
+    assert!(matches!(c.next().await, Got::Close(1002, r) if r.contains("gap")));
+
+    let mut c = RelClient::open(&base(&gw), "h").await;
+    c.ack(1).await;
+    assert!(matches!(c.next().await, Got::Close(1002, r) if r.contains("beyond")));
+
+    let mut c = RelClient::open(&base(&gw), "h").await;
+    c.ws.send_text("{not json").await;
+    assert!(matches!(c.next().await, Got::Close(1007, _)));
+
+    let mut c = RelClient::open(&base(&gw), "h").await;
+    c.ws.send_binary(b"{}").await;
+    assert!(matches!(c.next().await, Got::Close(1003, _)));
+}
+
+#[tokio::test]
+async fn a_suspended_session_ends_when_its_window_passes_or_its_buffer_overflows() {
+    let gw = Gateway::start(&["--resume-window", "1s", "--resume-buffer", "3"]).await;
+    let mut api = gw.api().await;
+    let mut events = subscribe(&mut api, "h").await;
+
+    // Window: nobody resumes, the session ends and backends hear it once.
+    let c = RelClient::open(&base(&gw), "h").await;
+    let id = c.session().to_owned();
+    let w = c.drop_connection();
+    event(&mut events, &id, "suspended").await;
+    match event(&mut events, &id, "disconnected").await {
+        Ev::Disconnected(closed) => assert!(closed.reason.contains("resume window")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(state(&mut api, &id).await, pb::SessionState::Closed);
+    assert_eq!(
+        RelClient::resume(&base(&gw), "h", &w, 0).await.err(),
+        Some(4401)
+    );
+
+    // Buffer: the fourth unacknowledged message is refused and the session ends.
+    let mut c = RelClient::open(&base(&gw), "h").await;
+    let id = c.session().to_owned();
+    for i in 1..=3 {
+        send(&mut api, &id, &format!("m{i}")).await.unwrap();
+    }
+    let refused = send(&mut api, &id, "m4").await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    loop {
+        match c.next().await {
+            Got::Message { .. } => continue,
+            Got::Close(code, reason) => {
+                assert_eq!((code, reason.as_str()), (1008, "resume buffer full"));
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    match event(&mut events, &id, "disconnected").await {
+        Ev::Disconnected(closed) => assert_eq!(closed.code, 1008),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Short leases so a dead node is noticed within seconds.
+const LEASE: &[&str] = &["--lease-ttl", "2s", "--lease-refresh", "500ms"];
+
+async fn cluster(redis: &Redis, n: usize) -> Vec<Gateway> {
+    let url = redis.url();
+    let mut out = Vec::new();
+    for i in 0..n {
+        let id = format!("node-{}", (b'a' + i as u8) as char);
+        let mut args = vec!["--redis-url", &url, "--node-id", &id, "--redis-prefix", "r"];
+        args.extend_from_slice(LEASE);
+        out.push(Gateway::start(&args).await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_session_resumes_on_another_node_after_its_node_is_killed() {
+    let redis = Redis::start().await;
+    let mut nodes = cluster(&redis, 2).await;
+    let mut api_b = nodes[1].api().await;
+    let mut events = subscribe(&mut api_b, "h").await;
+    let mut c = RelClient::open(&base(&nodes[0]), "h").await;
+    let id = c.session().to_owned();
+    event(&mut events, &id, "connected").await;
+    // Sent through node b, kept by node a (which holds the socket) in Redis.
+    for i in 1..=3 {
+        send(&mut api_b, &id, &format!("m{i}")).await.unwrap();
+    }
+    assert_eq!(c.message().await, (1, "m1".into()));
+    c.ack(1).await;
+    c.send(1, "before").await;
+    let (seq, text) = read_text(&mut api_b, &id).await;
+    assert_eq!((seq, text.as_str()), (1, "before"));
+    c.acked(1).await;
+    let w = c.drop_connection();
+    nodes[0].signal("KILL");
+    nodes[0].wait().await;
+    // The client got m1 only; m2 and m3 were kept in Redis before Send answered.
+    let mut c = RelClient::resume(&base(&nodes[1]), "h", &w, 1)
+        .await
+        .unwrap();
+    assert!(c.welcome.resumed);
+    assert_eq!(
+        c.welcome.ack, 1,
+        "the gateway still knows client message 1 was taken"
+    );
+    assert_eq!(c.message().await, (2, "m2".into()));
+    assert_eq!(c.message().await, (3, "m3".into()));
+    send(&mut api_b, &id, "m4").await.unwrap();
+    assert_eq!(c.message().await, (4, "m4".into()));
+    c.send(2, "after").await;
+    assert_eq!(read_text(&mut api_b, &id).await, (2, "after".into()));
+    let info = api_b
+        .get_session(pb::GetSessionRequest {
+            session_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    assert_eq!(info.node, nodes[1].node_id);
+    // The dead node is reaped, but the session lives on at b: no disconnected for it.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(state(&mut api_b, &id).await, pb::SessionState::Open);
+    send(&mut api_b, &id, "m5").await.unwrap();
+    assert_eq!(c.message().await, (5, "m5".into()));
+}
+
+#[tokio::test]
+async fn a_drained_node_sends_reliable_clients_elsewhere_and_backends_never_see_them_leave() {
+    let redis = Redis::start().await;
+    let mut nodes = cluster(&redis, 2).await;
+    let mut api_b = nodes[1].api().await;
+    let mut events = subscribe(&mut api_b, "h").await;
+    let mut c = RelClient::open(&base(&nodes[0]), "h").await;
+    let id = c.session().to_owned();
+    event(&mut events, &id, "connected").await;
+    send(&mut api_b, &id, "m1").await.unwrap();
+    assert_eq!(c.message().await, (1, "m1".into()));
+    nodes[0].signal("TERM");
+    match c.next().await {
+        Got::Close(code, reason) => {
+            assert_eq!(code, 1012);
+            assert!(reason.contains("resume elsewhere"), "{reason}");
+        }
+        other => panic!("expected 1012, got {other:?}"),
+    }
+    let w = c.welcome.clone();
+    event(&mut events, &id, "suspended").await;
+    send(&mut api_b, &id, "m2").await.unwrap();
+    let mut c = RelClient::resume(&base(&nodes[1]), "h", &w, 1)
+        .await
+        .unwrap();
+    event(&mut events, &id, "resumed").await;
+    assert_eq!(c.message().await, (2, "m2".into()));
+    assert!(nodes[0].wait().await.success(), "a drain exits 0");
+    send(&mut api_b, &id, "m3").await.unwrap();
+    assert_eq!(c.message().await, (3, "m3".into()));
+}
