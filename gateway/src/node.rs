@@ -185,6 +185,11 @@ impl Node {
         };
         match self.registry.owner(id).await? {
             Some(owner) if *owner != *self.id => {
+                if cluster.redis.node_addr(&owner).is_none() && self.is_orphan(id, &owner).await {
+                    // A reliable session its dead node left suspended: any node keeps
+                    // messages for it until its client resumes.
+                    return Ok(Route::Here);
+                }
                 let addr = cluster.redis.node_addr(&owner).ok_or_else(|| {
                     Error::Registry(crate::registry::RegistryError::Unavailable(format!(
                         "node {owner} holding session {id} has no known address"
@@ -463,7 +468,10 @@ impl Node {
         message_id: &str,
     ) -> Result<()> {
         let encoded = self.encode(message)?;
-        let s = self.open_session(id).await?;
+        let s = match self.pool.get(id) {
+            Some(s) => s,
+            None => return self.send_orphan(id, message, message_id).await,
+        };
         if let Some(rel) = &s.reliable {
             return match self.send_reliable(&s, rel, message, message_id).await {
                 Err(Error::Moved(_)) => self.hand_on(id, message, message_id).await,

@@ -299,6 +299,9 @@ async fn a_suspended_session_ends_when_its_window_passes_or_its_buffer_overflows
     }
 }
 
+/// Two leases: long enough for a second reaping to be heard.
+const QUIET: Duration = Duration::from_secs(4);
+
 /// Short leases so a dead node is noticed within seconds.
 const LEASE: &[&str] = &["--lease-ttl", "2s", "--lease-refresh", "500ms"];
 
@@ -336,6 +339,19 @@ async fn a_session_resumes_on_another_node_after_its_node_is_killed() {
     let w = c.drop_connection();
     nodes[0].signal("KILL");
     nodes[0].wait().await;
+    // While nobody holds the session, a Send is refused (UNAVAILABLE) until the dead node's
+    // lease is gone, then kept in Redis by whichever node takes the call.
+    within("a send to the orphaned session", async {
+        loop {
+            match send(&mut api_b, &id, "m4").await {
+                Ok(()) => return,
+                Err(s) => assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    event(&mut events, &id, "suspended").await;
     // The client got m1 only; m2 and m3 were kept in Redis before Send answered.
     let mut c = RelClient::resume(&base(&nodes[1]), "h", &w, 1)
         .await
@@ -347,7 +363,6 @@ async fn a_session_resumes_on_another_node_after_its_node_is_killed() {
     );
     assert_eq!(c.message().await, (2, "m2".into()));
     assert_eq!(c.message().await, (3, "m3".into()));
-    send(&mut api_b, &id, "m4").await.unwrap();
     assert_eq!(c.message().await, (4, "m4".into()));
     c.send(2, "after").await;
     assert_eq!(read_text(&mut api_b, &id).await, (2, "after".into()));
@@ -361,8 +376,10 @@ async fn a_session_resumes_on_another_node_after_its_node_is_killed() {
         .session
         .unwrap();
     assert_eq!(info.node, nodes[1].node_id);
-    // The dead node is reaped, but the session lives on at b: no disconnected for it.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The dead node was reaped (its sessions suspended, above); the session lives on at b and
+    // backends never hear it disconnect: a quiet period of two leases proves it.
+    let quiet = tokio::time::timeout(QUIET, event(&mut events, &id, "disconnected")).await;
+    assert!(quiet.is_err(), "no disconnected event: {quiet:?}");
     assert_eq!(state(&mut api_b, &id).await, pb::SessionState::Open);
     send(&mut api_b, &id, "m5").await.unwrap();
     assert_eq!(c.message().await, (5, "m5".into()));

@@ -60,6 +60,7 @@ pub(crate) async fn run(node: Arc<Node>, cluster: Arc<Cluster>, stop: Cancellati
 /// goes; stops if the lock is lost or the node comes back.
 async fn reap(node: &Node, cluster: &Cluster, dead: &str, stop: &CancellationToken) {
     let mut lost = 0usize;
+    let mut suspended = 0usize;
     loop {
         if stop.is_cancelled() {
             return;
@@ -88,6 +89,7 @@ async fn reap(node: &Node, cluster: &Cluster, dead: &str, stop: &CancellationTok
             }
         };
         lost += page.lost.len();
+        suspended += page.suspended.len();
         announce_lost(node, page).await;
         match cluster.redis.extend_reap(dead, &node.id).await {
             Ok(true) => {}
@@ -101,7 +103,12 @@ async fn reap(node: &Node, cluster: &Cluster, dead: &str, stop: &CancellationTok
     if let Err(e) = cluster.redis.finish_reap(dead).await {
         tracing::warn!(node = %dead, error = %e, "could not forget a reaped node; a later pass will");
     }
-    tracing::warn!(node = %dead, sessions = lost, "node lost; its sessions are gone");
+    tracing::warn!(
+        node = %dead,
+        sessions = lost,
+        suspended,
+        "node lost; its sessions are gone (reliable ones wait for a resume elsewhere)"
+    );
 }
 
 /// Tells subscribers that sessions of a lost node are gone (or, reliable ones, suspended

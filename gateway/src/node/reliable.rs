@@ -245,6 +245,50 @@ impl Node {
         }
     }
 
+    /// Whether `id` is a reliable session whose state in Redis is held by `owner`, a node that
+    /// is gone: nobody holds it until its client resumes.
+    pub(crate) async fn is_orphan(&self, id: &SessionId, owner: &str) -> bool {
+        let Some(redis) = self.journal() else {
+            return false;
+        };
+        !redis.is_live(owner)
+            && redis
+                .rel_owner(id.as_str())
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|o| o == owner)
+    }
+
+    /// A `Send` to a session not in this node's pool: kept in Redis if it is a reliable
+    /// session whose node is gone, else the usual "not found" or "closed".
+    pub(crate) async fn send_orphan(
+        &self,
+        id: &SessionId,
+        message: &Message,
+        message_id: &str,
+    ) -> Result<()> {
+        let Some(redis) = self.journal() else {
+            return Err(self.missing(id).await);
+        };
+        let Some(owner) = redis.rel_owner(id.as_str()).await? else {
+            return Err(self.missing(id).await);
+        };
+        if owner == *self.id || redis.is_live(&owner) {
+            return Err(self.missing(id).await);
+        }
+        let max = self.config.resume_buffer.get();
+        match redis
+            .rel_append(id.as_str(), &owner, message, message_id, max)
+            .await?
+        {
+            Appended::Seq(_) | Appended::Duplicate => Ok(()),
+            Appended::Full => Err(Error::ResumeBufferFull(id.clone())),
+            Appended::Moved => self.hand_on(id, message, message_id).await,
+            Appended::Gone => Err(self.missing(id).await),
+        }
+    }
+
     /// More than `--resume-buffer` messages wait for the client's ack: the session ends.
     async fn resume_buffer_full(&self, s: &Arc<Session>, rel: &Reliable) -> Error {
         const WHY: &str = "resume buffer full";

@@ -372,9 +372,9 @@ impl RedisRegistry {
             .arg("subprotocol")
             .arg(&r.subprotocol)
             .arg("reliable")
-            .arg(u8::from(r.reliable))
+            .arg(if r.reliable { "1" } else { "0" })
             .arg("suspended")
-            .arg(u8::from(r.suspended));
+            .arg(if r.suspended { "1" } else { "0" });
         c
     }
 
