@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switchboard_proto::v1 as pb;
 
 use crate::types::{
-    Closed, Closer, Event, EventKind, Inbound, Message, SessionCounters, SessionId, SessionInfo,
-    SessionState, Target,
+    Closed, Closer, Event, EventKind, Inbound, Message, Receipt, SessionCounters, SessionId,
+    SessionInfo, SessionState, Target,
 };
 
 pub(crate) fn message(m: Message) -> pb::Message {
@@ -149,4 +149,20 @@ pub(crate) fn event(e: pb::Event) -> Option<Event> {
         },
         Kind::Resumed(info) => Event::Resumed(session_info(info)),
     })
+}
+
+pub(crate) fn receipt(r: Receipt) -> pb::Receipt {
+    match r {
+        Receipt::Queued => pb::Receipt::Queued,
+        Receipt::Written => pb::Receipt::Written,
+        Receipt::Acked => pb::Receipt::Acked,
+    }
+}
+
+pub(crate) fn reached(r: pb::Receipt) -> Receipt {
+    match r {
+        pb::Receipt::Queued => Receipt::Queued,
+        pb::Receipt::Written => Receipt::Written,
+        pb::Receipt::Acked => Receipt::Acked,
+    }
 }

@@ -108,6 +108,6 @@ pub use error::{Error, Result};
 pub use events::Subscription;
 pub use hook::{Allow, ConnectHook, ConnectRequest, Decision, HookServer};
 pub use types::{
-    Closed, Closer, Delivery, Event, EventKind, Inbound, Incoming, Message, ReadOutcome,
-    SessionCounters, SessionId, SessionInfo, SessionState, Target,
+    Closed, Closer, Delivery, Event, EventKind, Inbound, Incoming, Message, ReadOutcome, Receipt,
+    SessionCounters, SessionId, SessionInfo, SessionOutcome, SessionState, Target,
 };

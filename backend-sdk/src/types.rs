@@ -497,6 +497,32 @@ pub struct Delivery {
     pub refused: u64,
     /// Gateway nodes that could not be reached: their sessions did not get the message.
     pub unreachable_nodes: Vec<String>,
+    /// Each matching session's outcome, when asked for with
+    /// [`Publish::outcomes`](crate::Publish::outcomes); empty otherwise.
+    pub outcomes: Vec<SessionOutcome>,
+}
+
+/// One session's outcome of a publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionOutcome {
+    /// The session.
+    pub session: SessionId,
+    /// Queued for it (for a reliable session: kept until its client acknowledges); `false`
+    /// when its queue or resume buffer was full.
+    pub queued: bool,
+}
+
+/// How far a message got: what [`Client::send_with_receipt`](crate::Client::send_with_receipt)
+/// waits for, and answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Receipt {
+    /// Queued for the client (for a reliable session: kept for it).
+    Queued,
+    /// Handed to the client's socket.
+    Written,
+    /// Acknowledged by a reliable client: it reached the application.
+    Acked,
 }
 
 /// The answer of [`Client::read`](crate::Client::read).

@@ -154,6 +154,7 @@ impl Gateway {
             close_timeout: config.close_timeout,
             write_timeout: config.write_timeout,
             node: Arc::clone(&node_id),
+            receipts: Default::default(),
         });
         let registry = match &config.redis_url {
             None => Registry::memory(TOMBSTONES),

@@ -94,11 +94,59 @@ pub(crate) enum Route {
     There { peer: Box<GatewayPeer> },
 }
 
+/// How far a sent message got, for a delivery receipt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Reached {
+    Queued,
+    Written,
+    Acked,
+}
+
+/// Where a sent message is, so a receipt can follow it.
+#[derive(Default)]
+pub(crate) struct Sent {
+    /// The connection it was queued on, and its position in that connection's bytes.
+    pub written_at: Option<(Arc<Session>, u64)>,
+    /// A reliable session's state and the message's `seq`.
+    pub kept: Option<(Arc<crate::reliable::Reliable>, u64)>,
+}
+
+impl Sent {
+    fn reached(&self) -> Reached {
+        if self.kept.as_ref().is_some_and(|(r, seq)| r.acked() >= *seq) {
+            return Reached::Acked;
+        }
+        if self
+            .written_at
+            .as_ref()
+            .is_some_and(|(s, at)| s.bytes_written() >= *at)
+        {
+            return Reached::Written;
+        }
+        Reached::Queued
+    }
+}
+
 /// What a publish achieved.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Delivery {
     pub queued: u64,
     pub refused: u64,
+    /// Each session's outcome (queued or not), when asked for.
+    pub outcomes: Vec<(SessionId, bool)>,
+}
+
+impl Delivery {
+    fn record(&mut self, id: &SessionId, queued: bool, keep: bool) {
+        if queued {
+            self.queued += 1;
+        } else {
+            self.refused += 1;
+        }
+        if keep {
+            self.outcomes.push((id.clone(), queued));
+        }
+    }
 }
 
 impl Node {
@@ -389,7 +437,7 @@ impl Node {
     /// Queues a backend's write on an attached stream, waiting while the queue is full.
     pub(crate) async fn send_waiting(&self, s: &Arc<Session>, message: &Message) -> Result<()> {
         if let Some(rel) = &s.reliable {
-            return self.send_reliable(s, rel, message, "").await;
+            return self.send_reliable(s, rel, message, "").await.map(drop);
         }
         let frame = self.encode(message)?.frame_for(s.deflate);
         loop {
@@ -460,32 +508,53 @@ impl Node {
     }
 
     /// `message_id` (may be empty) keeps a retried send to a reliable session from being
-    /// kept twice.
+    /// kept twice. The answer says where the message went, for [`Node::receipt`].
     pub(crate) async fn send(
         &self,
         id: &SessionId,
         message: &Message,
         message_id: &str,
-    ) -> Result<()> {
+    ) -> Result<Sent> {
         let encoded = self.encode(message)?;
         let s = match self.pool.get(id) {
             Some(s) => s,
-            None => return self.send_orphan(id, message, message_id).await,
+            None => {
+                self.send_orphan(id, message, message_id).await?;
+                return Ok(Sent::default());
+            }
         };
         if let Some(rel) = &s.reliable {
             return match self.send_reliable(&s, rel, message, message_id).await {
-                Err(Error::Moved(_)) => self.hand_on(id, message, message_id).await,
+                Err(Error::Moved(_)) => {
+                    self.hand_on(id, message, message_id).await?;
+                    Ok(Sent::default())
+                }
                 r => r,
             };
         }
-        match s.send(encoded.frame_for(s.deflate), Flush::Now) {
-            Ok(()) => Ok(()),
+        match s.send_tracked(encoded.frame_for(s.deflate), Flush::Now) {
+            Ok(at) => Ok(Sent {
+                written_at: Some((s, at)),
+                kept: None,
+            }),
             Err(SendError::Gone) => Err(Self::gone(&s)),
             Err(SendError::QueueFull) => {
                 self.on_queue_full(&s);
                 Err(Error::QueueFull(s.id.clone()))
             }
         }
+    }
+
+    /// Waits until a sent message reaches `want` or `timeout` passes; answers how far it got.
+    pub(crate) async fn receipt(&self, sent: &Sent, want: Reached, timeout: Duration) -> Reached {
+        if want > Reached::Queued {
+            let deadline = tokio::time::Instant::now() + timeout.min(self.config.max_read_timeout);
+            tokio::select! {
+                () = self.ctx.receipts.wait(deadline, || sent.reached() >= want) => {}
+                () = self.shutdown.cancelled() => {}
+            }
+        }
+        sent.reached()
     }
 
     /// With no grace configured, a full queue closes the session at once.
@@ -508,13 +577,15 @@ impl Node {
     }
 
     /// `message_id` identifies this publish on every node it reaches, so a reliable session
-    /// moving between two of them keeps it once.
+    /// moving between two of them keeps it once. With `outcomes`, the answer lists each
+    /// session's.
     pub(crate) async fn publish(
         &self,
         target: &Target,
         exclude: &[SessionId],
         message: &Message,
         message_id: &str,
+        outcomes: bool,
     ) -> Result<Delivery> {
         validate_target(target)?;
         let encoded = self.encode(message)?;
@@ -532,9 +603,9 @@ impl Node {
                 return;
             }
             match s.send(encoded.frame_for(s.deflate), Flush::Now) {
-                Ok(()) => out.queued += 1,
+                Ok(()) => out.record(&s.id, true, outcomes),
                 Err(SendError::QueueFull) => {
-                    out.refused += 1;
+                    out.record(&s.id, false, outcomes);
                     self.on_queue_full(&s);
                 }
                 Err(SendError::Gone) => {}
@@ -545,22 +616,20 @@ impl Node {
         // they cost a round trip each: a bounded number at a time.
         let kept = futures_util::stream::iter(reliable)
             .map(|s| async move {
-                let Some(rel) = &s.reliable else {
-                    return Ok(());
+                let r = match &s.reliable {
+                    None => Ok(()),
+                    Some(rel) => match self.send_reliable(&s, rel, message, message_id).await {
+                        Err(Error::Moved(_)) => self.hand_on(&s.id, message, message_id).await,
+                        r => r.map(drop),
+                    },
                 };
-                match self.send_reliable(&s, rel, message, message_id).await {
-                    Err(Error::Moved(_)) => self.hand_on(&s.id, message, message_id).await,
-                    r => r,
-                }
+                (s.id.clone(), r.is_ok())
             })
             .buffer_unordered(RELIABLE_FAN_OUT)
             .collect::<Vec<_>>()
             .await;
-        for r in kept {
-            match r {
-                Ok(()) => out.queued += 1,
-                Err(_) => out.refused += 1,
-            }
+        for (id, queued) in kept {
+            out.record(&id, queued, outcomes);
         }
         self.metrics
             .publish_fanout

@@ -416,3 +416,97 @@ async fn a_drained_node_sends_reliable_clients_elsewhere_and_backends_never_see_
     send(&mut api_b, &id, "m3").await.unwrap();
     assert_eq!(c.message().await, (3, "m3".into()));
 }
+
+async fn send_waiting(
+    api: &mut Api,
+    id: &str,
+    text: &str,
+    receipt: pb::Receipt,
+    millis: i32,
+) -> pb::Receipt {
+    api.send(pb::SendRequest {
+        session_id: id.into(),
+        message: Some(pb::Message {
+            payload: Some(Payload::Text(text.into())),
+        }),
+        receipt: receipt as i32,
+        receipt_timeout: Some(prost_types::Duration {
+            seconds: i64::from(millis / 1000),
+            nanos: (millis % 1000) * 1_000_000,
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("send")
+    .into_inner()
+    .reached()
+}
+
+#[tokio::test]
+async fn a_send_can_wait_until_the_message_is_written_or_acknowledged() {
+    let gw = Gateway::start(&[]).await;
+    let mut api = gw.api().await;
+    let mut c = RelClient::open(&base(&gw), "h").await;
+    let id = c.session().to_owned();
+    // Written at once to a reading client, but not acknowledged: the deadline answers how
+    // far it got.
+    let reached = send_waiting(&mut api, &id, "m1", pb::Receipt::Acked, 300).await;
+    assert_eq!(reached, pb::Receipt::Written);
+    assert_eq!(c.message().await, (1, "m1".into()));
+    // Acknowledged while the call waits.
+    let waiting = tokio::spawn({
+        let mut api = api.clone();
+        let id = id.clone();
+        async move { send_waiting(&mut api, &id, "m2", pb::Receipt::Acked, 10_000).await }
+    });
+    assert_eq!(c.message().await, (2, "m2".into()));
+    c.ack(2).await;
+    assert_eq!(waiting.await.unwrap(), pb::Receipt::Acked);
+    // A suspended session keeps the message but nothing is written.
+    let mut events = subscribe(&mut api, "h").await;
+    let _w = c.drop_connection();
+    event(&mut events, &id, "suspended").await;
+    let reached = send_waiting(&mut api, &id, "m3", pb::Receipt::Written, 300).await;
+    assert_eq!(reached, pb::Receipt::Queued);
+
+    // A plain session: written.
+    let plain = gw.connect("h").await;
+    let reached = send_waiting(&mut api, &plain.id, "hi", pb::Receipt::Written, 5_000).await;
+    assert_eq!(reached, pb::Receipt::Written);
+}
+
+#[tokio::test]
+async fn a_publish_answers_each_session_s_outcome_on_every_node() {
+    let redis = Redis::start().await;
+    let nodes = cluster(&redis, 2).await;
+    let mut api = nodes[0].api().await;
+    let a = RelClient::open(&base(&nodes[0]), "h").await;
+    let b = nodes[1].connect("h").await;
+    let r = api
+        .publish(pb::PublishRequest {
+            target: Some(pb::Target {
+                kind: Some(pb::target::Kind::Hub("h".into())),
+            }),
+            message: Some(pb::Message {
+                payload: Some(Payload::Text("all".into())),
+            }),
+            outcomes: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.queued, 2);
+    let mut got: Vec<(String, pb::Outcome)> = r
+        .outcomes
+        .iter()
+        .map(|o| (o.session_id.clone(), o.outcome()))
+        .collect();
+    got.sort();
+    let mut want = vec![
+        (a.session().to_owned(), pb::Outcome::Queued),
+        (b.id.clone(), pb::Outcome::Queued),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+}

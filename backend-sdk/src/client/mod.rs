@@ -29,7 +29,7 @@ use self::{
 use crate::{
     convert,
     error::Result,
-    types::{Message, ReadOutcome, SessionId, SessionInfo, SessionState, Target},
+    types::{Message, ReadOutcome, Receipt, SessionId, SessionInfo, SessionState, Target},
 };
 
 /// Most IDs the gateway checks in one `CheckSessions` call.
@@ -128,7 +128,7 @@ impl Client {
         let req = pb::SendRequest {
             session_id: session.to_string(),
             message: Some(convert::message(message.into())),
-            message_id: String::new(),
+            ..Default::default()
         };
         self.inner
             .call(
@@ -142,6 +142,49 @@ impl Client {
             )
             .await?;
         Ok(())
+    }
+
+    /// Sends one message and waits until it reaches `wait` (written to the client's socket,
+    /// or acknowledged by a reliable client) or `timeout` passes; answers how far it got.
+    /// `message_id` (may be empty) makes a retried send to a reliable session count once.
+    ///
+    /// ```no_run
+    /// # async fn f(client: switchboard_sdk::Client) -> Result<(), switchboard_sdk::Error> {
+    /// use std::time::Duration;
+    /// use switchboard_sdk::Receipt;
+    ///
+    /// let got = client
+    ///     .send_with_receipt("AAAAAAAAAAAAAAAAAAAAAA", "invoice 42", "inv-42", Receipt::Acked, Duration::from_secs(5))
+    ///     .await?;
+    /// if got < Receipt::Acked {
+    ///     println!("not confirmed yet (reached {got:?})");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_with_receipt(
+        &self,
+        session: impl Into<SessionId>,
+        message: impl Into<Message>,
+        message_id: &str,
+        wait: Receipt,
+        timeout: Duration,
+    ) -> Result<Receipt> {
+        let session = session.into();
+        let req = pb::SendRequest {
+            session_id: session.to_string(),
+            message: Some(convert::message(message.into())),
+            message_id: message_id.to_owned(),
+            receipt: convert::receipt(wait) as i32,
+            receipt_timeout: Some(convert::duration(timeout)),
+        };
+        let resp = self
+            .inner
+            .call(Retry::WhenUnsent, Some(&session), timeout, |mut api, d| {
+                let req = request(req.clone(), d);
+                async move { api.send(req).await }
+            })
+            .await?;
+        Ok(convert::reached(resp.reached()))
     }
 
     /// Queues one message for every session a [`Target`] matches: a hub, a group, a user or a

@@ -26,7 +26,7 @@ use crate::{
     convert,
     error::Result,
     events::Subscription,
-    types::{Delivery, EventKind, Message, SessionId, SessionInfo, Target},
+    types::{Delivery, EventKind, Message, SessionId, SessionInfo, SessionOutcome, Target},
 };
 
 /// A boxed future, the `IntoFuture` of the builders.
@@ -49,6 +49,7 @@ pub struct Publish<'a> {
     target: Target,
     message: Message,
     exclude: Vec<SessionId>,
+    outcomes: bool,
 }
 
 impl<'a> Publish<'a> {
@@ -58,7 +59,25 @@ impl<'a> Publish<'a> {
             target,
             message,
             exclude: Vec::new(),
+            outcomes: false,
         }
+    }
+
+    /// Asks for each matching session's outcome ([`Delivery::outcomes`]), on every node, not
+    /// only the counts.
+    ///
+    /// ```no_run
+    /// # async fn f(client: switchboard_sdk::Client) -> Result<(), switchboard_sdk::Error> {
+    /// # use switchboard_sdk::Target;
+    /// let d = client.publish(Target::hub("chat"), "hi").outcomes().await?;
+    /// for o in d.outcomes.iter().filter(|o| !o.queued) {
+    ///     println!("{} did not get it", o.session);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn outcomes(mut self) -> Self {
+        self.outcomes = true;
+        self
     }
 
     /// Leaves this session out even when the target matches it (say, the sender).
@@ -97,7 +116,8 @@ impl<'a> Publish<'a> {
             target: Some(convert::target(self.target)),
             exclude: self.exclude.iter().map(ToString::to_string).collect(),
             message: Some(convert::message(self.message)),
-            message_id: String::new(),
+            outcomes: self.outcomes,
+            ..Default::default()
         };
         let resp = self
             .client
@@ -111,6 +131,14 @@ impl<'a> Publish<'a> {
             queued: resp.queued,
             refused: resp.refused,
             unreachable_nodes: resp.unreachable_nodes,
+            outcomes: resp
+                .outcomes
+                .into_iter()
+                .map(|o| SessionOutcome {
+                    queued: o.outcome() == pb::Outcome::Queued,
+                    session: SessionId::from(o.session_id),
+                })
+                .collect(),
         })
     }
 }

@@ -8,6 +8,7 @@ use switchboard_proto::v1 as pb;
 use crate::{
     error::{Error, Result},
     message::{Kind, Message},
+    node::{Delivery, Reached},
     pool::Target,
     registry::{Liveness, SessionRecord},
     session::{Closer, Inbound, SessionEnd, SessionId},
@@ -190,5 +191,42 @@ pub(crate) fn encode_event(e: &crate::events::Event) -> pb::Event {
         session_id: e.session.to_string(),
         hub: e.hub.to_string(),
         kind: Some(kind),
+    }
+}
+
+/// The receipt a `Send` asks for.
+pub(crate) fn receipt(r: pb::Receipt) -> Reached {
+    match r {
+        pb::Receipt::Queued => Reached::Queued,
+        pb::Receipt::Written => Reached::Written,
+        pb::Receipt::Acked => Reached::Acked,
+    }
+}
+
+pub(crate) fn reached(r: Reached) -> pb::Receipt {
+    match r {
+        Reached::Queued => pb::Receipt::Queued,
+        Reached::Written => pb::Receipt::Written,
+        Reached::Acked => pb::Receipt::Acked,
+    }
+}
+
+pub(crate) fn delivery(d: Delivery) -> pb::PublishResponse {
+    pb::PublishResponse {
+        queued: d.queued,
+        refused: d.refused,
+        unreachable_nodes: Vec::new(),
+        outcomes: d
+            .outcomes
+            .into_iter()
+            .map(|(id, queued)| pb::SessionOutcome {
+                session_id: id.to_string(),
+                outcome: if queued {
+                    pb::Outcome::Queued
+                } else {
+                    pb::Outcome::Refused
+                } as i32,
+            })
+            .collect(),
     }
 }

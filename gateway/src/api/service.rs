@@ -1,6 +1,6 @@
 //! `switchboard.v1.Gateway`: each RPC checks its arguments, calls the node, and maps the result.
 
-use std::{collections::HashMap, pin::Pin, sync::Arc};
+use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
 
 use futures_util::Stream;
 use switchboard_proto::v1::{self as pb, gateway_server::Gateway};
@@ -11,7 +11,7 @@ use super::{auth::Grant, convert, streams};
 use crate::{
     cluster::is_hop,
     error::{Error, Result},
-    node::{Node, Route, Scope},
+    node::{Node, Reached, Route, Scope},
     pool::Target,
     registry::{ListFilter, Liveness},
     session::{inbox::Next, SessionId},
@@ -175,21 +175,17 @@ impl GatewayService {
         );
         let (local, remote) = tokio::join!(
             self.node
-                .publish(&local_target, exclude, msg, &req.message_id),
+                .publish(&local_target, exclude, msg, &req.message_id, req.outcomes),
             remote
         );
-        let local = local?;
-        let mut out = pb::PublishResponse {
-            queued: local.queued,
-            refused: local.refused,
-            unreachable_nodes: Vec::new(),
-        };
+        let mut out = convert::delivery(local?);
         for (node, r) in remote {
             match r {
                 Ok(r) => {
                     let r = r.into_inner();
                     out.queued += r.queued;
                     out.refused += r.refused;
+                    out.outcomes.extend(r.outcomes);
                 }
                 Err(e) => {
                     tracing::warn!(node, error = %e, "publish did not reach a node");
@@ -219,8 +215,16 @@ impl Gateway for GatewayService {
                 Located::There { mut peer, .. } => return forwarded(peer.send(req.clone()).await),
             };
             let msg = convert::message(req.message.clone())?;
-            self.node.send(&id, &msg, &req.message_id).await?;
-            Ok(pb::SendResponse {})
+            let want = convert::receipt(req.receipt());
+            let wait = match want {
+                Reached::Queued => Duration::ZERO,
+                _ => convert::timeout(req.receipt_timeout)?,
+            };
+            let sent = self.node.send(&id, &msg, &req.message_id).await?;
+            let reached = self.node.receipt(&sent, want, wait).await;
+            Ok(pb::SendResponse {
+                reached: convert::reached(reached) as i32,
+            })
         }
         .instrument(span("Send", &req.session_id))
         .await;
@@ -300,7 +304,7 @@ impl Gateway for GatewayService {
                         Err(e) => Err(e),
                     },
                 };
-                results[i] = Some(send_result(r));
+                results[i] = Some(send_result(r.map(drop)));
             }
             let forwarded = futures_util::future::join_all(elsewhere.into_iter().map(
                 |(node, mut peer, idx)| {
@@ -366,13 +370,9 @@ impl Gateway for GatewayService {
             if scope == Scope::Local {
                 let d = self
                     .node
-                    .publish(&target, &exclude, &msg, &req.message_id)
+                    .publish(&target, &exclude, &msg, &req.message_id, req.outcomes)
                     .await?;
-                return Ok(pb::PublishResponse {
-                    queued: d.queued,
-                    refused: d.refused,
-                    unreachable_nodes: Vec::new(),
-                });
+                return Ok(convert::delivery(d));
             }
             let mut req = req;
             if req.message_id.is_empty() {

@@ -12,7 +12,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 
-use super::Node;
+use super::{Node, Sent};
 use crate::{
     error::{Error, Result},
     events::{Event, EventBody},
@@ -165,7 +165,7 @@ impl Node {
         rel: &Arc<Reliable>,
         message: &Message,
         message_id: &str,
-    ) -> Result<()> {
+    ) -> Result<Sent> {
         let _order = rel.order.lock().await;
         let max = self.config.resume_buffer.get();
         let seq = match self.journal() {
@@ -174,7 +174,7 @@ impl Node {
                     return Err(self.resume_buffer_full(s, rel).await);
                 }
                 if !rel.remember(message_id, max) {
-                    return Ok(());
+                    return Ok(Sent::default());
                 }
                 let seq = rel.next_seq();
                 rel.journal_push(seq, message.clone());
@@ -188,7 +188,7 @@ impl Node {
                     rel.assigned(seq);
                     seq
                 }
-                Appended::Duplicate => return Ok(()),
+                Appended::Duplicate => return Ok(Sent::default()),
                 Appended::Full => return Err(self.resume_buffer_full(s, rel).await),
                 Appended::Moved | Appended::Gone => {
                     drop(_order);
@@ -197,9 +197,14 @@ impl Node {
                 }
             },
         };
+        let mut sent = Sent {
+            written_at: None,
+            kept: Some((Arc::clone(rel), seq)),
+        };
         if let Some(live) = rel.current() {
-            match live.send(reliable::message_frame(seq, message), Flush::Now) {
-                Ok(()) | Err(SendError::Gone) => {}
+            match live.send_tracked(reliable::message_frame(seq, message), Flush::Now) {
+                Ok(at) => sent.written_at = Some((live, at)),
+                Err(SendError::Gone) => {}
                 // The message is kept: the connection goes, the session is suspended, and the
                 // client's resume gets everything it did not acknowledge.
                 Err(SendError::QueueFull) => {
@@ -213,7 +218,7 @@ impl Node {
                 }
             }
         }
-        Ok(())
+        Ok(sent)
     }
 
     /// A `Send` this node could not keep because the session moved: hand it to the holder.
@@ -231,6 +236,7 @@ impl Node {
                         session_id: id.to_string(),
                         message: Some(crate::api::to_pb_message(message)),
                         message_id: message_id.to_owned(),
+                        ..Default::default()
                     })
                     .await
                     .map(drop)
@@ -360,6 +366,7 @@ impl Node {
                         format!("ack {seq} is beyond the last seq sent"),
                     ));
                 }
+                self.ctx.receipts.progress();
                 if let Some(redis) = self.journal() {
                     if let Err(e) = redis.rel_acked(s.id.as_str(), seq).await {
                         tracing::warn!(session = %s.id, error = %e, "could not trim acknowledged messages");

@@ -256,6 +256,11 @@ impl Reliable {
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(s);
     }
 
+    /// The last gateway `seq` the client acknowledged.
+    pub(crate) fn acked(&self) -> u64 {
+        self.acked.load(Relaxed)
+    }
+
     /// Messages sent and not yet acknowledged.
     pub(crate) fn unacked(&self) -> u64 {
         self.out

@@ -72,6 +72,55 @@ pub(crate) struct SessionContext {
     /// How long a socket may take no byte while there is something to write.
     pub write_timeout: Duration,
     pub node: Arc<str>,
+    /// Wakes `Send` calls waiting for a delivery receipt.
+    pub receipts: Receipts,
+}
+
+/// Wakes delivery receipts when bytes are written or a reliable client acknowledges. One per
+/// node rather than per session: a session costs nothing for it, and a write looks at one
+/// shared counter only (waiters are rare).
+#[derive(Default)]
+pub(crate) struct Receipts {
+    waiters: std::sync::atomic::AtomicUsize,
+    notify: Notify,
+}
+
+impl Receipts {
+    /// Something a receipt may wait for happened.
+    pub(crate) fn progress(&self) {
+        if self.waiters.load(Relaxed) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Waits until `reached` says yes, or `deadline`; re-checks after every progress.
+    pub(crate) async fn wait(
+        &self,
+        deadline: tokio::time::Instant,
+        mut reached: impl FnMut() -> bool,
+    ) {
+        self.waiters.fetch_add(1, Relaxed);
+        let _done = WaiterGuard(&self.waiters);
+        loop {
+            let woken = self.notify.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if reached() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+struct WaiterGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 /// Why a message could not be queued for a session.
@@ -322,12 +371,22 @@ impl Session {
     /// Queues an encoded data frame (the same bytes may be queued for many sessions); `flush`
     /// says whether it may be written from the caller's task.
     pub(crate) fn send(self: &Arc<Self>, frame: Bytes, flush: Flush) -> Result<(), SendError> {
+        self.send_tracked(frame, flush).map(drop)
+    }
+
+    /// [`Session::send`], answering the frame's position for a delivery receipt: it is on the
+    /// socket once [`Session::bytes_written`] reaches it.
+    pub(crate) fn send_tracked(
+        self: &Arc<Self>,
+        frame: Bytes,
+        flush: Flush,
+    ) -> Result<u64, SendError> {
         // No look at the lifecycle (one lock and cache line less per session of a broadcast):
         // every way out of `Open` seals the queue right after (the close frame, or the release
         // of the socket), and a frame queued in between goes out before the close frame, as if
         // sent a moment earlier, or is dropped with the socket.
         match self.outbound.push(frame, flush, &self.ctx.tasks, self) {
-            Ok(()) => Ok(()),
+            Ok(position) => Ok(position),
             Err(EnqueueError::Closed) => Err(SendError::Gone),
             Err(EnqueueError::Full) => {
                 self.ctx.metrics.outbound_refused.inc();
@@ -453,6 +512,11 @@ impl Session {
         self.kill.notified().await
     }
 
+    /// Bytes the socket has taken over this connection's life.
+    pub(crate) fn bytes_written(&self) -> u64 {
+        self.counters.bytes_out.load(Relaxed)
+    }
+
     /// A frame arrived: the client is alive.
     pub(crate) fn touch(&self) {
         self.counters
@@ -527,6 +591,7 @@ impl outbound::WriteObserver for Session {
         self.counters.bytes_out.fetch_add(bytes as u64, Relaxed);
         self.ctx.metrics.messages_out.inc_by(frames as u64);
         self.ctx.metrics.bytes_out.inc_by(bytes as u64);
+        self.ctx.receipts.progress();
     }
 
     fn write_failed(&self, error: &std::io::Error) {

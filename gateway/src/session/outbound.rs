@@ -170,6 +170,9 @@ struct State {
     released: bool,
     /// A flush task holds the write half.
     flushing: bool,
+    /// Bytes of every frame ever queued (written at once or not): a frame's position in the
+    /// stream, which delivery receipts compare with the bytes written.
+    enqueued: u64,
     /// The session's slot in the connection limits; dropped once the session has ended and
     /// nothing holds the socket any more.
     permit: Option<Permit>,
@@ -209,6 +212,7 @@ impl Outbound {
                 written_since_full: (0, 0),
                 released: false,
                 flushing: false,
+                enqueued: 0,
                 permit,
             }),
             limits,
@@ -228,14 +232,15 @@ impl Outbound {
         st.queue.len() >= self.limits.messages || st.bytes + len > self.limits.bytes
     }
 
-    /// Queues a data frame within the bound.
+    /// Queues a data frame within the bound. Returns its end's position in the bytes ever
+    /// queued: the frame is on the socket once that many bytes have been written.
     pub(crate) fn push(
         self: &Arc<Self>,
         frame: Bytes,
         flush: Flush,
         tasks: &TaskTracker,
         observer: &Arc<impl WriteObserver>,
-    ) -> Result<(), EnqueueError> {
+    ) -> Result<u64, EnqueueError> {
         let mut st = self.lock();
         if st.sealed {
             return Err(EnqueueError::Closed);
@@ -247,8 +252,9 @@ impl Outbound {
             }
             return Err(EnqueueError::Full);
         }
+        let position = st.enqueued + frame.len() as u64;
         self.enqueue(st, frame, flush, tasks, observer);
-        Ok(())
+        Ok(position)
     }
 
     /// Queues a control frame (pong, ping) regardless of the bound, unless sealed.
@@ -320,6 +326,7 @@ impl Outbound {
         tasks: &TaskTracker,
         observer: &Arc<impl WriteObserver>,
     ) {
+        st.enqueued += frame.len() as u64;
         // Nothing queued and no flush running: the frame may go straight to the socket. The
         // lock is held across the non-blocking write so nothing queued meanwhile overtakes it.
         if let (Flush::Now, true, Some(Writer::Tcp(w))) = (flush, st.queue.is_empty(), &st.io) {
@@ -809,7 +816,7 @@ mod tests {
                     let frame = Bytes::from(vec![1; 10]);
                     loop {
                         match out.push(frame.clone(), Flush::Batched, &tasks, &obs) {
-                            Ok(()) => break,
+                            Ok(_) => break,
                             Err(EnqueueError::Full) => out.room(10).await,
                             Err(EnqueueError::Closed) => return,
                         }
