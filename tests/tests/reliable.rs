@@ -510,3 +510,46 @@ async fn a_publish_answers_each_session_s_outcome_on_every_node() {
     want.sort();
     assert_eq!(got, want);
 }
+
+/// Redis restarted without persistence loses every session's kept state. The guarantee then:
+/// a session whose connection is live goes on (its node writes the state again from what it
+/// knows), and every message sent after Redis is back is kept and survives a resume on another
+/// node. What the client had not acknowledged before the restart is kept only by the node that
+/// wrote it on the connection, not in Redis.
+#[tokio::test]
+async fn after_redis_loses_its_data_live_reliable_sessions_go_on_and_keep_what_is_sent_next() {
+    let mut redis = Redis::start().await;
+    let nodes = cluster(&redis, 2).await;
+    let mut api_a = nodes[0].api().await;
+    let mut api_b = nodes[1].api().await;
+    let mut c = RelClient::open(&base(&nodes[0]), "h").await;
+    let id = c.session().to_owned();
+    send(&mut api_a, &id, "m1").await.unwrap();
+    assert_eq!(c.message().await, (1, "m1".into()));
+    c.ack(1).await;
+    redis.restart_empty().await;
+    // The connection never noticed; the node holding it keeps numbering from where it was.
+    within("a send after the restart", async {
+        while send(&mut api_a, &id, "m2").await.is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(c.message().await, (2, "m2".into()));
+    // Once reconciliation has registered the session again, any node reaches it.
+    within("node b to reach the session again", async {
+        while send(&mut api_b, &id, "m3").await.is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(c.message().await, (3, "m3".into()));
+    // m2 and m3 were kept in the rewritten state: a resume on node b gets them again.
+    let w = c.drop_connection();
+    let mut c = RelClient::resume(&base(&nodes[1]), "h", &w, 1)
+        .await
+        .unwrap();
+    assert!(c.welcome.resumed);
+    assert_eq!(c.message().await, (2, "m2".into()));
+    assert_eq!(c.message().await, (3, "m3".into()));
+}

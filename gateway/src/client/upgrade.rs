@@ -132,14 +132,20 @@ pub(crate) async fn upgrade(
     if let Some(r) = &resume {
         // The token is the proof: the connect hook was asked when the session began.
         return match node.find_for_resume(r, &hub).await {
-            Some(found) => {
+            Err(_) => refuse(
+                &node,
+                "registry_down",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "session registry unavailable; resume again\n",
+            ),
+            Ok(Some(found)) => {
                 let resumed = Resumed {
                     ack: r.ack,
                     token: r.token.clone(),
                 };
                 admit_reliable(node, remote, hub, req, permit, found, resumed).await
             }
-            None => refuse_resume(&node, req),
+            Ok(None) => refuse_resume(&node, req),
         };
     }
     let mut allow = match &node.gate.hook {

@@ -73,53 +73,61 @@ impl Node {
     }
 
     /// Finds the session a resume names and checks its token; with Redis, takes it over from
-    /// whichever node held it. `None`: refuse (the reason is logged, never the token).
-    pub(crate) async fn find_for_resume(&self, req: &ResumeRequest, hub: &str) -> Option<Found> {
+    /// whichever node held it. `None`: refuse (the reason is logged, never the token); `Err`:
+    /// Redis did not answer, so nothing can be said yet (the client should try again).
+    pub(crate) async fn find_for_resume(
+        &self,
+        req: &ResumeRequest,
+        hub: &str,
+    ) -> Result<Option<Found>> {
         let Some(id) = SessionId::parse(&req.session) else {
             tracing::info!(session = %req.session, "resume refused: not a session ID");
-            return None;
+            return Ok(None);
         };
         if let Some(s) = self.pool.get(&id) {
             let Some(rel) = s.reliable.clone() else {
                 tracing::info!(session = %id, "resume refused: not a reliable session");
-                return None;
+                return Ok(None);
             };
             if !rel.token_matches(&req.token) || *s.hub != *hub {
                 tracing::info!(session = %id, "resume refused: wrong token or hub");
-                return None;
+                return Ok(None);
             }
-            return Some(Found {
+            return Ok(Some(Found {
                 reliable: rel,
                 user: s.user.as_deref().unwrap_or_default().to_owned(),
                 groups: s.groups().iter().map(|g| g.to_string()).collect(),
                 metadata: s.metadata.clone(),
                 previous: Some(s),
-            });
+            }));
         }
-        let redis = self.journal()?;
+        let Some(redis) = self.journal() else {
+            tracing::info!(session = %id, "resume refused: unknown session");
+            return Ok(None);
+        };
         let claimed = match redis.rel_claim(id.as_str(), &req.token, &self.id).await {
             Ok(Some(c)) if c.hub == hub => c,
             Ok(Some(_)) => {
                 tracing::info!(session = %id, "resume refused: another hub's session");
-                return None;
+                return Ok(None);
             }
             Ok(None) => {
                 tracing::info!(session = %id, "resume refused: unknown, expired or wrong token");
-                return None;
+                return Ok(None);
             }
             Err(e) => {
-                tracing::warn!(session = %id, error = %e, "resume refused: registry unavailable");
-                return None;
+                tracing::warn!(session = %id, error = %e, "resume deferred: registry unavailable");
+                return Err(e.into());
             }
         };
         tracing::info!(session = %id, from = %claimed.previous, "session taken over for a resume");
-        Some(Found {
+        Ok(Some(Found {
             reliable: Reliable::new(reliable::digest(&req.token), claimed.counters),
             user: claimed.user,
             groups: claimed.groups,
             metadata: claimed.metadata,
             previous: None,
-        })
+        }))
     }
 
     /// Makes `s` the connection of its reliable session: the welcome, then (for a resume)
@@ -180,8 +188,8 @@ impl Node {
                 rel.journal_push(seq, message.clone());
                 seq
             }
-            Some(redis) => match redis
-                .rel_append(s.id.as_str(), &self.id, message, message_id, max)
+            Some(redis) => match self
+                .append_or_restore(redis, s, rel, message, message_id, max)
                 .await?
             {
                 Appended::Seq(seq) => {
@@ -219,6 +227,51 @@ impl Node {
             }
         }
         Ok(sent)
+    }
+
+    /// Appends to the session's kept messages in Redis. If Redis lost the session's state (a
+    /// restart without persistence) while this node holds it, the state is written again
+    /// from what this node knows, and the append retried once.
+    async fn append_or_restore(
+        &self,
+        redis: &RedisRegistry,
+        s: &Arc<Session>,
+        rel: &Reliable,
+        message: &Message,
+        message_id: &str,
+        max: usize,
+    ) -> Result<Appended> {
+        let id = s.id.as_str();
+        let first = redis
+            .rel_append(id, &self.id, message, message_id, max, false)
+            .await?;
+        let ours = self.pool.get(&s.id).is_some_and(|p| {
+            p.reliable
+                .as_ref()
+                .is_some_and(|r| std::ptr::eq(Arc::as_ptr(r), rel))
+        });
+        if first != Appended::Gone || !ours {
+            return Ok(first);
+        }
+        tracing::warn!(session = %s.id, "reliable session's state missing in redis; writing it again");
+        let groups: Vec<String> = s.groups().iter().map(|g| g.to_string()).collect();
+        redis
+            .rel_restore(
+                id,
+                NewState {
+                    token: rel.token_digest(),
+                    owner: &self.id,
+                    hub: &s.hub,
+                    user: s.user.as_deref().unwrap_or_default(),
+                    groups: &groups,
+                    metadata: &s.metadata,
+                },
+                rel.counters(),
+            )
+            .await?;
+        Ok(redis
+            .rel_append(id, &self.id, message, message_id, max, false)
+            .await?)
     }
 
     /// A `Send` this node could not keep because the session moved: hand it to the holder.
@@ -285,7 +338,7 @@ impl Node {
         }
         let max = self.config.resume_buffer.get();
         match redis
-            .rel_append(id.as_str(), &owner, message, message_id, max)
+            .rel_append(id.as_str(), &owner, message, message_id, max, true)
             .await?
         {
             Appended::Seq(_) | Appended::Duplicate => Ok(()),

@@ -241,6 +241,18 @@ impl Reliable {
         })
     }
 
+    pub(crate) fn token_digest(&self) -> &[u8; 32] {
+        &self.token
+    }
+
+    pub(crate) fn counters(&self) -> Counters {
+        Counters {
+            out: self.out.load(Relaxed),
+            acked: self.acked.load(Relaxed),
+            taken: self.taken.load(Relaxed),
+        }
+    }
+
     pub(crate) fn token_matches(&self, token: &str) -> bool {
         token_matches(token, &self.token)
     }

@@ -24,12 +24,15 @@ use crate::{
 };
 
 /// Numbers and stores a message if `owner` still holds the session, the buffer has room and
-/// the message ID (if any) is not among the last ones kept. Returns the seq, or -1 (gone), -2
-/// (owned elsewhere), -3 (buffer full), -4 (already kept).
+/// the message ID (if any) is not among the last ones kept. For an orphan (`ARGV[6]` = 1: a
+/// node that is not the owner keeps it because the owner is gone) the session must also be
+/// suspended, or its owner is alive after all. Returns the seq, or -1 (gone), -2 (owned
+/// elsewhere), -3 (buffer full), -4 (already kept).
 const APPEND: &str = r"
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if not owner then return -1 end
 if owner ~= ARGV[1] then return -2 end
+if ARGV[6] == '1' and redis.call('HGET', KEYS[1], 'suspended') ~= '1' then return -2 end
 if ARGV[5] ~= '' and redis.call('ZSCORE', KEYS[3], ARGV[5]) then return -4 end
 local out = tonumber(redis.call('HGET', KEYS[1], 'out') or '0')
 local acked = tonumber(redis.call('HGET', KEYS[1], 'acked') or '0')
@@ -134,6 +137,28 @@ impl RedisRegistry {
         c
     }
 
+    /// Writes a live session's state again after Redis lost it (a restart without
+    /// persistence): counters as this node knows them, nothing kept (what was kept is gone).
+    pub(crate) async fn rel_restore(
+        &self,
+        id: &str,
+        s: NewState<'_>,
+        counters: Counters,
+    ) -> Result<(), RegistryError> {
+        self.rel_create(id, s).await?;
+        let (state, _) = self.rel_keys(id);
+        let c = redis::cmd("HSET")
+            .arg(state)
+            .arg("out")
+            .arg(counters.out)
+            .arg("acked")
+            .arg(counters.out.max(counters.acked))
+            .arg("in")
+            .arg(counters.taken)
+            .clone();
+        self.query::<i64>(c).await.map(drop)
+    }
+
     pub(crate) async fn rel_create(&self, id: &str, s: NewState<'_>) -> Result<(), RegistryError> {
         let (state, out) = self.rel_keys(id);
         let ids = self.key(&["relids", &format!("{{{id}}}")]);
@@ -169,6 +194,7 @@ impl RedisRegistry {
         message: &Message,
         message_id: &str,
         max: usize,
+        orphan: bool,
     ) -> Result<Appended, RegistryError> {
         let kind = match message.kind {
             Kind::Text => "t",
@@ -179,7 +205,8 @@ impl RedisRegistry {
             .arg(kind)
             .arg(&message.payload[..])
             .arg(max)
-            .arg(message_id);
+            .arg(message_id)
+            .arg(if orphan { "1" } else { "0" });
         Ok(match self.query::<i64>(c).await? {
             -1 => Appended::Gone,
             -2 => Appended::Moved,
