@@ -97,6 +97,8 @@ mod convert;
 mod error;
 mod events;
 mod hook;
+#[cfg(feature = "reliable")]
+pub mod reliable;
 mod types;
 
 pub use client::{

@@ -737,13 +737,18 @@ impl Node {
         if s.is_attached() {
             return Err(Error::ReadWhileAttached(id.clone()));
         }
+        // Asking again means the previous answer arrived: only now is a reliable client's
+        // message in the backend's hands (a node killed before that loses nothing).
+        if let Some(rel) = &s.reliable {
+            self.taken(&s, rel.take_read());
+        }
         let timeout = timeout.min(self.config.max_read_timeout);
         let next = tokio::select! {
             next = s.inbox.next(timeout) => next,
             _ = self.shutdown.cancelled() => return Err(Error::ShuttingDown),
         };
-        if let Next::Message(m) = &next {
-            self.taken(&s, m.client_seq);
+        if let (Next::Message(m), Some(rel)) = (&next, &s.reliable) {
+            rel.read(m.client_seq);
         }
         Ok(next)
     }
@@ -772,6 +777,8 @@ pub(crate) struct Acks {
     manual: bool,
     unacked: std::sync::Mutex<std::collections::VecDeque<crate::session::Inbound>>,
     acked: tokio::sync::Notify,
+    /// Without `manual_ack`: the reliable client seq of the message last handed to the stream.
+    handed: std::sync::atomic::AtomicU64,
 }
 
 /// Unacknowledged messages a `manual_ack` stream may have in flight.
@@ -800,21 +807,35 @@ impl Acks {
         }
     }
 
-    /// Remembers a message until it is acknowledged.
+    /// Remembers a message until it is acknowledged (or, without `manual_ack`, until the
+    /// stream asks for the next one).
     pub(crate) fn sent(&self, m: &crate::session::Inbound) {
         if self.manual {
             self.lock().push_back(m.clone());
+        } else {
+            self.handed
+                .store(m.client_seq, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
-    /// Forgets every message up to `seq`.
-    pub(crate) fn ack(&self, seq: u64) {
+    /// The reliable client's seq of the message the stream was last handed, now that it asks
+    /// for the next one (so it has the previous); 0 when none.
+    pub(crate) fn take_handed(&self) -> u64 {
+        self.handed.swap(0, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Forgets every message up to `seq`; answers the highest reliable client seq among them.
+    pub(crate) fn ack(&self, seq: u64) -> u64 {
         let mut q = self.lock();
+        let mut client_seq = 0;
         while q.front().is_some_and(|m| m.seq <= seq) {
-            q.pop_front();
+            if let Some(m) = q.pop_front() {
+                client_seq = client_seq.max(m.client_seq);
+            }
         }
         drop(q);
         self.acked.notify_waiters();
+        client_seq
     }
 
     fn take_all(&self) -> Vec<crate::session::Inbound> {

@@ -86,6 +86,22 @@ async fn state(api: &mut Api, id: &str) -> pb::SessionState {
     r.sessions[0].state()
 }
 
+/// A short Read that finds nothing (and so confirms the previous one).
+async fn read_nothing(api: &mut Api, id: &str) -> bool {
+    let r = api
+        .read(pb::ReadRequest {
+            session_id: id.into(),
+            timeout: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 100_000_000,
+            }),
+        })
+        .await
+        .expect("read")
+        .into_inner();
+    matches!(r.result, Some(read_response::Result::TimedOut(_)))
+}
+
 async fn read_text(api: &mut Api, id: &str) -> (u64, String) {
     let r = api
         .read(pb::ReadRequest {
@@ -123,11 +139,13 @@ async fn messages_are_numbered_both_ways_and_client_messages_are_acked_once_a_ba
     c.ack(3).await;
     c.send(1, "hello").await;
     c.send(2, "again").await;
-    // Not acknowledged while it waits in the inbox: a backend has not got it yet.
+    // Not acknowledged while it waits in the inbox (a backend has not got it yet), nor when a
+    // Read answers it (the answer may be lost with the node): once the backend reads again.
     let (client_seq, text) = read_text(&mut api, c.session()).await;
     assert_eq!((client_seq, text.as_str()), (1, "hello"));
-    c.acked(1).await;
     assert_eq!(read_text(&mut api, c.session()).await, (2, "again".into()));
+    c.acked(1).await;
+    assert!(read_nothing(&mut api, c.session()).await);
     c.acked(2).await;
     // A resend of what was taken is a duplicate: dropped, and answered with the ack.
     c.send(2, "again").await;
@@ -335,6 +353,7 @@ async fn a_session_resumes_on_another_node_after_its_node_is_killed() {
     c.send(1, "before").await;
     let (seq, text) = read_text(&mut api_b, &id).await;
     assert_eq!((seq, text.as_str()), (1, "before"));
+    assert!(read_nothing(&mut api_b, &id).await);
     c.acked(1).await;
     let w = c.drop_connection();
     nodes[0].signal("KILL");

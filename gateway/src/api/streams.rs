@@ -75,7 +75,8 @@ pub(crate) async fn attach(
                     Ok(Some(pb::AttachRequest {
                         kind: Some(Req::Ack(a)),
                     })) => {
-                        acks.ack(a.seq);
+                        let client_seq = acks.ack(a.seq);
+                        node.taken(&session, client_seq);
                         Ok(())
                     }
                     Ok(Some(pb::AttachRequest {
@@ -160,6 +161,8 @@ async fn relay(
 /// The next thing an attached backend receives. The inbox is only read when the transport
 /// asks for the next item, so whatever a departing backend did not take stays for the next.
 async fn next_for_attached(node: &Node, att: &Attachment) -> Result<pb::AttachResponse, Status> {
+    // The stream asks for the next item: it has the previous one.
+    node.taken(&att.session, att.acks.take_handed());
     loop {
         let next = tokio::select! {
             biased;
@@ -175,7 +178,6 @@ async fn next_for_attached(node: &Node, att: &Attachment) -> Result<pb::AttachRe
         let kind = match next {
             Next::Message(m) => {
                 att.acks.sent(&m);
-                node.taken(&att.session, m.client_seq);
                 Resp::Message(convert::inbound(&m))
             }
             Next::Closed(end) => Resp::Closed(convert::closed(&end)),

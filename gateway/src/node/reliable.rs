@@ -520,6 +520,16 @@ impl Node {
         s.set_suspended(true);
         self.metrics.sessions_suspended.inc();
         drop(order);
+        // Announced before the record says "suspended": a node killed in between leaves the
+        // announcement to the reaper (which skips records already marked), so backends hear
+        // it at least once.
+        self.events
+            .publish(Event {
+                session: s.id.clone(),
+                hub: s.hub.clone(),
+                body: EventBody::Suspended(end.clone()),
+            })
+            .await;
         if let Err(e) = self.registry.register(s.record()).await {
             tracing::warn!(session = %s.id, error = %e, "could not record the suspension");
         }
@@ -532,13 +542,6 @@ impl Node {
                 tracing::warn!(session = %s.id, error = %e, "could not give the record a TTL");
             }
         }
-        self.events
-            .publish(Event {
-                session: s.id.clone(),
-                hub: s.hub.clone(),
-                body: EventBody::Suspended(end.clone()),
-            })
-            .await;
         tracing::info!(code = end.code, reason = %end.reason, "session suspended; waiting for a resume");
         let node = Arc::clone(self);
         let s = Arc::clone(s);

@@ -215,8 +215,10 @@ pub(crate) struct Reliable {
     /// it is a duplicate.
     received: AtomicU64,
     taken: AtomicU64,
-    /// An ack task is running (see `Node::ack_client`).
+    /// An ack task is running (see `Node::taken`).
     acking: AtomicBool,
+    /// Client seq of the message the last `Read` answered: taken once the backend reads again.
+    read: AtomicU64,
     /// Unacknowledged messages, when there is no Redis to hold them.
     journal: Mutex<VecDeque<(u64, Message)>>,
     /// IDs of the last messages kept, when there is no Redis to hold them.
@@ -235,6 +237,7 @@ impl Reliable {
             received: AtomicU64::new(counters.taken),
             taken: AtomicU64::new(counters.taken),
             acking: AtomicBool::new(false),
+            read: AtomicU64::new(0),
             journal: Mutex::new(VecDeque::new()),
             ids: Mutex::new(VecDeque::new()),
             current: Mutex::new(Weak::new()),
@@ -356,6 +359,16 @@ impl Reliable {
 
     pub(crate) fn taken(&self) -> u64 {
         self.taken.load(Relaxed)
+    }
+
+    /// A `Read` answered client message `seq`.
+    pub(crate) fn read(&self, seq: u64) {
+        self.read.store(seq, Relaxed);
+    }
+
+    /// The message the previous `Read` answered, if not taken yet (0 when none).
+    pub(crate) fn take_read(&self) -> u64 {
+        self.read.swap(0, Relaxed)
     }
 
     /// Claims the ack task; false when one is already running.
