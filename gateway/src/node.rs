@@ -748,7 +748,10 @@ impl Node {
             _ = self.shutdown.cancelled() => return Err(Error::ShuttingDown),
         };
         if let (Next::Message(m), Some(rel)) = (&next, &s.reliable) {
-            rel.read(m.client_seq);
+            if !rel.read(m.client_seq) {
+                // Released to another node meanwhile: the client sends it there.
+                return Err(Error::Moved(id.clone()));
+            }
         }
         Ok(next)
     }

@@ -108,7 +108,13 @@ impl Gateway {
 
     pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Gateway {
         let mut cmd = Command::new(gateway_bin());
-        cmd.args(["--listen", "127.0.0.1:0", "--backend-listen", "127.0.0.1:0"]);
+        // A test that restarts a node on the same addresses gives its own.
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        if !args.contains(&"--backend-listen") {
+            cmd.args(["--backend-listen", "127.0.0.1:0"]);
+        }
         // Parallel tests would collide on the admin port's default.
         if !args.contains(&"--admin-listen")
             && !env.iter().any(|(k, _)| *k == "SWITCHBOARD_ADMIN_LISTEN")

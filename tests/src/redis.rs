@@ -11,7 +11,7 @@ use tokio::{
 use crate::within;
 
 /// A free loopback port (bound and released; the server binds it right after).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

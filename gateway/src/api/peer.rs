@@ -33,6 +33,17 @@ impl Peer for PeerService {
         Ok(Response::new(pb::DeliverResponse { accepted }))
     }
 
+    async fn release(
+        &self,
+        req: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let started = std::time::Instant::now();
+        let id = crate::api::convert::session_id(&req.into_inner().session_id)?;
+        let taken = self.node.release(&id).await;
+        self.node.metrics.grpc("Release", tonic::Code::Ok, started);
+        Ok(Response::new(pb::ReleaseResponse { taken }))
+    }
+
     async fn join(
         &self,
         req: Request<pb::JoinRequest>,

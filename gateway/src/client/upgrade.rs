@@ -391,12 +391,6 @@ async fn open(
             resp.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, v);
         }
     }
-    // A reliable connection may start with a replay of up to --resume-buffer messages.
-    let extra = if reliable.is_some() {
-        node.config.resume_buffer.get() + 1
-    } else {
-        0
-    };
     let session = Session::new(
         Admission {
             id: profile.id,
@@ -415,9 +409,8 @@ async fn open(
             reliable: reliable.as_ref().map(|r| Arc::clone(&r.reliable)),
         },
         QueueLimits {
-            messages: node.config.outbound_queue_messages.get() + extra,
-            bytes: node.config.outbound_queue_bytes()
-                + extra * node.config.max_message_bytes.get().min(64 * 1024),
+            messages: node.config.outbound_queue_messages.get(),
+            bytes: node.config.outbound_queue_bytes(),
         },
         Inbox::new(
             node.config.inbox_messages.get(),

@@ -27,6 +27,12 @@ use crate::{
 /// to the new holder (which may not have it in its pool for a moment).
 const HAND_ON_FOR: Duration = Duration::from_secs(2);
 
+/// Kept messages a catch-up reads and queues at a time.
+const CATCH_UP_BATCH: usize = 256;
+
+/// How long a resume waits for the node that held the session to release it.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
+
 /// A session a resume found: what the new connection takes over.
 pub(crate) struct Found {
     pub reliable: Arc<Reliable>,
@@ -121,13 +127,53 @@ impl Node {
             }
         };
         tracing::info!(session = %id, from = %claimed.previous, "session taken over for a resume");
+        let mut counters = claimed.counters;
+        let released = self.release_at(&claimed.previous, &id).await;
+        // The previous holder records its progress before it lets go, also when it let go on
+        // its own (it saw the session move) before our call: read it again after the call.
+        let recorded = match redis.rel_in(id.as_str()).await {
+            Ok(n) => n,
+            Err(e) => return Err(e.into()),
+        };
+        counters.taken = counters.taken.max(released).max(recorded);
         Ok(Some(Found {
-            reliable: Reliable::new(reliable::digest(&req.token), claimed.counters),
+            reliable: Reliable::new(reliable::digest(&req.token), counters),
             user: claimed.user,
             groups: claimed.groups,
             metadata: claimed.metadata,
             previous: None,
         }))
+    }
+
+    /// Asks the live node that held a session to let it go (see [`Node::release`]); 0 when it
+    /// cannot answer (it died: what it handed out may then come again, see docs/reliable.md).
+    async fn release_at(&self, previous: &str, id: &SessionId) -> u64 {
+        let Some(cluster) = self.registry.cluster() else {
+            return 0;
+        };
+        if previous.is_empty() || previous == &*self.id || !cluster.redis.is_live(previous) {
+            return 0;
+        }
+        let Some(addr) = cluster.redis.node_addr(previous) else {
+            return 0;
+        };
+        let Ok(mut peer) = cluster.peer(&addr) else {
+            return 0;
+        };
+        let call = peer.release(switchboard_proto::v1::ReleaseRequest {
+            session_id: id.to_string(),
+        });
+        match tokio::time::timeout(RELEASE_WAIT, call).await {
+            Ok(Ok(r)) => r.into_inner().taken,
+            Ok(Err(e)) => {
+                tracing::warn!(session = %id, node = previous, error = %e, "previous holder did not release the session");
+                0
+            }
+            Err(_) => {
+                tracing::warn!(session = %id, node = previous, "previous holder did not answer a release in time");
+                0
+            }
+        }
     }
 
     /// Makes `s` the connection of its reliable session: the welcome, then (for a resume)
@@ -146,22 +192,66 @@ impl Node {
         let welcome =
             reliable::welcome_frame(s.id.as_str(), token, resumed.is_some(), rel.taken(), window);
         let _ = s.send(welcome, Flush::Batched);
-        if let Some(after) = resumed {
-            let kept = match self.journal() {
-                None => rel.journal_after(after),
-                Some(redis) => {
-                    redis
-                        .rel_after(s.id.as_str(), after, self.config.resume_buffer.get())
-                        .await?
-                }
-            };
-            for (seq, m) in kept {
-                rel.assigned(seq);
-                let _ = s.send(reliable::message_frame(seq, &m), Flush::Batched);
-            }
-        }
         rel.set_current(s);
+        // What the client missed goes out from the kept messages, as the queue has room.
+        let after = resumed.unwrap_or(0);
+        rel.set_pushed(after);
+        if rel.out() > after {
+            self.catch_up(s, &rel);
+        }
         Ok(())
+    }
+
+    /// Starts writing kept messages the connection has not had (a resume's replay, or a burst
+    /// larger than the outbound queue), in order and as the queue takes them; meanwhile new
+    /// messages are only kept, and the same task writes them in turn.
+    fn catch_up(&self, s: &Arc<Session>, rel: &Arc<Reliable>) {
+        if !rel.start_catching_up() {
+            return;
+        }
+        let cluster = self.registry.cluster().cloned();
+        let (s, rel) = (Arc::clone(s), Arc::clone(rel));
+        self.ctx.tasks.spawn(async move {
+            loop {
+                s.room(1).await;
+                let _order = rel.order.lock().await;
+                let live = rel.current().is_some_and(|c| Arc::ptr_eq(&c, &s));
+                let from = rel.pushed();
+                if !live || !s.is_open() || from >= rel.out() {
+                    rel.stop_catching_up();
+                    return;
+                }
+                let batch = match &cluster {
+                    None => rel.journal_after(from, CATCH_UP_BATCH),
+                    Some(c) => match c.redis.rel_after(s.id.as_str(), from, CATCH_UP_BATCH).await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::warn!(session = %s.id, error = %e, "cannot read kept messages; the client will resume");
+                            rel.stop_catching_up();
+                            s.close(close_code::TRY_AGAIN_LATER, "resume again", Closer::Gateway, false);
+                            return;
+                        }
+                    },
+                };
+                for (seq, m) in batch {
+                    if seq != rel.pushed() + 1 {
+                        // Trimmed meanwhile (acknowledged) or not there: nothing to fill the
+                        // gap with, so the client resumes and says where it stands.
+                        rel.stop_catching_up();
+                        s.close(close_code::TRY_AGAIN_LATER, "resume again", Closer::Gateway, false);
+                        return;
+                    }
+                    match s.send(reliable::message_frame(seq, &m), Flush::Now) {
+                        Ok(()) => rel.set_pushed(seq),
+                        Err(SendError::QueueFull) => break,
+                        Err(SendError::Gone) => {
+                            rel.stop_catching_up();
+                            return;
+                        }
+                    }
+                }
+            }
+        });
     }
 
     /// Numbers and keeps a backend message for a reliable session, then writes it if the
@@ -209,22 +299,22 @@ impl Node {
             written_at: None,
             kept: Some((Arc::clone(rel), seq)),
         };
-        if let Some(live) = rel.current() {
-            match live.send_tracked(reliable::message_frame(seq, message), Flush::Now) {
-                Ok(at) => sent.written_at = Some((live, at)),
-                Err(SendError::Gone) => {}
-                // The message is kept: the connection goes, the session is suspended, and the
-                // client's resume gets everything it did not acknowledge.
-                Err(SendError::QueueFull) => {
-                    self.metrics.slow_consumer_closes.inc();
-                    live.close(
-                        close_code::TRY_AGAIN_LATER,
-                        "slow consumer: resume to catch up",
-                        Closer::Gateway,
-                        true,
-                    );
+        match rel.current() {
+            // Behind: the catch-up task writes it in turn.
+            Some(_) if rel.is_catching_up() => {}
+            Some(live) => {
+                match live.send_tracked(reliable::message_frame(seq, message), Flush::Now) {
+                    Ok(at) => {
+                        rel.set_pushed(seq);
+                        sent.written_at = Some((live, at));
+                    }
+                    Err(SendError::Gone) => {}
+                    // Kept, not lost: it goes out from the kept messages as the queue drains (a
+                    // client that stops reading is still closed by the slow-consumer grace).
+                    Err(SendError::QueueFull) => self.catch_up(&live, rel),
                 }
             }
+            None => {}
         }
         Ok(sent)
     }
@@ -333,8 +423,12 @@ impl Node {
         let Some(owner) = redis.rel_owner(id.as_str()).await? else {
             return Err(self.missing(id).await);
         };
-        if owner == *self.id || redis.is_live(&owner) {
+        if owner == *self.id {
             return Err(self.missing(id).await);
+        }
+        if redis.is_live(&owner) {
+            // Moving (a resume on that node); the registry catches up in a moment.
+            return self.hand_on(id, message, message_id).await;
         }
         let max = self.config.resume_buffer.get();
         match redis
@@ -390,6 +484,16 @@ impl Node {
             return;
         }
         tracing::info!(session = %s.id, "session resumed on another node");
+        // Whatever a backend got from here is in its hands (this node is alive, its answers
+        // arrive): recorded before the session leaves, so the new holder drops the client's
+        // resend of it. No answer goes out from here after this.
+        let handed = rel.release();
+        rel.take(handed);
+        if let Some(redis) = self.journal() {
+            if let Err(e) = redis.rel_taken(s.id.as_str(), rel.taken()).await {
+                tracing::warn!(session = %s.id, error = %e, "could not record the client's progress at a release");
+            }
+        }
         current.close(reliable::REPLACED, "replaced", Closer::Gateway, true);
         current.finish(SessionEnd {
             code: reliable::REPLACED,
@@ -399,8 +503,26 @@ impl Node {
         if current.is_suspended() {
             self.metrics.sessions_suspended.dec();
         }
+        // Not kept for a late Read: the client, never acknowledged for these, sends them to
+        // the node that has the session now.
+        while current.inbox.try_pop().is_some() {}
         self.pool.remove(&current);
         self.metrics.sessions_open.dec();
+    }
+
+    /// Another node took this reliable session over: everything this node handed to backends
+    /// counts as taken (it is alive, so those answers arrive) and is recorded; what waits in
+    /// the inbox is dropped (the client, never acknowledged for it, sends it to the new node);
+    /// the session leaves this node. Answers the last client seq taken (0 if not held here).
+    pub(crate) async fn release(&self, id: &SessionId) -> u64 {
+        let Some(s) = self.pool.get(id) else {
+            return 0;
+        };
+        let Some(rel) = s.reliable.clone() else {
+            return 0;
+        };
+        self.lost_to_resume(&s).await;
+        rel.taken()
     }
 
     /// Acts on one envelope from a reliable client; `Err` with the close code and why when it

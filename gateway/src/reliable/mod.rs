@@ -215,10 +215,15 @@ pub(crate) struct Reliable {
     /// it is a duplicate.
     received: AtomicU64,
     taken: AtomicU64,
+    /// The last `seq` queued on the current connection.
+    pushed: AtomicU64,
+    /// A task is writing kept messages the connection has not had yet; new ones wait for it.
+    catching_up: AtomicBool,
     /// An ack task is running (see `Node::taken`).
     acking: AtomicBool,
-    /// Client seq of the message the last `Read` answered: taken once the backend reads again.
-    read: AtomicU64,
+    /// Client seq of the message the last `Read` answered (taken once the backend reads
+    /// again), and whether the session was released to another node (no more answers here).
+    read: Mutex<(u64, bool)>,
     /// Unacknowledged messages, when there is no Redis to hold them.
     journal: Mutex<VecDeque<(u64, Message)>>,
     /// IDs of the last messages kept, when there is no Redis to hold them.
@@ -236,8 +241,10 @@ impl Reliable {
             acked: AtomicU64::new(counters.acked),
             received: AtomicU64::new(counters.taken),
             taken: AtomicU64::new(counters.taken),
+            pushed: AtomicU64::new(counters.out),
+            catching_up: AtomicBool::new(false),
             acking: AtomicBool::new(false),
-            read: AtomicU64::new(0),
+            read: Mutex::new((0, false)),
             journal: Mutex::new(VecDeque::new()),
             ids: Mutex::new(VecDeque::new()),
             current: Mutex::new(Weak::new()),
@@ -328,15 +335,43 @@ impl Reliable {
         true
     }
 
-    /// Journaled messages after `seq`, in order.
-    pub(crate) fn journal_after(&self, seq: u64) -> Vec<(u64, Message)> {
+    /// Up to `max` journaled messages after `seq`, in order.
+    pub(crate) fn journal_after(&self, seq: u64, max: usize) -> Vec<(u64, Message)> {
         self.journal
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter(|(s, _)| *s > seq)
+            .take(max)
             .cloned()
             .collect()
+    }
+
+    /// The last gateway `seq` assigned.
+    pub(crate) fn out(&self) -> u64 {
+        self.out.load(Relaxed)
+    }
+
+    /// The last `seq` queued on the current connection.
+    pub(crate) fn pushed(&self) -> u64 {
+        self.pushed.load(Relaxed)
+    }
+
+    pub(crate) fn set_pushed(&self, seq: u64) {
+        self.pushed.store(seq, Relaxed);
+    }
+
+    pub(crate) fn is_catching_up(&self) -> bool {
+        self.catching_up.load(Relaxed)
+    }
+
+    /// Claims the catch-up task; false when one runs.
+    pub(crate) fn start_catching_up(&self) -> bool {
+        !self.catching_up.swap(true, Relaxed)
+    }
+
+    pub(crate) fn stop_catching_up(&self) {
+        self.catching_up.store(false, Relaxed);
     }
 
     /// What to do with client message `seq`.
@@ -361,14 +396,27 @@ impl Reliable {
         self.taken.load(Relaxed)
     }
 
-    /// A `Read` answered client message `seq`.
-    pub(crate) fn read(&self, seq: u64) {
-        self.read.store(seq, Relaxed);
+    /// A `Read` is about to answer client message `seq`; false once the session was released
+    /// to another node (the answer must not go out: the client sends it there).
+    pub(crate) fn read(&self, seq: u64) -> bool {
+        let mut r = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        if r.1 {
+            return false;
+        }
+        r.0 = seq;
+        true
     }
 
     /// The message the previous `Read` answered, if not taken yet (0 when none).
     pub(crate) fn take_read(&self) -> u64 {
-        self.read.swap(0, Relaxed)
+        std::mem::take(&mut self.read.lock().unwrap_or_else(|e| e.into_inner()).0)
+    }
+
+    /// Stops `Read` answers for good and returns the one not yet taken (0 when none).
+    pub(crate) fn release(&self) -> u64 {
+        let mut r = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        r.1 = true;
+        std::mem::take(&mut r.0)
     }
 
     /// Claims the ack task; false when one is already running.
@@ -485,7 +533,11 @@ mod tests {
         }
         assert!(!r.client_acked(4), "an ack beyond what was sent");
         assert!(r.client_acked(2));
-        let left: Vec<u64> = r.journal_after(0).into_iter().map(|(s, _)| s).collect();
+        let left: Vec<u64> = r
+            .journal_after(0, usize::MAX)
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
         assert_eq!(left, vec![3]);
         assert_eq!(r.unacked(), 1);
     }

@@ -321,6 +321,15 @@ impl RedisRegistry {
         Ok(messages)
     }
 
+    /// The last client seq recorded as in a backend's hands.
+    pub(crate) async fn rel_in(&self, id: &str) -> Result<u64, RegistryError> {
+        let (state, _) = self.rel_keys(id);
+        let v: Option<u64> = self
+            .query(redis::cmd("HGET").arg(state).arg("in").clone())
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
     /// The node holding a reliable session, if its state is in Redis.
     pub(crate) async fn rel_owner(&self, id: &str) -> Result<Option<String>, RegistryError> {
         let (state, _) = self.rel_keys(id);

@@ -1,0 +1,667 @@
+//! Chaos: reliable sessions under steady traffic both ways while things fail, on three real
+//! gateway nodes sharing a real redis-server. Each run counts every message at both ends and
+//! checks, after a quiet period, that each arrived exactly once and in order: gateway → client
+//! at the application (after the client's de-duplication), client → backend as `Read` returns
+//! them (after the gateway's).
+//!
+//! The CI variant is small (`SESSIONS` × `MESSAGES`); `SWITCHBOARD_CHAOS=long` runs 50 sessions
+//! × 2,000 messages each way (README, "Chaos").
+//!
+//! Plain sessions on the same nodes get honest answers: a closed connection, and a
+//! `disconnected` event, never a silent gap.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+    time::Duration,
+};
+
+use switchboard_proto::v1::{
+    self as pb, event::Kind as Ev, gateway_client::GatewayClient, message::Payload as PbPayload,
+    read_response::Result as R,
+};
+use switchboard_sdk::reliable::{ClientEvent, Config, Payload, ReliableClient, State};
+use switchboard_tests::{
+    gateway::Gateway,
+    redis::{free_port, Redis},
+    within,
+    ws::{Client, Seen},
+};
+use tokio::{sync::mpsc, task::JoinSet};
+use tonic::transport::Channel;
+
+/// Nodes in every run.
+const NODES: usize = 3;
+/// After the last expected message, this long without another one before "exactly once" is
+/// believed.
+const QUIET: Duration = Duration::from_secs(1);
+/// How long a whole run may take before it is a failure.
+const RUN_LIMIT: Duration = Duration::from_secs(240);
+
+fn scale() -> (usize, u64) {
+    match std::env::var("SWITCHBOARD_CHAOS").as_deref() {
+        Ok("long") => (50, 2_000),
+        _ => (8, 150),
+    }
+}
+
+/// Three nodes on fixed addresses, so a node restarted by a test comes back where its clients
+/// look for it.
+struct Cluster {
+    redis: Redis,
+    nodes: Vec<Option<Gateway>>,
+    addrs: Vec<(u16, u16)>,
+    apis: Vec<GatewayClient<Channel>>,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let redis = Redis::start().await;
+        let addrs: Vec<(u16, u16)> = (0..NODES).map(|_| (free_port(), free_port())).collect();
+        let apis = addrs
+            .iter()
+            .map(|(_, b)| {
+                let ch = Channel::from_shared(format!("http://127.0.0.1:{b}"))
+                    .expect("url")
+                    .connect_timeout(Duration::from_secs(1))
+                    .timeout(Duration::from_secs(5))
+                    .connect_lazy();
+                GatewayClient::new(ch)
+            })
+            .collect();
+        let mut c = Cluster {
+            redis,
+            nodes: (0..NODES).map(|_| None).collect(),
+            addrs,
+            apis,
+        };
+        for i in 0..NODES {
+            c.start_node(i).await;
+        }
+        c
+    }
+
+    async fn start_node(&mut self, i: usize) {
+        let (client, backend) = self.addrs[i];
+        let listen = format!("127.0.0.1:{client}");
+        let backend_listen = format!("127.0.0.1:{backend}");
+        let url = self.redis.url();
+        let id = format!("chaos-{i}");
+        let args = [
+            "--listen",
+            &listen,
+            "--backend-listen",
+            &backend_listen,
+            "--redis-url",
+            &url,
+            "--redis-prefix",
+            "chaos",
+            "--node-id",
+            &id,
+            "--lease-ttl",
+            "2s",
+            "--lease-refresh",
+            "500ms",
+            "--resume-buffer",
+            "100000",
+            "--shutdown-grace",
+            "5s",
+            "--slow-consumer-grace",
+            "1s",
+        ];
+        self.nodes[i] = Some(Gateway::start(&args).await);
+    }
+
+    fn urls(&self, first: usize) -> Vec<String> {
+        (0..NODES)
+            .map(|k| format!("ws://127.0.0.1:{}", self.addrs[(first + k) % NODES].0))
+            .collect()
+    }
+
+    fn node(&self, i: usize) -> &Gateway {
+        self.nodes[i].as_ref().expect("node running")
+    }
+}
+
+/// What one run saw, for its checks and its report.
+#[derive(Default)]
+struct Tally {
+    /// Gateway → client messages the applications got, per session, in arrival order.
+    to_clients: HashMap<String, Vec<(u64, String)>>,
+    /// Client → backend messages backends read, per session: client seqs in arrival order.
+    to_backends: HashMap<String, Vec<u64>>,
+    client_duplicates_dropped: u64,
+    resumes: u64,
+    resets: u64,
+}
+
+/// One reliable client and its application: sends `i:1..=m`, expects `o:1..=m` in order.
+struct App {
+    client: ReliableClient,
+    session: String,
+    got: tokio::task::JoinHandle<Vec<(u64, String)>>,
+}
+
+async fn open_app(urls: Vec<String>, m: u64) -> App {
+    let (client, mut events) = ReliableClient::connect(Config::new(urls, "c"));
+    let session = within("the first welcome", async {
+        loop {
+            match events.recv().await {
+                Some(ClientEvent::State(State::Open { session, .. })) => return session,
+                Some(_) => continue,
+                None => panic!("client ended before its welcome"),
+            }
+        }
+    })
+    .await;
+    let sender = client.clone();
+    tokio::spawn(async move {
+        for i in 1..=m {
+            sender.send_text(format!("i:{i}")).await.expect("send");
+        }
+    });
+    let got = tokio::spawn(async move {
+        let mut got = Vec::new();
+        // Everything expected, then a quiet period in which nothing more may come.
+        while (got.len() as u64) < m {
+            match events.recv().await {
+                Some(ClientEvent::Message {
+                    seq,
+                    payload: Payload::Text(t),
+                }) => got.push((seq, t)),
+                Some(ClientEvent::Reset { old_session }) => {
+                    panic!("session {old_session} was lost")
+                }
+                Some(_) => continue,
+                None => panic!("client ended"),
+            }
+        }
+        let late = tokio::time::timeout(QUIET, async {
+            loop {
+                match events.recv().await {
+                    Some(ClientEvent::Message { seq, payload }) => return (seq, payload),
+                    Some(_) => continue,
+                    None => std::future::pending().await,
+                }
+            }
+        })
+        .await;
+        assert!(
+            late.is_err(),
+            "a message after the last expected one: {late:?}"
+        );
+        got
+    });
+    App {
+        client,
+        session,
+        got,
+    }
+}
+
+/// The backend's side of one session: sends `o:1..=m` (retrying through any node, with a
+/// message ID so a retry is kept once), and reads until it has `m` client messages.
+fn backend(
+    apis: Vec<GatewayClient<Channel>>,
+    session: String,
+    m: u64,
+    sent: Arc<AtomicU64>,
+    tasks: &mut JoinSet<(String, Vec<u64>)>,
+) {
+    let mut send_apis = apis.clone();
+    let id = session.clone();
+    tokio::spawn(async move {
+        let mut k = 0usize;
+        for i in 1..=m {
+            let req = pb::SendRequest {
+                session_id: id.clone(),
+                message: Some(pb::Message {
+                    payload: Some(PbPayload::Text(format!("o:{i}"))),
+                }),
+                message_id: format!("{id}:{i}"),
+                ..Default::default()
+            };
+            loop {
+                let api = &mut send_apis[k % NODES];
+                match api.send(req.clone()).await {
+                    Ok(_) => break,
+                    Err(_) => {
+                        k += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            sent.fetch_add(1, Relaxed);
+        }
+    });
+    let mut read_apis = apis;
+    tasks.spawn(async move {
+        let mut seqs = Vec::new();
+        let mut k = 0usize;
+        let mut quiet_reads = 0;
+        // Read until everything came, then until one read finds nothing (it also confirms
+        // the last message, so the client gets its ack).
+        while (seqs.len() as u64) < m || quiet_reads == 0 {
+            let req = pb::ReadRequest {
+                session_id: session.clone(),
+                timeout: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+            };
+            match read_apis[k % NODES]
+                .read(req)
+                .await
+                .map(|r| r.into_inner().result)
+            {
+                Ok(Some(R::Message(msg))) => {
+                    let text = match msg.message.and_then(|m| m.payload) {
+                        Some(PbPayload::Text(t)) => t,
+                        other => panic!("unexpected payload {other:?}"),
+                    };
+                    assert_eq!(text, format!("i:{}", msg.client_seq), "payload matches seq");
+                    seqs.push(msg.client_seq);
+                }
+                Ok(Some(R::TimedOut(_))) => {
+                    if seqs.len() as u64 >= m {
+                        quiet_reads += 1;
+                    }
+                }
+                Ok(other) => panic!("session {session} ended: {other:?}"),
+                Err(_) => {
+                    k += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        (session, seqs)
+    });
+}
+
+/// Steady traffic on `n` reliable sessions, both ways.
+struct Traffic {
+    apps: Vec<App>,
+    readers: JoinSet<(String, Vec<u64>)>,
+    sent: Arc<AtomicU64>,
+}
+
+impl Traffic {
+    async fn start(cluster: &Cluster) -> Traffic {
+        let (n, m) = scale();
+        let mut apps = Vec::new();
+        for i in 0..n {
+            apps.push(open_app(cluster.urls(i % NODES), m).await);
+        }
+        let sent = Arc::new(AtomicU64::new(0));
+        let mut readers = JoinSet::new();
+        for a in &apps {
+            backend(
+                cluster.apis.clone(),
+                a.session.clone(),
+                m,
+                Arc::clone(&sent),
+                &mut readers,
+            );
+        }
+        Traffic {
+            apps,
+            readers,
+            sent,
+        }
+    }
+
+    /// Waits until a third of the gateway → client messages were sent: the moment to fail.
+    async fn a_third_through(&self) {
+        let (n, m) = scale();
+        let total = n as u64 * m;
+        within("a third of the traffic", async {
+            while self.sent.load(Relaxed) < total / 3 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+
+    /// Waits for everything (and the quiet periods) and says what each end saw.
+    async fn finish(self) -> Tally {
+        let mut tally = Tally::default();
+        let Traffic {
+            apps, mut readers, ..
+        } = self;
+        tokio::time::timeout(RUN_LIMIT, async {
+            for a in apps {
+                let got = a.got.await.expect("application task");
+                let s = a.client.stats();
+                tally.client_duplicates_dropped += s.duplicates;
+                tally.resumes += s.resumes;
+                tally.resets += s.resets;
+                tally.to_clients.insert(a.session.clone(), got);
+            }
+            while let Some(r) = readers.join_next().await {
+                let (session, seqs) = r.expect("reader task");
+                tally.to_backends.insert(session, seqs);
+            }
+        })
+        .await
+        .expect("the run finished in time");
+        tally
+    }
+}
+
+/// Every session: the application got `o:1..=m` in order, once each; the backend got client
+/// seqs `1..=m`, each at least once. Returns how many client messages backends saw twice.
+fn check(tally: &Tally) -> usize {
+    let (n, m) = scale();
+    assert_eq!(tally.to_clients.len(), n);
+    for (session, got) in &tally.to_clients {
+        let want: Vec<(u64, String)> = (1..=m).map(|i| (i, format!("o:{i}"))).collect();
+        assert_eq!(got, &want, "session {session}: gateway → client");
+    }
+    let mut repeats = 0;
+    for (session, seqs) in &tally.to_backends {
+        let distinct: BTreeSet<u64> = seqs.iter().copied().collect();
+        assert_eq!(
+            distinct,
+            (1..=m).collect::<BTreeSet<u64>>(),
+            "session {session}: every client message reached the backend"
+        );
+        repeats += seqs.len() - distinct.len();
+        if seqs.len() != distinct.len() {
+            let mut seen = BTreeSet::new();
+            for (i, s) in seqs.iter().enumerate() {
+                if !seen.insert(*s) {
+                    let from = i.saturating_sub(6);
+                    println!(
+                        "session {session}: client seq {s} read again at {i}: {:?}",
+                        &seqs[from..(i + 3).min(seqs.len())]
+                    );
+                }
+            }
+        }
+        let mut last = 0;
+        for s in seqs {
+            assert!(
+                *s > last || distinct.contains(s),
+                "session {session}: order"
+            );
+            last = last.max(*s);
+        }
+    }
+    assert_eq!(tally.resets, 0, "no session was lost");
+    repeats
+}
+
+fn report(name: &str, tally: &Tally, repeats: usize) {
+    let (n, m) = scale();
+    println!(
+        "chaos {name}: {n} sessions x {m} messages each way: lost 0, duplicates at the \
+         application 0, client messages backends read twice {repeats}, resends the clients \
+         dropped {}, resumes {}",
+        tally.client_duplicates_dropped, tally.resumes
+    );
+}
+
+/// Lifecycle events of hub `c`, merged from subscriptions on several nodes (each its own
+/// consumer group, so each sees every event).
+struct Watch {
+    tx: mpsc::Sender<pb::Event>,
+    rx: mpsc::Receiver<pb::Event>,
+}
+
+impl Watch {
+    fn new() -> Watch {
+        let (tx, rx) = mpsc::channel(100_000);
+        Watch { tx, rx }
+    }
+
+    async fn subscribe(&self, api: &GatewayClient<Channel>) {
+        let kinds = [
+            pb::EventKind::Connected,
+            pb::EventKind::Disconnected,
+            pb::EventKind::Suspended,
+            pb::EventKind::Resumed,
+        ];
+        let mut stream = api
+            .clone()
+            .subscribe(pb::SubscribeRequest {
+                hub: "c".into(),
+                kinds: kinds.into_iter().map(|k| k as i32).collect(),
+                ..Default::default()
+            })
+            .await
+            .expect("subscribe")
+            .into_inner();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(e)) = stream.message().await {
+                if tx.send(e).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_node_holding_the_sockets_loses_nothing() {
+    let mut cluster = Cluster::start().await;
+    let mut watch = Watch::new();
+    watch.subscribe(&cluster.apis[2]).await;
+    // Plain sessions on the node that dies: they must be told.
+    let mut plain = Vec::new();
+    for _ in 0..3 {
+        plain.push(Client::connect(&cluster.node(0).ws_url("c")).await);
+    }
+    let traffic = Traffic::start(&cluster).await;
+    traffic.a_third_through().await;
+    let node = cluster.nodes[0].as_mut().expect("node 0");
+    node.signal("KILL");
+    let _ = node.wait().await;
+    cluster.nodes[0] = None;
+    let tally = traffic.finish().await;
+    let repeats = check(&tally);
+    report("kill -9", &tally, repeats);
+    // A node killed between handing a client message to a backend and recording it makes
+    // the client send it again: at most the messages in flight, one per session.
+    assert!(repeats <= scale().0, "{repeats} repeats");
+    let plain_ids: BTreeSet<String> = plain.iter().map(|p| p.id.clone()).collect();
+    for mut p in plain {
+        assert_eq!(
+            p.next().await,
+            Seen::Eof,
+            "a plain client sees its connection end"
+        );
+    }
+    // Backends hear every plain session disconnect (node lost), and no reliable one.
+    let reliable: BTreeSet<String> = tally.to_clients.keys().cloned().collect();
+    let mut disconnected = BTreeSet::new();
+    within("the plain sessions' disconnected events", async {
+        while !plain_ids.is_subset(&disconnected) {
+            let e = watch.rx.recv().await.expect("event stream");
+            if let Some(Ev::Disconnected(c)) = &e.kind {
+                assert!(
+                    !reliable.contains(&e.session_id) || c.code == 1000,
+                    "reliable session {} reported disconnected: {c:?}",
+                    e.session_id
+                );
+                disconnected.insert(e.session_id.clone());
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_every_node_loses_nothing() {
+    let mut cluster = Cluster::start().await;
+    let mut watch = Watch::new();
+    for api in &cluster.apis {
+        watch.subscribe(api).await;
+    }
+    let traffic = Traffic::start(&cluster).await;
+    traffic.a_third_through().await;
+    for i in 0..NODES {
+        let node = cluster.nodes[i].as_mut().expect("node");
+        node.signal("TERM");
+        assert!(node.wait().await.success(), "node {i} drained and exited 0");
+        cluster.start_node(i).await;
+        watch.subscribe(&cluster.apis[i]).await;
+    }
+    let tally = traffic.finish().await;
+    let repeats = check(&tally);
+    report("rolling restart", &tally, repeats);
+    assert_eq!(repeats, 0, "a drain hands over without repeats");
+    // No reliable session ever disconnected.
+    let mut reasons = Vec::new();
+    while let Ok(e) = watch.rx.try_recv() {
+        if let Some(Ev::Disconnected(c)) = e.kind {
+            reasons.push((e.session_id, c));
+        }
+    }
+    assert!(
+        reasons.is_empty(),
+        "disconnected during the restart: {reasons:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_cut_connections_in_a_row_lose_nothing() {
+    let cluster = Cluster::start().await;
+    let traffic = Traffic::start(&cluster).await;
+    traffic.a_third_through().await;
+    // Each cut once the client has resumed from the previous one.
+    for _ in 0..20 {
+        let before: Vec<u64> = traffic
+            .apps
+            .iter()
+            .map(|a| a.client.stats().resumes)
+            .collect();
+        for a in &traffic.apps {
+            a.client.cut().await.expect("cut");
+        }
+        within("every client to resume", async {
+            for (a, b) in traffic.apps.iter().zip(&before) {
+                while a.client.stats().resumes <= *b {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        })
+        .await;
+    }
+    let tally = traffic.finish().await;
+    let repeats = check(&tally);
+    report("20 cuts", &tally, repeats);
+    assert_eq!(repeats, 0);
+    assert!(
+        tally.resumes >= 20 * scale().0 as u64,
+        "every cut was resumed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_without_persistence_loses_nothing_on_live_connections() {
+    let mut cluster = Cluster::start().await;
+    let traffic = Traffic::start(&cluster).await;
+    traffic.a_third_through().await;
+    cluster.redis.restart_empty().await;
+    let tally = traffic.finish().await;
+    let repeats = check(&tally);
+    report("redis restart", &tally, repeats);
+    assert_eq!(repeats, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_frozen_past_the_slow_consumer_grace_resumes_and_loses_nothing() {
+    let cluster = Cluster::start().await;
+    // More than the socket buffers of both ends hold, so the gateway's queue fills.
+    let m = 20_000u64;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_reliable-client"))
+        .args(["--hub", "c", "--send", "0", "--max-seconds", "120"])
+        .args(cluster.urls(0))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("reliable-client");
+    let pid = child.id().expect("pid").to_string();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        child.stdout.take().expect("stdout"),
+    ));
+    let first = within("the client's welcome", lines.next_line())
+        .await
+        .expect("stdout")
+        .expect("a line");
+    let session = first
+        .strip_prefix("open ")
+        .and_then(|r| r.split_whitespace().next())
+        .expect("open SESSION")
+        .to_owned();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args(["-s", sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    };
+    signal("STOP");
+    // Frozen: the socket fills, the gateway closes it with 1013 after the grace and keeps
+    // every message for the resume.
+    let mut api = cluster.apis[0].clone();
+    let mut watch = Watch::new();
+    watch.subscribe(&api).await;
+    let payload = "x".repeat(1000);
+    for i in 1..=m {
+        api.send(pb::SendRequest {
+            session_id: session.clone(),
+            message: Some(pb::Message {
+                payload: Some(PbPayload::Text(format!("o:{i}:{payload}"))),
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("send");
+    }
+    within("the frozen client's suspension", async {
+        while let Some(e) = watch.rx.recv().await {
+            if e.session_id == session && matches!(e.kind, Some(Ev::Suspended(_))) {
+                return;
+            }
+        }
+    })
+    .await;
+    signal("CONT");
+    let mut next = 1u64;
+    within("every message after the thaw", async {
+        while next <= m {
+            let line = lines.next_line().await.expect("stdout").expect("line");
+            if let Some(rest) = line.strip_prefix("msg ") {
+                let (seq, text) = rest.split_once(' ').expect("msg SEQ TEXT");
+                assert_eq!(seq.parse::<u64>().expect("seq"), next, "in order");
+                assert!(text.starts_with(&format!("o:{next}:")), "{text}");
+                next += 1;
+            }
+        }
+    })
+    .await;
+    drop(child.stdin.take());
+    let mut resumed = false;
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.starts_with("msg ") {
+            panic!("a message after the last: {line}");
+        }
+        if let Some(stats) = line.strip_prefix("stats ") {
+            let f: Vec<u64> = stats
+                .split_whitespace()
+                .map(|v| v.parse().expect("number"))
+                .collect();
+            assert_eq!(f[0], m, "delivered each once");
+            assert!(f[2] >= 1, "resumed");
+            assert_eq!(f[3], 0, "no reset");
+            resumed = true;
+        }
+    }
+    assert!(resumed, "the client reported its stats");
+}
