@@ -222,6 +222,7 @@ impl ReliableClient {
             next_seq: 1,
             unacked: VecDeque::new(),
             commands: rx,
+            closing: None,
         };
         tokio::spawn(driver.run());
         (client, events_rx)
@@ -254,7 +255,9 @@ impl ReliableClient {
             .map_err(|_| ClientError::Closed)
     }
 
-    /// Ends the session for good (a close frame; it cannot be resumed afterwards).
+    /// Ends the session for good (a close frame; it cannot be resumed afterwards), once the
+    /// gateway has acknowledged every message sent (waiting at most 5 s for that). Dropping
+    /// every handle instead abandons the session with whatever it had not acknowledged.
     pub async fn close(&self) -> Result<(), ClientError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.commands
@@ -314,7 +317,14 @@ struct Driver {
     /// Client messages the gateway has not acknowledged, in seq order.
     unacked: VecDeque<(u64, Payload)>,
     commands: mpsc::Receiver<Command>,
+    /// The application asked to close: who waits, and until when unacknowledged messages may
+    /// still be delivered.
+    closing: Option<(tokio::sync::oneshot::Sender<()>, Instant)>,
 }
+
+/// How long a close waits for the gateway to acknowledge what was sent, and then for its
+/// answer to the close frame.
+const CLOSE_FLUSH: Duration = Duration::from_secs(5);
 
 impl Driver {
     async fn run(mut self) {
@@ -492,7 +502,20 @@ impl Driver {
         let mut unacked_in: u64 = 0;
         let mut ack_at: Option<Instant> = None;
         loop {
-            let window_open = self.unacked.len() < self.config.max_unacked;
+            // A close waits (up to its deadline) until the gateway has every message sent.
+            if let Some((_, deadline)) = &self.closing {
+                if self.unacked.is_empty() || Instant::now() >= *deadline {
+                    return self.close_now(&mut ws).await;
+                }
+            }
+            let close_timer = async {
+                match &self.closing {
+                    Some((_, deadline)) => tokio::time::sleep_until(*deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let window_open =
+                self.unacked.len() < self.config.max_unacked && self.closing.is_none();
             let ack_timer = async {
                 match ack_at {
                     Some(t) => tokio::time::sleep_until(t).await,
@@ -559,6 +582,7 @@ impl Driver {
                         _ => {}
                     }
                 }
+                () = close_timer => continue,
                 () = ack_timer => {
                     ack_at = None;
                     unacked_in = 0;
@@ -575,22 +599,31 @@ impl Driver {
                     }
                     Some(Command::Cut) => return Ended::Lost,
                     Some(Command::Close(done)) => {
-                        let _ = ws.send(ack(self.received)).await;
-                        let _ = ws.close(Some(CloseFrame {
-                            code: tungstenite::protocol::frame::coding::CloseCode::Normal,
-                            reason: "".into(),
-                        })).await;
-                        let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                            while let Some(Ok(_)) = ws.next().await {}
-                        })
-                        .await;
-                        let _ = done.send(());
-                        return Ended::Closed(1000, String::new());
+                        self.closing = Some((done, Instant::now() + CLOSE_FLUSH));
                     }
                     None => return Ended::Closed(1000, String::new()),
                 },
             }
         }
+    }
+
+    /// Acknowledges what arrived, sends the close frame and waits for the gateway's answer.
+    async fn close_now(&mut self, ws: &mut Ws) -> Ended {
+        let _ = ws.send(ack(self.received)).await;
+        let _ = ws
+            .close(Some(CloseFrame {
+                code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+                reason: "".into(),
+            }))
+            .await;
+        let _ = tokio::time::timeout(CLOSE_FLUSH, async {
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await;
+        if let Some((done, _)) = self.closing.take() {
+            let _ = done.send(());
+        }
+        Ended::Closed(1000, String::new())
     }
 
     /// The gateway has every client message up to `seq`.

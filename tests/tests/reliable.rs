@@ -371,6 +371,21 @@ async fn a_session_resumes_on_another_node_after_its_node_is_killed() {
     })
     .await;
     event(&mut events, &id, "suspended").await;
+    // Adopted by node b once node a is known dead: a hub-wide publish reaches it too.
+    let published = api_b
+        .publish(pb::PublishRequest {
+            target: Some(pb::Target {
+                kind: Some(pb::target::Kind::Hub("h".into())),
+            }),
+            message: Some(pb::Message {
+                payload: Some(Payload::Text("to all".into())),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(published.queued, 1, "{published:?}");
     // The client got m1 only; m2 and m3 were kept in Redis before Send answered.
     let mut c = RelClient::resume(&base(&nodes[1]), "h", &w, 1)
         .await
@@ -383,6 +398,7 @@ async fn a_session_resumes_on_another_node_after_its_node_is_killed() {
     assert_eq!(c.message().await, (2, "m2".into()));
     assert_eq!(c.message().await, (3, "m3".into()));
     assert_eq!(c.message().await, (4, "m4".into()));
+    assert_eq!(c.message().await, (5, "to all".into()));
     c.send(2, "after").await;
     assert_eq!(read_text(&mut api_b, &id).await, (2, "after".into()));
     let info = api_b
@@ -401,7 +417,7 @@ async fn a_session_resumes_on_another_node_after_its_node_is_killed() {
     assert!(quiet.is_err(), "no disconnected event: {quiet:?}");
     assert_eq!(state(&mut api_b, &id).await, pb::SessionState::Open);
     send(&mut api_b, &id, "m5").await.unwrap();
-    assert_eq!(c.message().await, (5, "m5".into()));
+    assert_eq!(c.message().await, (6, "m5".into()));
 }
 
 #[tokio::test]
@@ -571,4 +587,70 @@ async fn after_redis_loses_its_data_live_reliable_sessions_go_on_and_keep_what_i
     assert!(c.welcome.resumed);
     assert_eq!(c.message().await, (2, "m2".into()));
     assert_eq!(c.message().await, (3, "m3".into()));
+}
+
+/// A suspended session's state in Redis carries the resume window as TTL, so it leaves Redis by
+/// itself even if no gateway is left to end it; the memory it takes is printed (the figure in
+/// docs/reliable.md): per session, with 10 kept messages of 100 bytes.
+#[tokio::test]
+async fn a_suspended_session_s_state_in_redis_expires_with_its_window() {
+    const SESSIONS: usize = 200;
+    const KEPT: usize = 10;
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let gw = Gateway::start(&[
+        "--redis-url",
+        &url,
+        "--redis-prefix",
+        "m",
+        "--resume-window",
+        "60s",
+    ])
+    .await;
+    let mut api = gw.api().await;
+    let used = |lines: Vec<String>| -> u64 {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("used_memory")
+    };
+    let before = used(redis.cli(&["info", "memory"]).await);
+    let mut events = subscribe(&mut api, "h").await;
+    let mut ids = Vec::new();
+    for _ in 0..SESSIONS {
+        let mut c = RelClient::open(&base(&gw), "h").await;
+        let id = c.session().to_owned();
+        for i in 0..KEPT {
+            send(&mut api, &id, &format!("{i:0>100}")).await.unwrap();
+        }
+        for _ in 0..KEPT {
+            c.message().await;
+        }
+        c.drop_connection();
+        ids.push(id);
+    }
+    for id in &ids {
+        event(&mut events, id, "suspended").await;
+    }
+    let after = used(redis.cli(&["info", "memory"]).await);
+    println!(
+        "redis memory per suspended session ({KEPT} kept messages of 100 B, record and \
+         indexes included): {} bytes",
+        after.saturating_sub(before) / SESSIONS as u64
+    );
+    // (`m:relids:{ID}` exists only for messages sent with an ID; none here.)
+    for key in [
+        format!("m:rel:{{{}}}", ids[0]),
+        format!("m:relout:{{{}}}", ids[0]),
+        format!("m:session:{}", ids[0]),
+    ] {
+        let bytes = redis.cli(&["memory", "usage", &key]).await;
+        println!("  {key}: {} bytes", bytes.join(""));
+        let ttl: i64 = redis.cli(&["pttl", &key]).await[0].parse().expect("pttl");
+        assert!(
+            ttl > 0 && ttl <= 60_000,
+            "{key} expires with the resume window (pttl {ttl})"
+        );
+    }
 }

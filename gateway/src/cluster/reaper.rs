@@ -58,7 +58,7 @@ pub(crate) async fn run(node: Arc<Node>, cluster: Arc<Cluster>, stop: Cancellati
 
 /// Removes every session of a dead node, page by page, announcing each page's sessions as it
 /// goes; stops if the lock is lost or the node comes back.
-async fn reap(node: &Node, cluster: &Cluster, dead: &str, stop: &CancellationToken) {
+async fn reap(node: &Arc<Node>, cluster: &Cluster, dead: &str, stop: &CancellationToken) {
     let mut lost = 0usize;
     let mut suspended = 0usize;
     loop {
@@ -113,7 +113,7 @@ async fn reap(node: &Node, cluster: &Cluster, dead: &str, stop: &CancellationTok
 
 /// Tells subscribers that sessions of a lost node are gone (or, reliable ones, suspended
 /// until their clients resume elsewhere), a bounded number at a time.
-pub(crate) async fn announce_lost(node: &Node, page: Reaped) {
+pub(crate) async fn announce_lost(node: &Arc<Node>, page: Reaped) {
     node.metrics.sessions_lost.inc_by(page.lost.len() as u64);
     let lost = page.lost.into_iter().map(|r| (r, false));
     let suspended = page.suspended.into_iter().map(|r| (r, true));
@@ -139,7 +139,7 @@ pub(crate) async fn announce_lost(node: &Node, page: Reaped) {
 
 /// Before serving: take back whatever a previous run of this node ID left in Redis (its
 /// sessions are gone with that process), announcing each once.
-pub(crate) async fn clean_own_leftovers(node: &Node, cluster: &Cluster) {
+pub(crate) async fn clean_own_leftovers(node: &Arc<Node>, cluster: &Cluster) {
     let mut stale = 0;
     loop {
         match cluster

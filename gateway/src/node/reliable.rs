@@ -665,12 +665,17 @@ impl Node {
             }
         }
         tracing::info!(code = end.code, reason = %end.reason, "session suspended; waiting for a resume");
+        self.start_window(s, rel, end.clone());
+        end
+    }
+
+    /// The resume window of a suspended session: it ends when the window passes, unless it
+    /// was resumed (here or elsewhere) meanwhile.
+    fn start_window(self: &Arc<Self>, s: &Arc<Session>, rel: &Arc<Reliable>, end: SessionEnd) {
         let node = Arc::clone(self);
         let s = Arc::clone(s);
         let rel = Arc::clone(rel);
-        let kept = end.clone();
         self.ctx.tasks.spawn(async move {
-            let end = kept;
             tokio::select! {
                 _ = tokio::time::sleep(node.config.resume_window) => {}
                 // Drained or shutting down: with Redis the state waits there for a resume
@@ -683,7 +688,69 @@ impl Node {
             }
             node.expire(&s, &rel, end).await;
         });
-        end
+    }
+
+    /// A reliable session of a dead node, suspended by the reaper: this node takes it, as a
+    /// session without a connection, so what is sent or published to it is kept until its
+    /// client resumes (here or on any node), and it ends when its window passes.
+    pub(crate) async fn adopt(self: &Arc<Self>, r: &crate::registry::SessionRecord) {
+        let Some(redis) = self.journal() else { return };
+        let claimed = match redis.rel_adopt(r.id.as_str(), &r.node, &self.id).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(session = %r.id, error = %e, "could not adopt a lost node's session; it waits in redis");
+                return;
+            }
+        };
+        let rel = Reliable::new(claimed.token, claimed.counters);
+        let s = Session::new(
+            crate::session::Admission {
+                id: r.id.clone(),
+                hub: Arc::from(claimed.hub.as_str()),
+                user: (!claimed.user.is_empty()).then(|| Arc::from(claimed.user.as_str())),
+                groups: claimed
+                    .groups
+                    .iter()
+                    .map(|g| Arc::from(g.as_str()))
+                    .collect(),
+                metadata: claimed.metadata,
+                remote_addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                subprotocol: Some(Arc::from(reliable::PROTOCOL)),
+                deflate: None,
+                transport: crate::session::Transport::Http1,
+                reliable: Some(Arc::clone(&rel)),
+            },
+            crate::session::QueueLimits {
+                messages: 1,
+                bytes: 1,
+            },
+            crate::session::Inbox::new(1, 1, self.inbox_gauges.clone()),
+            Arc::clone(&self.ctx),
+            None,
+        );
+        let end = s.finish(crate::registry::node_lost());
+        s.set_suspended(true);
+        self.pool.insert(Arc::clone(&s));
+        self.metrics.sessions_open.inc();
+        self.metrics.sessions_suspended.inc();
+        if let Err(e) = redis
+            .rel_suspend(r.id.as_str(), &self.id, self.config.resume_window)
+            .await
+        {
+            tracing::warn!(session = %r.id, error = %e, "could not start an adopted session's window");
+        }
+        if let Err(e) = self.registry.register(s.record()).await {
+            tracing::warn!(session = %r.id, error = %e, "could not record an adopted session");
+        }
+        if let Err(e) = redis
+            .rel_record_ttl(r.id.as_str(), Some(self.config.resume_window))
+            .await
+        {
+            tracing::warn!(session = %r.id, error = %e, "could not give the record a TTL");
+        }
+        tracing::info!(session = %r.id, from = %r.node, "adopted a lost node's suspended session");
+        self.start_window(&s, &rel, end);
     }
 
     /// A backend closed a suspended session: it ends now.
@@ -746,8 +813,8 @@ impl Node {
     }
 
     /// A dead node's reliable session: its state in Redis gets the resume window as TTL, as
-    /// its node would have given it on a suspension.
-    pub(crate) async fn suspend_orphan(&self, r: &crate::registry::SessionRecord) {
+    /// its node would have given it on a suspension, and this node adopts it.
+    pub(crate) async fn suspend_orphan(self: &Arc<Self>, r: &crate::registry::SessionRecord) {
         if let Some(redis) = self.journal() {
             if let Err(e) = redis
                 .rel_suspend(r.id.as_str(), &r.node, self.config.resume_window)
@@ -756,6 +823,7 @@ impl Node {
                 tracing::warn!(session = %r.id, error = %e, "could not start a lost node's session's resume window");
             }
         }
+        self.adopt(r).await;
     }
 
     /// Whether another node took this reliable session over (it then leaves this node quietly).

@@ -81,6 +81,17 @@ table.insert(r, 'prev')
 table.insert(r, prev or '')
 return r";
 
+/// Hands a suspended session of the dead node `ARGV[1]` to `ARGV[2]`; answers its state like
+/// a claim, or nothing.
+const ADOPT: &str = r"
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return false end
+if redis.call('HGET', KEYS[1], 'suspended') ~= '1' then return false end
+redis.call('HSET', KEYS[1], 'owner', ARGV[2])
+local r = redis.call('HGETALL', KEYS[1])
+table.insert(r, 'prev')
+table.insert(r, ARGV[1])
+return r";
+
 /// Removes a session's state if `owner` still holds it.
 const FORGET: &str = r"
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
@@ -104,6 +115,8 @@ pub(crate) enum Appended {
 /// A session as a resume finds it.
 #[derive(Debug)]
 pub(crate) struct Claimed {
+    /// The token's digest.
+    pub token: [u8; 32],
     pub counters: Counters,
     pub hub: String,
     pub user: String,
@@ -251,16 +264,34 @@ impl RedisRegistry {
     ) -> Result<Option<Claimed>, RegistryError> {
         let mut c = self.rel_script(CLAIM, id);
         c.arg(hex(&crate::reliable::digest(token))).arg(owner);
-        let Some(flat) = self.query::<Option<Vec<String>>>(c).await? else {
-            return Ok(None);
-        };
+        Ok(self.query::<Option<Vec<String>>>(c).await?.map(claimed))
+    }
+
+    /// Takes a suspended session of `dead` (a node that is gone) for `owner`, so that a live
+    /// node keeps what is sent to it until its client resumes.
+    pub(crate) async fn rel_adopt(
+        &self,
+        id: &str,
+        dead: &str,
+        owner: &str,
+    ) -> Result<Option<Claimed>, RegistryError> {
+        let mut c = self.rel_script(ADOPT, id);
+        c.arg(dead).arg(owner);
+        Ok(self.query::<Option<Vec<String>>>(c).await?.map(claimed))
+    }
+}
+
+/// A session's state as a claim or an adoption answers it (a flat field/value list).
+fn claimed(flat: Vec<String>) -> Claimed {
+    {
         let mut m: BTreeMap<String, String> = BTreeMap::new();
         let mut it = flat.into_iter();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
             m.insert(k, v);
         }
         let num = |k: &str| m.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
-        Ok(Some(Claimed {
+        Claimed {
+            token: m.get("token").and_then(|t| unhex(t)).unwrap_or([0; 32]),
             counters: Counters {
                 out: num("out"),
                 acked: num("acked"),
@@ -277,9 +308,11 @@ impl RedisRegistry {
                 .and_then(|g| serde_json::from_str(g).ok())
                 .unwrap_or_default(),
             previous: m.get("prev").cloned().unwrap_or_default(),
-        }))
+        }
     }
+}
 
+impl RedisRegistry {
     /// The stored messages after `seq`, in order (at most `max`).
     pub(crate) async fn rel_after(
         &self,
@@ -379,4 +412,15 @@ impl RedisRegistry {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if s.len() != 64 {
+        return None;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
