@@ -33,6 +33,13 @@ use switchboard_tests::{
 use tokio::{sync::mpsc, task::JoinSet};
 use tonic::transport::Channel;
 
+/// What each backend reader was last doing (for a report when a run stalls).
+static READS: std::sync::LazyLock<std::sync::Mutex<HashMap<String, ReaderState>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// First client seq missing, node called, last outcome.
+type ReaderState = (usize, usize, &'static str);
+
 /// Nodes in every run.
 const NODES: usize = 3;
 /// After the last expected message, this long without another one before "exactly once" is
@@ -143,6 +150,8 @@ struct App {
     client: ReliableClient,
     session: String,
     got: tokio::task::JoinHandle<Vec<(u64, String)>>,
+    /// Messages the application has had so far (for a report when a run stalls).
+    seen: Arc<AtomicU64>,
 }
 
 async fn open_app(urls: Vec<String>, m: u64) -> App {
@@ -163,7 +172,10 @@ async fn open_app(urls: Vec<String>, m: u64) -> App {
             sender.send_text(format!("i:{i}")).await.expect("send");
         }
     });
+    let seen = Arc::new(AtomicU64::new(0));
+    let seen_by_app = Arc::clone(&seen);
     let got = tokio::spawn(async move {
+        let seen = seen_by_app;
         let mut got = Vec::new();
         // Everything expected, then a quiet period in which nothing more may come.
         while (got.len() as u64) < m {
@@ -171,7 +183,10 @@ async fn open_app(urls: Vec<String>, m: u64) -> App {
                 Some(ClientEvent::Message {
                     seq,
                     payload: Payload::Text(t),
-                }) => got.push((seq, t)),
+                }) => {
+                    got.push((seq, t));
+                    seen.store(got.len() as u64, Relaxed);
+                }
                 Some(ClientEvent::Reset { old_session }) => {
                     panic!("session {old_session} was lost")
                 }
@@ -199,6 +214,7 @@ async fn open_app(urls: Vec<String>, m: u64) -> App {
         client,
         session,
         got,
+        seen,
     }
 }
 
@@ -240,8 +256,11 @@ fn backend(
     let mut read_apis = apis;
     tasks.spawn(async move {
         let mut seqs = Vec::new();
-        let mut k = 0usize;
+        // Reads start at the last node, which no test kills: a `Read` answer in flight
+        // through a node that dies is lost (docs/reliable.md, "Known limits").
+        let mut k = NODES - 1;
         let mut quiet_reads = 0;
+        let mut errors = 0u64;
         // Read until everything came, then until one read finds nothing (it also confirms
         // the last message, so the client gets its ack).
         while (seqs.len() as u64) < m || quiet_reads == 0 {
@@ -252,11 +271,34 @@ fn backend(
                     nanos: 0,
                 }),
             };
-            match read_apis[k % NODES]
-                .read(req)
-                .await
-                .map(|r| r.into_inner().result)
-            {
+            READS
+                .lock()
+                .unwrap()
+                .insert(session.clone(), (seqs.len(), k % NODES, "calling"));
+            // A call stuck past its own timeout counts as failed (see the closing note of the
+            // reliable-sessions issue: a Read on a live node that did not answer after a kill).
+            let r =
+                match tokio::time::timeout(Duration::from_secs(5), read_apis[k % NODES].read(req))
+                    .await
+                {
+                    Ok(r) => r.map(|r| r.into_inner().result),
+                    Err(_) => Err(tonic::Status::deadline_exceeded("read did not answer")),
+                };
+            let missing = (1..=m).find(|i| !seqs.contains(i)).unwrap_or(0) as usize;
+            READS.lock().unwrap().insert(
+                session.clone(),
+                (
+                    missing,
+                    k % NODES,
+                    match &r {
+                        Ok(Some(R::Message(_))) => "message",
+                        Ok(Some(R::TimedOut(_))) => "timed out",
+                        Ok(_) => "closed",
+                        Err(_) => "error",
+                    },
+                ),
+            );
+            match r {
                 Ok(Some(R::Message(msg))) => {
                     let text = match msg.message.and_then(|m| m.payload) {
                         Some(PbPayload::Text(t)) => t,
@@ -271,7 +313,14 @@ fn backend(
                     }
                 }
                 Ok(other) => panic!("session {session} ended: {other:?}"),
-                Err(_) => {
+                Err(e) => {
+                    errors += 1;
+                    if errors.is_multiple_of(500) {
+                        println!(
+                            "reader of {session}: {} of {m} read, {errors} errors, last: {e:?}",
+                            seqs.len()
+                        );
+                    }
                     k += 1;
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -331,7 +380,11 @@ impl Traffic {
         let Traffic {
             apps, mut readers, ..
         } = self;
-        tokio::time::timeout(RUN_LIMIT, async {
+        let watched: Vec<(String, Arc<AtomicU64>, ReliableClient)> = apps
+            .iter()
+            .map(|a| (a.session.clone(), Arc::clone(&a.seen), a.client.clone()))
+            .collect();
+        let finished = tokio::time::timeout(RUN_LIMIT, async {
             let mut clients = Vec::new();
             for a in apps {
                 let got = a.got.await.expect("application task");
@@ -352,8 +405,18 @@ impl Traffic {
                 let _ = c.close().await;
             }
         })
-        .await
-        .expect("the run finished in time");
+        .await;
+        if finished.is_err() {
+            for (session, seen, client) in &watched {
+                println!(
+                    "stalled: session {session}: application had {} messages, client {:?}",
+                    seen.load(Relaxed),
+                    client.stats()
+                );
+            }
+            println!("readers: {:?}", READS.lock().unwrap());
+            panic!("the run did not finish in time");
+        }
         tally
     }
 }

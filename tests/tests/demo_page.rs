@@ -1,14 +1,21 @@
 //! The gateway's `/demo` page in a real browser: Debian's `chromium`, driven by
 //! `tests/browser/demo.mjs` (playwright-core) one step per line, while this test plays the
 //! backend over gRPC. Needs `tests/browser/setup` to have run (chromium and `npm ci`).
+//!
+//! The page runs on the reliable client the gateway serves at `/client.js` (its protocol logic
+//! is tested in Node: `tests/browser/client_test.mjs`); here, a page behind a proxy whose
+//! connections are cut resumes its session.
 
-use std::{path::PathBuf, process::Stdio, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::Stdio, sync::Arc, time::Duration};
 
 use switchboard_sdk::{Client, Message, ReadOutcome, Target};
 use switchboard_tests::{gateway::Gateway, pki::Pki, within};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines},
+    net::{TcpListener, TcpStream},
     process::{Child, ChildStdin, ChildStdout, Command},
+    sync::watch,
+    task::JoinSet,
 };
 
 /// The page in headless Chromium, steered through the script's stdin and stdout.
@@ -82,6 +89,68 @@ impl Browser {
         self.tell(line).await;
         let (word, rest) = reply.split_once(' ').unwrap_or((reply, ""));
         assert_eq!(self.answer(word).await, rest, "after {line:?}");
+    }
+}
+
+/// A loopback TCP proxy in front of the client port: [`Cutter::cut`] drops every connection
+/// through it without a WebSocket close (as a network failure would) and holds new ones until
+/// [`Cutter::release`].
+struct Cutter {
+    addr: SocketAddr,
+    /// (generation, holding): a connection lives while the generation it started in is current.
+    state: Arc<watch::Sender<(u64, bool)>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Cutter {
+    async fn start(upstream: SocketAddr) -> Cutter {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(watch::channel((0u64, false)).0);
+        let shared = Arc::clone(&state);
+        // Dropping the accept task drops the set, which aborts every connection's task.
+        let accept = tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                while conns.try_join_next().is_some() {}
+                let mut rx = shared.subscribe();
+                conns.spawn(async move {
+                    let generation = match rx.wait_for(|&(_, holding)| !holding).await {
+                        Ok(s) => s.0,
+                        Err(_) => return,
+                    };
+                    let Ok(mut server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = rx.wait_for(|&(g, _)| g != generation) => {}
+                    }
+                });
+            }
+        });
+        Cutter {
+            addr,
+            state,
+            accept,
+        }
+    }
+
+    fn cut(&self) {
+        self.state.send_modify(|(g, holding)| {
+            *g += 1;
+            *holding = true;
+        });
+    }
+
+    fn release(&self) {
+        self.state.send_modify(|(_, holding)| *holding = false);
+    }
+}
+
+impl Drop for Cutter {
+    fn drop(&mut self) {
+        self.accept.abort();
     }
 }
 
@@ -250,4 +319,60 @@ async fn over_tls_the_page_s_websocket_rides_its_http2_connection() {
         "a session came over HTTP/1.1: {metrics}"
     );
     page.step("quit", "bye").await;
+}
+
+/// The page's session is reliable: a cut connection is resumed, the session stays the same, and
+/// what a backend sent meanwhile is shown once the page is back.
+#[tokio::test]
+async fn a_page_whose_connection_is_cut_resumes_its_session_and_gets_what_it_missed() {
+    let gw = Gateway::start(&[]).await;
+    let sb = Client::builder()
+        .gateway(format!("http://{}", gw.backend_addr))
+        .build()
+        .await
+        .unwrap();
+    let proxy = Cutter::start(gw.client_addr).await;
+    let mut page = Browser::open(&format!("http://{}/demo?hub=lobby", proxy.addr)).await;
+    page.answer("open").await;
+    page.tell("session").await;
+    let id = page.answer("session").await;
+    let info = sb.session(id.as_str()).await.unwrap();
+    assert!(info.reliable, "the page's session is reliable: {info:?}");
+    sb.send(id.as_str(), "before the cut").await.unwrap();
+    page.step("expect-text before the cut", "seen before the cut")
+        .await;
+
+    proxy.cut();
+    // Sent while the page has no connection: kept, and replayed when it resumes.
+    sb.send(id.as_str(), "while you were away").await.unwrap();
+    proxy.release();
+    page.step(
+        "expect-text while you were away",
+        "seen while you were away",
+    )
+    .await;
+    page.step("session-now", &format!("session {id}")).await;
+    // It came back by resuming (not by a live connection the cut missed).
+    let (status, metrics) = gw.admin_request("GET", "/metrics", None, "").await;
+    assert_eq!(status, 200);
+    let resumes: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("switchboard_resumes_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(resumes, 1.0, "{metrics}");
+    // The same session carries on both ways.
+    page.step("type still here", "sent still here").await;
+    match within("Read", sb.read(id.as_str(), Duration::from_secs(10)))
+        .await
+        .unwrap()
+    {
+        ReadOutcome::Message(m) => assert_eq!(m.message, Message::Text("still here".into())),
+        other => panic!("expected the typed message, got {other:?}"),
+    }
+    page.step("quit", "bye").await;
+    let status = within("the browser script to exit", page.child.wait())
+        .await
+        .unwrap();
+    assert!(status.success(), "the browser script failed: {status}");
 }

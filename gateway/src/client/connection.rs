@@ -270,10 +270,20 @@ async fn take_steps(
                 }
             },
         };
+        if let Some(rel) = &session.reliable {
+            // A connection a resume replaced delivers nothing more: the client sends it again
+            // on the connection that replaced it.
+            if !rel.current().is_some_and(|c| Arc::ptr_eq(&c, session)) {
+                return Err(dropped(session));
+            }
+        }
         tokio::select! {
             biased;
             _ = session.killed() => return Err(dropped(session)),
             _ = node.deliver(session, message, client_seq) => {}
+        }
+        if let Some(rel) = &session.reliable {
+            rel.received(client_seq);
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Routes of the client port: `/ws/{hub}` upgrades, `/healthz`, `/readyz`, `/metrics` (unless
-//! `--ops-on-client-port false`; the admin port serves them too), `/demo`.
+//! `--ops-on-client-port false`; the admin port serves them too), `/demo` and `/client.js`.
 //! Every refusal is a plain-text body saying why, with the status a client library expects.
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
@@ -22,6 +22,9 @@ pub(crate) enum Route<'a> {
     Upgrade(&'a str),
     /// `/healthz`, `/readyz` or `/metrics`.
     Ops(&'a str),
+    /// `/demo` or `/client.js`: an embedded file (`demo.rs`), the page or the reliable client
+    /// it imports. One variant for both, the path telling them apart, so the fuzz facade's
+    /// answer for it (a 200) holds for both.
     Demo,
     NotFound,
     /// 405; these paths take GET only.
@@ -59,10 +62,12 @@ pub(crate) fn decide<B>(req: &Request<B>, ops_on_client_port: bool) -> Route<'_>
     match path {
         // Moved to the admin port (`--ops-on-client-port false`): as if they never were.
         "/healthz" | "/readyz" | "/metrics" if !ops_on_client_port => Route::NotFound,
-        "/healthz" | "/readyz" | "/metrics" | "/demo" if req.method() != Method::GET => {
+        "/healthz" | "/readyz" | "/metrics" | "/demo" | "/client.js"
+            if req.method() != Method::GET =>
+        {
             Route::MethodNotAllowed
         }
-        "/demo" => Route::Demo,
+        "/demo" | "/client.js" => Route::Demo,
         "/healthz" | "/readyz" | "/metrics" => Route::Ops(path),
         _ => Route::NotFound,
     }
@@ -122,6 +127,7 @@ pub(crate) async fn route(
             );
             r
         }
+        Route::Demo if req.uri().path() == "/client.js" => super::demo::client_js(),
         Route::Demo => super::demo::page(),
         Route::Ops(path) => {
             ops(&node, path).unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n"))
@@ -202,4 +208,37 @@ pub(crate) fn method_not_allowed(allow: &'static str) -> Response<Body> {
     r.headers_mut()
         .insert(header::ALLOW, header::HeaderValue::from_static(allow));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: Method, path: &str) -> Request<()> {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn the_client_script_is_served_for_get_only_like_the_demo_page() {
+        for path in ["/demo", "/client.js"] {
+            assert_eq!(decide(&request(Method::GET, path), true), Route::Demo);
+            assert_eq!(decide(&request(Method::GET, path), false), Route::Demo);
+            assert_eq!(
+                decide(&request(Method::POST, path), true),
+                Route::MethodNotAllowed
+            );
+        }
+        for path in [
+            "/client.js/",
+            "/client.mjs",
+            "/demo/client.js",
+            "/Client.js",
+        ] {
+            assert_eq!(decide(&request(Method::GET, path), true), Route::NotFound);
+        }
+    }
 }

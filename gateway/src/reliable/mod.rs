@@ -380,11 +380,17 @@ impl Reliable {
         if seq <= last {
             Receive::Duplicate
         } else if seq == last + 1 {
-            self.received.store(seq, Relaxed);
             Receive::New
         } else {
             Receive::Gap { expected: last + 1 }
         }
+    }
+
+    /// Client message `seq` is in this node's hands (delivered to the inbox or a subscriber):
+    /// a resend of it is a duplicate from now on. Not before: a delivery cut short by the end
+    /// of its connection must let the client's resend in.
+    pub(crate) fn received(&self, seq: u64) {
+        self.received.fetch_max(seq, Relaxed);
     }
 
     /// A backend has client message `seq`; true when it moves the mark.
@@ -517,9 +523,11 @@ mod tests {
     fn client_seqs_are_new_duplicate_or_a_gap() {
         let r = Reliable::new(digest("t"), Counters::default());
         assert_eq!(r.receive(1), Receive::New);
+        r.received(1);
         assert_eq!(r.receive(1), Receive::Duplicate);
         assert_eq!(r.receive(3), Receive::Gap { expected: 2 });
         assert_eq!(r.receive(2), Receive::New);
+        r.received(2);
         assert!(r.token_matches("t"));
         assert!(!r.token_matches("u"));
     }
