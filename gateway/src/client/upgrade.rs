@@ -117,9 +117,11 @@ pub(crate) async fn upgrade(
         .filter(|p| !p.starts_with(jwt::PROTOCOL_PREFIX))
         .collect();
     let wants_reliable = offered.iter().any(|p| p == reliable::PROTOCOL);
-    let resume = match ResumeRequest::from_query(req.uri().query()) {
-        Ok(r) if wants_reliable => r,
-        Ok(_) => None,
+    // A plain client's query means nothing to the gateway: `session=` from a plain client is
+    // not a resume, and it never names the session it gets.
+    let query = req.uri().query().filter(|_| wants_reliable);
+    let resume = match ResumeRequest::from_query(query) {
+        Ok(r) => r,
         Err(why) => {
             return refuse(
                 &node,
