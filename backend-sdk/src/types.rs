@@ -201,10 +201,11 @@ pub struct Inbound {
     pub seq: u64,
     /// What the client sent.
     pub message: Message,
-    /// For a reliable session (`switchboard.reliable.v1`): the client's own seq of this
-    /// message, stable across resumes. A node killed between handing a message to a backend
-    /// and recording it makes the client send it again after its resume; this seq lets a
-    /// backend drop that repeat. 0 for plain sessions.
+    /// The session's number of this message over its whole life (1, 2, 3...): for a reliable
+    /// session (`switchboard.reliable.v1`), the client's own seq, stable across resumes (a
+    /// node killed between handing a message to a backend and recording it makes the client
+    /// send it again after its resume; this seq lets a backend drop that repeat); for a plain
+    /// session, the same as `seq`. [`Client::read_after`](crate::Client::read_after) takes it.
     pub client_seq: u64,
 }
 

@@ -34,6 +34,7 @@ use crate::{
     metrics::Metrics,
     pool::{Pool, Target},
     registry::{ListFilter, Liveness, Page, Registry, SessionRecord},
+    reliable::Confirmed,
     session::{
         inbox::{InboxGauges, Next},
         Closer, Ender, Flush, SendError, Session, SessionContext, SessionEnd, SessionId,
@@ -393,7 +394,9 @@ impl Node {
     /// Waits (and so pauses the socket) while nobody takes it.
     pub(crate) async fn deliver(&self, s: &Arc<Session>, message: Message, client_seq: u64) {
         let mut inbound = s.inbox.stamp(message);
-        inbound.client_seq = client_seq;
+        if client_seq != 0 {
+            inbound.client_seq = client_seq;
+        }
         if !s.is_attached() && s.inbox.is_empty() && self.events.wants_messages(&s.hub).await {
             let event = Event {
                 session: s.id.clone(),
@@ -723,8 +726,14 @@ impl Node {
         Ok(())
     }
 
-    /// The next client message, "timed out", or "closed".
-    pub(crate) async fn read(&self, id: &SessionId, timeout: Duration) -> Result<Next> {
+    /// The next client message, "timed out", or "closed". `ack`: the last reliable client
+    /// seq the backend received (see `ReadRequest.ack`).
+    pub(crate) async fn read(
+        &self,
+        id: &SessionId,
+        timeout: Duration,
+        ack: Option<u64>,
+    ) -> Result<Next> {
         let s = match self.pool.get(id).or_else(|| self.pool.get_closed(id)) {
             Some(s) => s,
             None => {
@@ -737,20 +746,29 @@ impl Node {
         if s.is_attached() {
             return Err(Error::ReadWhileAttached(id.clone()));
         }
-        // Asking again means the previous answer arrived: only now is a reliable client's
-        // message in the backend's hands (a node killed before that loses nothing).
+        // Only a confirmed answer puts a reliable client's message in the backend's hands (a
+        // node killed before that loses nothing); one the backend did not get goes again.
         if let Some(rel) = &s.reliable {
-            self.taken(&s, rel.take_read());
+            match rel.confirm_read(ack) {
+                Confirmed::Nothing => {}
+                Confirmed::Taken(seq) => self.taken(&s, seq),
+                Confirmed::Lost(m) => return Ok(Next::Message(m)),
+            }
+        } else if let Some(m) = ack.and_then(|ack| s.inbox.unconfirmed(ack)) {
+            return Ok(Next::Message(m));
         }
         let timeout = timeout.min(self.config.max_read_timeout);
         let next = tokio::select! {
             next = s.inbox.next(timeout) => next,
             _ = self.shutdown.cancelled() => return Err(Error::ShuttingDown),
         };
-        if let (Next::Message(m), Some(rel)) = (&next, &s.reliable) {
-            if !rel.read(m.client_seq) {
+        if let Next::Message(m) = &next {
+            match &s.reliable {
                 // Released to another node meanwhile: the client sends it there.
-                return Err(Error::Moved(id.clone()));
+                Some(rel) if !rel.read(m) => return Err(Error::Moved(id.clone())),
+                Some(_) => {}
+                None if ack.is_some() => s.inbox.answered(m),
+                None => {}
             }
         }
         Ok(next)

@@ -285,6 +285,7 @@ impl Gateway {
             .api()
             .await
             .read(ReadRequest {
+                ack: None,
                 session_id: id.to_owned(),
                 timeout: Some(prost_types::Duration {
                     seconds: 10,

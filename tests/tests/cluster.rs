@@ -133,6 +133,7 @@ async fn cross_node_operations(url: String) {
     on_a.send_text("read me").await;
     match api_b
         .read(pb::ReadRequest {
+            ack: None,
             session_id: on_a.id.clone(),
             timeout: Some(prost_types::Duration {
                 seconds: 10,

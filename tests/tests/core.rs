@@ -70,6 +70,7 @@ async fn wait_closed(api: &mut switchboard_tests::gateway::Api, id: &str) -> pb:
     loop {
         let r = api
             .read(pb::ReadRequest {
+                ack: None,
                 session_id: id.into(),
                 timeout: Some(prost_types::Duration {
                     seconds: 10,

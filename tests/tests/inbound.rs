@@ -33,6 +33,7 @@ fn millis(ms: i32) -> Option<prost_types::Duration> {
 
 async fn read(api: &mut Api, id: &str, timeout: Option<prost_types::Duration>) -> R {
     api.read(pb::ReadRequest {
+        ack: None,
         session_id: id.into(),
         timeout,
     })
@@ -86,6 +87,7 @@ async fn read_returns_a_waiting_message_times_out_and_reports_the_close() {
 
     let err = api
         .read(pb::ReadRequest {
+            ack: None,
             session_id: c.id.clone(),
             timeout: None,
         })
@@ -106,6 +108,82 @@ async fn read_returns_a_waiting_message_times_out_and_reports_the_close() {
             assert_eq!(closed.reason, "leaving");
             assert_eq!(closed.closed_by, pb::Closer::Client as i32);
         }
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn read_after(api: &mut Api, id: &str, ack: u64) -> R {
+    api.read(pb::ReadRequest {
+        ack: Some(ack),
+        session_id: id.into(),
+        timeout: millis(100),
+    })
+    .await
+    .expect("read")
+    .into_inner()
+    .result
+    .expect("a result")
+}
+
+fn numbered(r: R) -> (u64, String) {
+    match r {
+        R::Message(m) => {
+            assert_eq!(
+                m.client_seq, m.seq,
+                "a plain session's client_seq is its seq"
+            );
+            (m.client_seq, text_of(&m))
+        }
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_read_with_an_ack_answers_again_what_the_backend_did_not_get_even_after_the_close() {
+    let gw = Gateway::start(&[]).await;
+    let mut api = gw.api().await;
+    let mut c = gw.connect("h").await;
+    for t in ["one", "two", "three"] {
+        c.send_text(t).await;
+    }
+    let first = within("the first message", async {
+        loop {
+            if let R::Message(m) = read_after(&mut api, &c.id, 0).await {
+                return (m.client_seq, text_of(&m));
+            }
+        }
+    })
+    .await;
+    assert_eq!(first, (1, "one".into()));
+    // The answer was lost on the way: the backend still says 0.
+    assert_eq!(numbered(read_after(&mut api, &c.id, 0).await), first);
+    assert_eq!(
+        numbered(read_after(&mut api, &c.id, 1).await),
+        (2, "two".into())
+    );
+    assert_eq!(
+        numbered(read_after(&mut api, &c.id, 2).await),
+        (3, "three".into())
+    );
+    assert!(matches!(
+        read_after(&mut api, &c.id, 3).await,
+        R::TimedOut(_)
+    ));
+    c.send_text("last words").await;
+    let id = c.id.clone();
+    c.close(4000, "leaving").await;
+    let last = within("the last message", async {
+        loop {
+            if let R::Message(m) = read_after(&mut api, &id, 3).await {
+                return (m.client_seq, text_of(&m));
+            }
+        }
+    })
+    .await;
+    assert_eq!(last, (4, "last words".into()));
+    assert_eq!(numbered(read_after(&mut api, &id, 3).await), last);
+    match read_after(&mut api, &id, 4).await {
+        R::Closed(closed) => assert_eq!(closed.code, 4000),
         other => panic!("{other:?}"),
     }
 }
@@ -195,6 +273,7 @@ async fn attach_streams_messages_in_order_and_carries_writes_and_close() {
     // Read is refused while attached: the attached backend gets the messages.
     let err = api
         .read(pb::ReadRequest {
+            ack: None,
             session_id: c.id.clone(),
             timeout: millis(10),
         })
@@ -245,6 +324,7 @@ async fn take_over_ends_the_first_stream_and_detaching_leaves_messages_for_read(
     loop {
         match api
             .read(pb::ReadRequest {
+                ack: None,
                 session_id: c.id.clone(),
                 timeout: millis(1),
             })
@@ -543,6 +623,7 @@ async fn with_manual_ack_unacknowledged_messages_return_to_the_inbox_on_detach()
     while got.len() < 2 {
         match api
             .read(pb::ReadRequest {
+                ack: None,
                 session_id: c.id.clone(),
                 timeout: secs(10),
             })

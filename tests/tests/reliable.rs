@@ -90,6 +90,7 @@ async fn state(api: &mut Api, id: &str) -> pb::SessionState {
 async fn read_nothing(api: &mut Api, id: &str) -> bool {
     let r = api
         .read(pb::ReadRequest {
+            ack: None,
             session_id: id.into(),
             timeout: Some(prost_types::Duration {
                 seconds: 0,
@@ -105,6 +106,7 @@ async fn read_nothing(api: &mut Api, id: &str) -> bool {
 async fn read_text(api: &mut Api, id: &str) -> (u64, String) {
     let r = api
         .read(pb::ReadRequest {
+            ack: None,
             session_id: id.into(),
             timeout: Some(prost_types::Duration {
                 seconds: 10,
@@ -120,6 +122,31 @@ async fn read_text(api: &mut Api, id: &str) -> (u64, String) {
             other => panic!("expected text, got {other:?}"),
         },
         other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+/// A Read that says it has client messages up to `ack`: the message's (client seq, text), or
+/// `None` when it timed out (after 100 ms).
+async fn read_after(api: &mut Api, id: &str, ack: u64) -> Option<(u64, String)> {
+    let r = api
+        .read(pb::ReadRequest {
+            ack: Some(ack),
+            session_id: id.into(),
+            timeout: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 100_000_000,
+            }),
+        })
+        .await
+        .expect("read")
+        .into_inner();
+    match r.result {
+        Some(read_response::Result::Message(m)) => match m.message.and_then(|m| m.payload) {
+            Some(Payload::Text(t)) => Some((m.client_seq, t)),
+            other => panic!("expected text, got {other:?}"),
+        },
+        Some(read_response::Result::TimedOut(_)) => None,
+        other => panic!("expected a message or a time-out, got {other:?}"),
     }
 }
 
@@ -418,6 +445,54 @@ async fn a_session_resumes_on_another_node_after_its_node_is_killed() {
     assert_eq!(state(&mut api_b, &id).await, pb::SessionState::Open);
     send(&mut api_b, &id, "m5").await.unwrap();
     assert_eq!(c.message().await, (6, "m5".into()));
+}
+
+#[tokio::test]
+async fn a_read_answer_the_backend_did_not_get_comes_again_on_the_node_that_holds_the_session_now()
+{
+    let redis = Redis::start().await;
+    let nodes = cluster(&redis, 2).await;
+    let (mut api_a, mut api_b) = (nodes[0].api().await, nodes[1].api().await);
+    let mut c = RelClient::open(&base(&nodes[0]), "h").await;
+    let id = c.session().to_owned();
+    c.send(1, "one").await;
+    // Answered, and (as far as the gateway can tell) lost on the way: the backend says it
+    // has nothing yet, so it comes again, and the client is not acknowledged for it.
+    let first = within("the first answer", async {
+        loop {
+            if let Some(m) = read_after(&mut api_b, &id, 0).await {
+                return m;
+            }
+        }
+    })
+    .await;
+    assert_eq!(first, (1, "one".into()));
+    assert_eq!(
+        read_after(&mut api_b, &id, 0).await,
+        Some((1, "one".into()))
+    );
+    // The client moves to node b while the answer is unconfirmed: node a hands it over.
+    let w = c.drop_connection();
+    let mut c = RelClient::resume(&base(&nodes[1]), "h", &w, 0)
+        .await
+        .unwrap();
+    assert_eq!(c.welcome.ack, 0, "the answer was never confirmed");
+    // The client resends it; the backend has it already (or will, from the handed answer).
+    c.send(1, "one").await;
+    c.send(2, "two").await;
+    assert_eq!(
+        read_after(&mut api_a, &id, 0).await,
+        Some((1, "one".into()))
+    );
+    assert_eq!(
+        read_after(&mut api_a, &id, 1).await,
+        Some((2, "two".into()))
+    );
+    c.acked(1).await;
+    assert_eq!(read_after(&mut api_b, &id, 2).await, None);
+    c.acked(2).await;
+    // Nothing more: the resend of 1 was a duplicate, not a third copy.
+    assert_eq!(read_after(&mut api_b, &id, 2).await, None);
 }
 
 #[tokio::test]

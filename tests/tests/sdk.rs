@@ -297,6 +297,36 @@ async fn the_hook_helper_admits_and_refuses_and_publish_reaches_every_target_kin
 }
 
 #[tokio::test]
+async fn read_after_answers_again_what_its_ack_does_not_cover() {
+    let gw = Gateway::start(&[]).await;
+    let sb = client(&gw).await;
+    let mut c = gw.connect("h").await;
+    c.send_text("one").await;
+    c.send_text("two").await;
+    let secs = Duration::from_secs(10);
+    let next = |ack| {
+        let sb = sb.clone();
+        let id = c.id.clone();
+        async move {
+            match sb.read_after(&id, ack, secs).await.unwrap() {
+                ReadOutcome::Message(m) => (m.client_seq, m.message.as_text().map(str::to_owned)),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    assert_eq!(next(0).await, (1, Some("one".into())));
+    // As if that answer never arrived.
+    assert_eq!(next(0).await, (1, Some("one".into())));
+    assert_eq!(next(1).await, (2, Some("two".into())));
+    assert_eq!(
+        sb.read_after(&c.id, 2, Duration::from_millis(100))
+            .await
+            .unwrap(),
+        ReadOutcome::TimedOut
+    );
+}
+
+#[tokio::test]
 async fn read_returns_messages_times_out_and_reports_the_close() {
     let gw = Gateway::start(&[]).await;
     let sb = client(&gw).await;

@@ -276,6 +276,7 @@ async fn the_per_ip_limit_refuses_with_429_and_frees_up_after_disconnects() {
     loop {
         let r = api
             .read(pb::ReadRequest {
+                ack: None,
                 session_id: id.clone(),
                 timeout: Some(prost_types::Duration {
                     seconds: 10,
@@ -426,6 +427,7 @@ async fn a_client_cannot_name_another_session() {
     // The message lands in the attacker's own session; the victim's inbox stays empty.
     match api
         .read(pb::ReadRequest {
+            ack: None,
             session_id: attacker.id.clone(),
             timeout: Some(prost_types::Duration {
                 seconds: 10,
@@ -443,6 +445,7 @@ async fn a_client_cannot_name_another_session() {
     }
     let victims = api
         .read(pb::ReadRequest {
+            ack: None,
             session_id: victim.id.clone(),
             timeout: Some(prost_types::Duration {
                 seconds: 0,

@@ -33,6 +33,7 @@ async fn wait_closed(api: &mut Api, id: &str) -> pb::Closed {
     for _ in 0..10 {
         let r = api
             .read(pb::ReadRequest {
+                ack: None,
                 session_id: id.into(),
                 timeout: Some(prost_types::Duration {
                     seconds: 10,

@@ -403,15 +403,65 @@ impl Client {
         session: impl Into<SessionId>,
         timeout: Duration,
     ) -> Result<ReadOutcome> {
+        self.read_request(session.into(), timeout, None).await
+    }
+
+    /// The next message after `ack`, the
+    /// [`Inbound::client_seq`](crate::Inbound::client_seq) of the last message this backend
+    /// received from the session (0 at first). A message whose answer was lost on the way (the
+    /// call failed or timed out, a node between here and the session died) comes again, so
+    /// this call is retried on any failure that can pass, and nothing is lost. What it answers
+    /// may repeat one already received: compare `client_seq` with `ack`. One reader per
+    /// session: the gateway keeps one unconfirmed answer per session.
+    ///
+    /// ```no_run
+    /// # async fn f(client: switchboard_sdk::Client) -> Result<(), switchboard_sdk::Error> {
+    /// use std::time::Duration;
+    /// use switchboard_sdk::ReadOutcome;
+    ///
+    /// let mut ack = 0;
+    /// loop {
+    ///     match client.read_after("AAAAAAAAAAAAAAAAAAAAAA", ack, Duration::from_secs(30)).await? {
+    ///         ReadOutcome::Message(m) if m.client_seq > ack => {
+    ///             ack = m.client_seq;
+    ///             println!("{:?}", m.message);
+    ///         }
+    ///         ReadOutcome::Message(_) | ReadOutcome::TimedOut => continue,
+    ///         ReadOutcome::Closed(c) => break println!("{c}"),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn read_after(
+        &self,
+        session: impl Into<SessionId>,
+        ack: u64,
+        timeout: Duration,
+    ) -> Result<ReadOutcome> {
+        self.read_request(session.into(), timeout, Some(ack)).await
+    }
+
+    async fn read_request(
+        &self,
+        session: SessionId,
+        timeout: Duration,
+        ack: Option<u64>,
+    ) -> Result<ReadOutcome> {
         use pb::read_response::Result as R;
-        let session = session.into();
         let req = pb::ReadRequest {
             session_id: session.to_string(),
             timeout: Some(convert::duration(timeout)),
+            ack,
+        };
+        // With `ack`, an answer lost on the way comes again: retrying cannot lose a message.
+        let retry = if ack.is_some() {
+            Retry::Idempotent
+        } else {
+            Retry::WhenUnsent
         };
         let resp = self
             .inner
-            .call(Retry::WhenUnsent, Some(&session), timeout, |mut api, d| {
+            .call(retry, Some(&session), timeout, |mut api, d| {
                 let req = request(req.clone(), d);
                 async move { api.read(req).await }
             })

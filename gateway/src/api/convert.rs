@@ -86,6 +86,15 @@ pub(crate) fn inbound(m: &Inbound) -> pb::InboundMessage {
     }
 }
 
+/// A message another node answered (see `Peer/Release`); `None` when it carries no message.
+pub(crate) fn from_inbound(m: pb::InboundMessage) -> Option<Inbound> {
+    Some(Inbound {
+        seq: m.seq,
+        message: message(m.message).ok()?,
+        client_seq: m.client_seq,
+    })
+}
+
 pub(crate) fn target(t: Option<pb::Target>) -> Result<Target> {
     use pb::target::Kind as T;
     match t.and_then(|t| t.kind) {

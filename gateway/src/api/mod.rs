@@ -2,7 +2,7 @@
 //! standard health and reflection services (open, so probes and tools work without a token).
 
 mod auth;
-mod convert;
+pub(crate) mod convert;
 mod peer;
 mod service;
 mod status;

@@ -39,9 +39,12 @@ impl Peer for PeerService {
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
         let started = std::time::Instant::now();
         let id = crate::api::convert::session_id(&req.into_inner().session_id)?;
-        let taken = self.node.release(&id).await;
+        let (taken, pending) = self.node.release(&id).await;
         self.node.metrics.grpc("Release", tonic::Code::Ok, started);
-        Ok(Response::new(pb::ReleaseResponse { taken }))
+        Ok(Response::new(pb::ReleaseResponse {
+            taken,
+            pending: pending.as_ref().map(crate::api::convert::inbound),
+        }))
     }
 
     async fn join(

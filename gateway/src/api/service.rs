@@ -575,7 +575,7 @@ impl Gateway for GatewayService {
                 Located::There { mut peer, .. } => return forwarded(peer.read(req.clone()).await),
             };
             let timeout = convert::timeout(req.timeout)?;
-            let result = match self.node.read(&id, timeout).await? {
+            let result = match self.node.read(&id, timeout, req.ack).await? {
                 Next::Message(m) => R::Message(convert::inbound(&m)),
                 Next::TimedOut => R::TimedOut(pb::TimedOut {}),
                 Next::Closed(end) => R::Closed(convert::closed(&end)),

@@ -14,13 +14,14 @@ use futures_util::StreamExt;
 
 use super::{Node, Sent};
 use crate::{
+    api::convert,
     error::{Error, Result},
     events::{Event, EventBody},
     frame::close_code,
     message::Message,
     registry::{Appended, NewState, RedisRegistry},
     reliable::{self, Counters, FromClient, Receive, Reliable, ResumeRequest, Token},
-    session::{Closer, Flush, SendError, Session, SessionEnd, SessionId},
+    session::{Closer, Flush, Inbound, SendError, Session, SessionEnd, SessionId},
 };
 
 /// How long a node that lost a session to a resume elsewhere keeps trying to hand a message
@@ -128,7 +129,7 @@ impl Node {
         };
         tracing::info!(session = %id, from = %claimed.previous, "session taken over for a resume");
         let mut counters = claimed.counters;
-        let released = self.release_at(&claimed.previous, &id).await;
+        let (released, pending) = self.release_at(&claimed.previous, &id).await;
         // The previous holder records its progress before it lets go, also when it let go on
         // its own (it saw the session move) before our call: read it again after the call.
         let recorded = match redis.rel_in(id.as_str()).await {
@@ -136,8 +137,12 @@ impl Node {
             Err(e) => return Err(e.into()),
         };
         counters.taken = counters.taken.max(released).max(recorded);
+        let rel = Reliable::new(reliable::digest(&req.token), counters);
+        if let Some(m) = pending {
+            rel.adopt_answer(m);
+        }
         Ok(Some(Found {
-            reliable: Reliable::new(reliable::digest(&req.token), counters),
+            reliable: rel,
             user: claimed.user,
             groups: claimed.groups,
             metadata: claimed.metadata,
@@ -145,33 +150,37 @@ impl Node {
         }))
     }
 
-    /// Asks the live node that held a session to let it go (see [`Node::release`]); 0 when it
-    /// cannot answer (it died: what it handed out may then come again, see docs/reliable.md).
-    async fn release_at(&self, previous: &str, id: &SessionId) -> u64 {
+    /// Asks the live node that held a session to let it go (see [`Node::release`]): the last
+    /// client seq taken there, and the `Read` answer not confirmed yet. Nothing when it cannot
+    /// answer (it died: what it handed out may then come again, see docs/reliable.md).
+    async fn release_at(&self, previous: &str, id: &SessionId) -> (u64, Option<Inbound>) {
         let Some(cluster) = self.registry.cluster() else {
-            return 0;
+            return (0, None);
         };
         if previous.is_empty() || previous == &*self.id || !cluster.redis.is_live(previous) {
-            return 0;
+            return (0, None);
         }
         let Some(addr) = cluster.redis.node_addr(previous) else {
-            return 0;
+            return (0, None);
         };
         let Ok(mut peer) = cluster.peer(&addr) else {
-            return 0;
+            return (0, None);
         };
         let call = peer.release(switchboard_proto::v1::ReleaseRequest {
             session_id: id.to_string(),
         });
         match tokio::time::timeout(RELEASE_WAIT, call).await {
-            Ok(Ok(r)) => r.into_inner().taken,
+            Ok(Ok(r)) => {
+                let r = r.into_inner();
+                (r.taken, r.pending.and_then(convert::from_inbound))
+            }
             Ok(Err(e)) => {
                 tracing::warn!(session = %id, node = previous, error = %e, "previous holder did not release the session");
-                0
+                (0, None)
             }
             Err(_) => {
                 tracing::warn!(session = %id, node = previous, "previous holder did not answer a release in time");
-                0
+                (0, None)
             }
         }
     }
@@ -469,26 +478,25 @@ impl Node {
     }
 
     /// Another node resumed this session: this node's connection (if any) is closed with 4001
-    /// and its entry leaves the pool without an event (the session lives on there).
-    pub(crate) async fn lost_to_resume(&self, s: &Arc<Session>) {
-        let Some(rel) = &s.reliable else { return };
+    /// and its entry leaves the pool without an event (the session lives on there). Answers
+    /// the `Read` answer a backend has not confirmed, for the new holder to answer again.
+    pub(crate) async fn lost_to_resume(&self, s: &Arc<Session>) -> Option<Inbound> {
+        let rel = s.reliable.as_ref()?;
         let _order = rel.order.lock().await;
-        let Some(current) = self.pool.get(&s.id) else {
-            return;
-        };
+        let current = self.pool.get(&s.id)?;
         if !current
             .reliable
             .as_ref()
             .is_some_and(|r| Arc::ptr_eq(r, rel))
         {
-            return;
+            return None;
         }
         tracing::info!(session = %s.id, "session resumed on another node");
-        // Whatever a backend got from here is in its hands (this node is alive, its answers
-        // arrive): recorded before the session leaves, so the new holder drops the client's
-        // resend of it. No answer goes out from here after this.
-        let handed = rel.release();
-        rel.take(handed);
+        // No answer goes out from here after this. The last one is not counted as taken: its
+        // answer may have been lost on the way (the backend's call timed out, or a node that
+        // forwarded it died). It goes to the new holder; when it cannot (this node learnt of
+        // the move on its own), the client resends it, and a backend may see it twice.
+        let pending = rel.release();
         if let Some(redis) = self.journal() {
             if let Err(e) = redis.rel_taken(s.id.as_str(), rel.taken()).await {
                 tracing::warn!(session = %s.id, error = %e, "could not record the client's progress at a release");
@@ -508,21 +516,22 @@ impl Node {
         while current.inbox.try_pop().is_some() {}
         self.pool.remove(&current);
         self.metrics.sessions_open.dec();
+        pending
     }
 
-    /// Another node took this reliable session over: everything this node handed to backends
-    /// counts as taken (it is alive, so those answers arrive) and is recorded; what waits in
-    /// the inbox is dropped (the client, never acknowledged for it, sends it to the new node);
-    /// the session leaves this node. Answers the last client seq taken (0 if not held here).
-    pub(crate) async fn release(&self, id: &SessionId) -> u64 {
+    /// Another node took this reliable session over: what backends confirmed is recorded;
+    /// what waits in the inbox is dropped (the client, never acknowledged for it, sends it to
+    /// the new node); the session leaves this node. Answers the last client seq taken (0 if
+    /// not held here) and the `Read` answer not confirmed yet.
+    pub(crate) async fn release(&self, id: &SessionId) -> (u64, Option<Inbound>) {
         let Some(s) = self.pool.get(id) else {
-            return 0;
+            return (0, None);
         };
         let Some(rel) = s.reliable.clone() else {
-            return 0;
+            return (0, None);
         };
-        self.lost_to_resume(&s).await;
-        rel.taken()
+        let pending = self.lost_to_resume(&s).await;
+        (rel.taken(), pending)
     }
 
     /// Acts on one envelope from a reliable client; `Err` with the close code and why when it

@@ -24,7 +24,7 @@ use subtle::ConstantTimeEq;
 use crate::{
     frame::{self, close_code, Opcode},
     message::{Kind, Message},
-    session::Session,
+    session::{Inbound, Session},
 };
 
 /// The subprotocol a client offers to get a reliable session.
@@ -221,9 +221,9 @@ pub(crate) struct Reliable {
     catching_up: AtomicBool,
     /// An ack task is running (see `Node::taken`).
     acking: AtomicBool,
-    /// Client seq of the message the last `Read` answered (taken once the backend reads
-    /// again), and whether the session was released to another node (no more answers here).
-    read: Mutex<(u64, bool)>,
+    /// The message the last `Read` answered until the backend confirms it, and whether the
+    /// session was released to another node (no more answers here).
+    read: Mutex<ReadSlot>,
     /// Unacknowledged messages, when there is no Redis to hold them.
     journal: Mutex<VecDeque<(u64, Message)>>,
     /// IDs of the last messages kept, when there is no Redis to hold them.
@@ -244,7 +244,7 @@ impl Reliable {
             pushed: AtomicU64::new(counters.out),
             catching_up: AtomicBool::new(false),
             acking: AtomicBool::new(false),
-            read: Mutex::new((0, false)),
+            read: Mutex::new(ReadSlot::default()),
             journal: Mutex::new(VecDeque::new()),
             ids: Mutex::new(VecDeque::new()),
             current: Mutex::new(Weak::new()),
@@ -402,27 +402,51 @@ impl Reliable {
         self.taken.load(Relaxed)
     }
 
-    /// A `Read` is about to answer client message `seq`; false once the session was released
-    /// to another node (the answer must not go out: the client sends it there).
-    pub(crate) fn read(&self, seq: u64) -> bool {
-        let mut r = self.read.lock().unwrap_or_else(|e| e.into_inner());
-        if r.1 {
+    fn read_slot(&self) -> std::sync::MutexGuard<'_, ReadSlot> {
+        self.read.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A `Read` is about to answer `m`; false once the session was released to another node
+    /// (the answer must not go out: the client sends it there).
+    pub(crate) fn read(&self, m: &Inbound) -> bool {
+        let mut r = self.read_slot();
+        if r.released {
             return false;
         }
-        r.0 = seq;
+        r.answered = Some(m.clone());
         true
     }
 
-    /// The message the previous `Read` answered, if not taken yet (0 when none).
-    pub(crate) fn take_read(&self) -> u64 {
-        std::mem::take(&mut self.read.lock().unwrap_or_else(|e| e.into_inner()).0)
+    /// A `Read` arrived; `ack` is the last client seq the backend says it received, `None`
+    /// when it does not say (then asking again confirms the previous answer).
+    pub(crate) fn confirm_read(&self, ack: Option<u64>) -> Confirmed {
+        let mut r = self.read_slot();
+        match (&r.answered, ack) {
+            (None, _) => Confirmed::Nothing,
+            (Some(m), Some(ack)) if ack < m.client_seq => Confirmed::Lost(m.clone()),
+            (Some(_), _) => r
+                .answered
+                .take()
+                .map_or(Confirmed::Nothing, |m| Confirmed::Taken(m.client_seq)),
+        }
     }
 
-    /// Stops `Read` answers for good and returns the one not yet taken (0 when none).
-    pub(crate) fn release(&self) -> u64 {
-        let mut r = self.read.lock().unwrap_or_else(|e| e.into_inner());
-        r.1 = true;
-        std::mem::take(&mut r.0)
+    /// Stops `Read` answers here for good and hands over the answer not yet confirmed.
+    pub(crate) fn release(&self) -> Option<Inbound> {
+        let mut r = self.read_slot();
+        r.released = true;
+        r.answered.take()
+    }
+
+    /// On the node that takes the session over: the previous holder's answer not yet
+    /// confirmed, answered again to a `Read` that did not get it. The client's resend of it
+    /// is a duplicate from now on.
+    pub(crate) fn adopt_answer(&self, m: Inbound) {
+        if m.client_seq <= self.taken() {
+            return;
+        }
+        self.received(m.client_seq);
+        self.read_slot().answered = Some(m);
     }
 
     /// Claims the ack task; false when one is already running.
@@ -433,6 +457,24 @@ impl Reliable {
     pub(crate) fn stop_acking(&self) {
         self.acking.store(false, Relaxed);
     }
+}
+
+/// The `Read` answer a session holds until the backend confirms it.
+#[derive(Default)]
+struct ReadSlot {
+    answered: Option<Inbound>,
+    released: bool,
+}
+
+/// What a `Read` says about the previous answer.
+#[derive(Debug)]
+pub(crate) enum Confirmed {
+    /// There was none.
+    Nothing,
+    /// The backend has this client seq.
+    Taken(u64),
+    /// The backend did not get it: answer it again.
+    Lost(Inbound),
 }
 
 /// How a client message's `seq` fits.

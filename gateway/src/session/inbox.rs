@@ -22,7 +22,8 @@ use super::SessionEnd;
 pub struct Inbound {
     pub seq: u64,
     pub message: Message,
-    /// A reliable client's own seq of this message; 0 for a plain session.
+    /// The session's number of this message over its whole life: a reliable client's own
+    /// seq (stable across resumes), `seq` for a plain session.
     pub client_seq: u64,
 }
 
@@ -68,6 +69,8 @@ struct State {
     bytes: usize,
     next_seq: u64,
     closed: Option<SessionEnd>,
+    /// The message the last `Read` with an ack answered, until a later ack covers it.
+    answered: Option<Inbound>,
 }
 
 impl Inbox {
@@ -78,6 +81,7 @@ impl Inbox {
                 bytes: 0,
                 next_seq: 1,
                 closed: None,
+                answered: None,
             }),
             max_messages,
             max_bytes,
@@ -100,7 +104,7 @@ impl Inbox {
         Inbound {
             seq,
             message,
-            client_seq: 0,
+            client_seq: seq,
         }
     }
 
@@ -182,6 +186,25 @@ impl Inbox {
         tokio::time::timeout(timeout, wait)
             .await
             .unwrap_or(Next::TimedOut)
+    }
+
+    /// A `Read` whose backend received up to `ack`: the message answered before and not
+    /// covered (its answer was lost on the way), if any. Plain sessions only: a reliable one
+    /// keeps its answer across connections and nodes (`Reliable::confirm_read`).
+    pub(crate) fn unconfirmed(&self, ack: u64) -> Option<Inbound> {
+        let mut st = self.lock();
+        match &st.answered {
+            Some(m) if m.client_seq > ack => Some(m.clone()),
+            _ => {
+                st.answered = None;
+                None
+            }
+        }
+    }
+
+    /// Keeps `m`, answered to a `Read` with an ack, until a later ack covers it.
+    pub(crate) fn answered(&self, m: &Inbound) {
+        self.lock().answered = Some(m.clone());
     }
 
     /// Marks the client gone; readers drain what is left, then see `end`.
