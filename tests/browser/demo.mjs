@@ -8,6 +8,8 @@
 //   session [OLD]             -> `session ID`     the page is connected and shows a session ID
 //                                                 (other than OLD: it reconnected)
 //   session-now               -> `session TEXT`   what the page shows as its session right now
+//   wait-open                 -> `open`           the page is connected (again)
+//   texts-in                  -> `texts-in JSON`  every received text listed, oldest first
 //   expect-text TEXT          -> `seen TEXT`      a received text message is listed
 //   expect-binary N           -> `seen binary N`  a received binary message of N bytes is listed
 //   type TEXT                 -> `sent TEXT`      typed into the text box and sent
@@ -118,6 +120,14 @@ try {
     if (problems.length) throw new Error(problems.join("; "));
     if (cmd === "session") {
       say(`session ${await connectedSession(page, arg)}`);
+    } else if (cmd === "wait-open") {
+      await until("the page to be connected", async () =>
+        (await page.locator("#state").getAttribute("data-state")) === "open");
+      say("open");
+    } else if (cmd === "texts-in") {
+      // The log lists the newest first.
+      const texts = (await page.locator("#log li.in p.body").allTextContents()).reverse();
+      say(`texts-in ${JSON.stringify(texts)}`);
     } else if (cmd === "session-now") {
       say(`session ${(await page.locator("#session").textContent()).trim()}`);
     } else if (cmd === "expect-text") {

@@ -4,11 +4,12 @@
 //!
 //! The page runs on the reliable client the gateway serves at `/client.js` (its protocol logic
 //! is tested in Node: `tests/browser/client_test.mjs`); here, a page behind a proxy whose
-//! connections are cut resumes its session.
+//! connections are cut resumes its session, and keeps every message through a kill -9 of the
+//! node holding its socket.
 
 use std::{net::SocketAddr, path::PathBuf, process::Stdio, sync::Arc, time::Duration};
 
-use switchboard_sdk::{Client, Message, ReadOutcome, Target};
+use switchboard_sdk::{Client, Message, ReadOutcome, Receipt, Target};
 use switchboard_tests::{gateway::Gateway, pki::Pki, within};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines},
@@ -99,6 +100,8 @@ struct Cutter {
     addr: SocketAddr,
     /// (generation, holding): a connection lives while the generation it started in is current.
     state: Arc<watch::Sender<(u64, bool)>>,
+    /// Where new connections go (a load balancer's choice).
+    upstream: Arc<std::sync::Mutex<SocketAddr>>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -108,17 +111,21 @@ impl Cutter {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(watch::channel((0u64, false)).0);
         let shared = Arc::clone(&state);
+        let upstream = Arc::new(std::sync::Mutex::new(upstream));
+        let target = Arc::clone(&upstream);
         // Dropping the accept task drops the set, which aborts every connection's task.
         let accept = tokio::spawn(async move {
             let mut conns = JoinSet::new();
             while let Ok((mut client, _)) = listener.accept().await {
                 while conns.try_join_next().is_some() {}
                 let mut rx = shared.subscribe();
+                let target = Arc::clone(&target);
                 conns.spawn(async move {
                     let generation = match rx.wait_for(|&(_, holding)| !holding).await {
                         Ok(s) => s.0,
                         Err(_) => return,
                     };
+                    let upstream = *target.lock().unwrap();
                     let Ok(mut server) = TcpStream::connect(upstream).await else {
                         return;
                     };
@@ -132,8 +139,14 @@ impl Cutter {
         Cutter {
             addr,
             state,
+            upstream,
             accept,
         }
+    }
+
+    /// Sends new connections to `upstream`; those open stay where they are.
+    fn route_to(&self, upstream: SocketAddr) {
+        *self.upstream.lock().unwrap() = upstream;
     }
 
     fn cut(&self) {
@@ -370,6 +383,121 @@ async fn a_page_whose_connection_is_cut_resumes_its_session_and_gets_what_it_mis
         ReadOutcome::Message(m) => assert_eq!(m.message, Message::Text("still here".into())),
         other => panic!("expected the typed message, got {other:?}"),
     }
+    page.step("quit", "bye").await;
+    let status = within("the browser script to exit", page.child.wait())
+        .await
+        .unwrap();
+    assert!(status.success(), "the browser script failed: {status}");
+}
+
+#[tokio::test]
+async fn the_page_keeps_every_message_through_a_kill_of_the_node_holding_its_socket() {
+    let redis = switchboard_tests::redis::Redis::start().await;
+    let url = redis.url();
+    let mut nodes = Vec::new();
+    for id in ["page-a", "page-b"] {
+        nodes.push(
+            Gateway::start(&[
+                "--redis-url",
+                &url,
+                "--node-id",
+                id,
+                "--lease-ttl",
+                "2s",
+                "--lease-refresh",
+                "500ms",
+            ])
+            .await,
+        );
+    }
+    // The backend talks to node b, which lives; the page reaches node a through a balancer.
+    let sb = Client::builder()
+        .gateway(format!("http://{}", nodes[1].backend_addr))
+        .build()
+        .await
+        .unwrap();
+    let balancer = Cutter::start(nodes[0].client_addr).await;
+    let mut page = Browser::open(&format!("http://{}/demo?hub=lobby", balancer.addr)).await;
+    page.answer("open").await;
+    page.tell("session").await;
+    let id = page.answer("session").await;
+    assert_eq!(sb.session(id.as_str()).await.unwrap().node, "page-a");
+
+    // Numbered messages without a pause; the node dies a third of the way through.
+    const N: u64 = 150;
+    let sender = {
+        let sb = sb.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            for i in 1..=N {
+                let text = format!("n:{i}");
+                // A retry after an unclear failure keeps the message once (its ID).
+                within("a send to be taken", async {
+                    while sb
+                        .send_with_receipt(
+                            id.as_str(),
+                            text.as_str(),
+                            &text,
+                            Receipt::Queued,
+                            Duration::from_secs(2),
+                        )
+                        .await
+                        .is_err()
+                    {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                })
+                .await;
+            }
+        })
+    };
+    page.step("type before the kill", "sent before the kill")
+        .await;
+    page.step("expect-text n:50", "seen n:50").await;
+    balancer.route_to(nodes[1].client_addr);
+    nodes[0].signal("KILL");
+    nodes[0].wait().await;
+    page.step("wait-open", "open").await;
+    page.step("session-now", &format!("session {id}")).await;
+    page.step("type after the kill", "sent after the kill")
+        .await;
+    within("every send", sender).await.unwrap();
+    page.step(&format!("expect-text n:{N}"), &format!("seen n:{N}"))
+        .await;
+    page.tell("texts-in").await;
+    let texts: Vec<String> = serde_json::from_str(&page.answer("texts-in").await).unwrap();
+    let want: Vec<String> = (1..=N).map(|i| format!("n:{i}")).collect();
+    assert_eq!(texts, want, "every message once, in order");
+    assert_eq!(sb.session(id.as_str()).await.unwrap().node, "page-b");
+
+    // The backend gets what the page typed, once each, on either side of the kill.
+    let got = within("the typed messages and a quiet read", async {
+        let (mut got, mut ack) = (Vec::new(), 0);
+        loop {
+            match sb
+                .read_after(id.as_str(), ack, Duration::from_millis(500))
+                .await
+                .unwrap()
+            {
+                ReadOutcome::Message(m) if m.client_seq > ack => {
+                    ack = m.client_seq;
+                    got.push(m.message);
+                }
+                ReadOutcome::Message(_) => {}
+                ReadOutcome::TimedOut if got.len() >= 2 => return got,
+                ReadOutcome::TimedOut => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        got,
+        vec![
+            Message::Text("before the kill".into()),
+            Message::Text("after the kill".into())
+        ]
+    );
     page.step("quit", "bye").await;
     let status = within("the browser script to exit", page.child.wait())
         .await
