@@ -120,6 +120,8 @@ async fn echo(mut conn: SharedConnection) {
                 tracing::info!(session = %id, "session ended: {c}");
                 return;
             }
+            // This echo asks for no receipts.
+            Ok(Incoming::Receipt { .. }) => {}
             Err(e) => {
                 tracing::info!(session = %id, error = %e, "detached");
                 return;

@@ -10,8 +10,9 @@ use tonic::Streaming;
 use crate::{
     convert,
     error::{Error, Result},
-    types::{Closed, Incoming, Message, SessionId, SessionInfo},
+    types::{Closed, Incoming, Message, Receipt, SessionId, SessionInfo},
 };
+use std::time::Duration;
 
 /// Writes and closes waiting to go out on one attach stream. When full, `write` waits: the
 /// gateway takes writes as fast as the client's outbound queue drains.
@@ -135,6 +136,12 @@ impl SharedConnection {
                     let _ = self.writer.tx.send(ack).await;
                     return Ok(Incoming::Message(convert::inbound(m)));
                 }
+                Some(Resp::Receipt(r)) => {
+                    return Ok(Incoming::Receipt {
+                        id: r.id,
+                        reached: convert::reached(r.reached()),
+                    })
+                }
                 Some(Resp::Closed(c)) => {
                     let c = convert::closed(c);
                     self.closed = Some(c.clone());
@@ -162,6 +169,42 @@ impl SharedConnection {
     pub async fn write(&self, message: impl Into<Message>) -> Result<()> {
         self.ended()?;
         self.writer.write(message).await
+    }
+
+    /// Queues a message and asks for a receipt: [`read`](Self::read) yields
+    /// [`Incoming::Receipt`] with `id` once the message was written to the client's socket
+    /// ([`Receipt::Written`]) or acknowledged by a reliable client ([`Receipt::Acked`]),
+    /// whichever `wait` names, or when `timeout` passes (then `reached` says how far it got).
+    /// `message_id` (may be empty) keeps a retried write to a reliable session from being kept
+    /// twice. At most 1,024 receipts are due at once per stream; more writes wait.
+    ///
+    /// ```no_run
+    /// # async fn f(mut conn: switchboard_sdk::SharedConnection) -> Result<(), switchboard_sdk::Error> {
+    /// use std::time::Duration;
+    /// use switchboard_sdk::{Incoming, Receipt};
+    ///
+    /// conn.write_tracked(7, "invoice 42", "inv-42", Receipt::Acked, Duration::from_secs(5)).await?;
+    /// loop {
+    ///     match conn.read().await? {
+    ///         Incoming::Receipt { id: 7, reached } => break println!("invoice 42: {reached:?}"),
+    ///         Incoming::Closed(c) => break println!("{c}"),
+    ///         _ => {}
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn write_tracked(
+        &self,
+        id: u64,
+        message: impl Into<Message>,
+        message_id: &str,
+        wait: Receipt,
+        timeout: Duration,
+    ) -> Result<()> {
+        self.ended()?;
+        self.writer
+            .write_tracked(id, message, message_id, wait, timeout)
+            .await
     }
 
     /// [`Error::SessionGone`] once [`read`](Self::read) has seen the close.
@@ -244,6 +287,35 @@ impl ConnectionWriter {
     pub async fn write(&self, message: impl Into<Message>) -> Result<()> {
         self.push(Req::Write(convert::message(message.into())))
             .await
+    }
+
+    /// Same as [`SharedConnection::write_tracked`]; the receipt comes to the connection's
+    /// [`read`](SharedConnection::read).
+    ///
+    /// ```no_run
+    /// # async fn f(w: switchboard_sdk::ConnectionWriter) -> Result<(), switchboard_sdk::Error> {
+    /// use std::time::Duration;
+    /// use switchboard_sdk::Receipt;
+    ///
+    /// w.write_tracked(1, "hello", "", Receipt::Written, Duration::from_secs(5)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn write_tracked(
+        &self,
+        id: u64,
+        message: impl Into<Message>,
+        message_id: &str,
+        wait: Receipt,
+        timeout: Duration,
+    ) -> Result<()> {
+        self.push(Req::TrackedWrite(pb::TrackedWrite {
+            id,
+            message: Some(convert::message(message.into())),
+            message_id: message_id.to_owned(),
+            receipt: convert::receipt(wait) as i32,
+            receipt_timeout: Some(convert::duration(timeout)),
+        }))
+        .await
     }
 
     /// Same as [`SharedConnection::close`].

@@ -551,7 +551,8 @@ pub enum ReadOutcome {
 }
 
 /// What [`SharedConnection::read`](crate::SharedConnection::read) yields: the next message,
-/// or the close that ends the session.
+/// a receipt for a [`write_tracked`](crate::SharedConnection::write_tracked), or the close
+/// that ends the session.
 ///
 /// ```no_run
 /// # async fn f(mut conn: switchboard_sdk::SharedConnection) -> Result<(), switchboard_sdk::Error> {
@@ -566,6 +567,15 @@ pub enum ReadOutcome {
 pub enum Incoming {
     /// A message the client sent.
     Message(Inbound),
+    /// How far the tracked write with this `id` got (only after a
+    /// [`write_tracked`](crate::SharedConnection::write_tracked)). A receipt still due when
+    /// the session closes does not come: [`Incoming::Closed`] ends the stream.
+    Receipt {
+        /// The ID given to `write_tracked`.
+        id: u64,
+        /// The furthest point the message reached by the receipt's deadline.
+        reached: Receipt,
+    },
     /// The session ended; every later read returns this again.
     Closed(Closed),
 }

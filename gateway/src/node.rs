@@ -438,14 +438,24 @@ impl Node {
     }
 
     /// Queues a backend's write on an attached stream, waiting while the queue is full.
-    pub(crate) async fn send_waiting(&self, s: &Arc<Session>, message: &Message) -> Result<()> {
+    pub(crate) async fn send_waiting(
+        &self,
+        s: &Arc<Session>,
+        message: &Message,
+        message_id: &str,
+    ) -> Result<Sent> {
         if let Some(rel) = &s.reliable {
-            return self.send_reliable(s, rel, message, "").await.map(drop);
+            return self.send_reliable(s, rel, message, message_id).await;
         }
         let frame = self.encode(message)?.frame_for(s.deflate);
         loop {
-            match s.send(frame.clone(), Flush::Batched) {
-                Ok(()) => return Ok(()),
+            match s.send_tracked(frame.clone(), Flush::Batched) {
+                Ok(at) => {
+                    return Ok(Sent {
+                        written_at: Some((Arc::clone(s), at)),
+                        kept: None,
+                    })
+                }
                 Err(SendError::Gone) => return Err(Self::gone(s)),
                 Err(SendError::QueueFull) => {
                     self.on_queue_full(s);

@@ -45,14 +45,21 @@ const NODES: usize = 3;
 /// After the last expected message, this long without another one before "exactly once" is
 /// believed.
 const QUIET: Duration = Duration::from_secs(1);
-/// How long a whole run may take before it is a failure.
-const RUN_LIMIT: Duration = Duration::from_secs(240);
+fn long() -> bool {
+    std::env::var("SWITCHBOARD_CHAOS").as_deref() == Ok("long")
+}
 
 fn scale() -> (usize, u64) {
-    match std::env::var("SWITCHBOARD_CHAOS").as_deref() {
-        Ok("long") => (50, 2_000),
-        _ => (8, 150),
+    if long() {
+        (50, 2_000)
+    } else {
+        (8, 150)
     }
+}
+
+/// How long a whole run may take before it is a failure.
+fn run_limit() -> Duration {
+    Duration::from_secs(if long() { 1_800 } else { 240 })
 }
 
 /// Three nodes on fixed addresses, so a node restarted by a test comes back where its clients
@@ -380,12 +387,16 @@ impl Traffic {
     async fn a_third_through(&self) {
         let (n, m) = scale();
         let total = n as u64 * m;
-        within("a third of the traffic", async {
+        let third = tokio::time::timeout(run_limit(), async {
             while self.sent.load(Relaxed) < total / 3 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
         .await;
+        assert!(
+            third.is_ok(),
+            "timed out waiting for a third of the traffic"
+        );
     }
 
     /// Waits for everything (and the quiet periods) and says what each end saw.
@@ -398,7 +409,7 @@ impl Traffic {
             .iter()
             .map(|a| (a.session.clone(), Arc::clone(&a.seen), a.client.clone()))
             .collect();
-        let finished = tokio::time::timeout(RUN_LIMIT, async {
+        let finished = tokio::time::timeout(run_limit(), async {
             let mut clients = Vec::new();
             for a in apps {
                 let got = a.got.await.expect("application task");

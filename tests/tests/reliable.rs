@@ -586,6 +586,83 @@ async fn a_send_can_wait_until_the_message_is_written_or_acknowledged() {
 }
 
 #[tokio::test]
+async fn attach_writes_can_ask_for_receipts_which_come_back_on_the_stream() {
+    use switchboard_sdk::{Client, Incoming, Receipt};
+    let gw = Gateway::start(&["--max-message-bytes", "4096"]).await;
+    let sdk = Client::builder()
+        .gateway(format!("http://{}", gw.backend_addr))
+        .build()
+        .await
+        .unwrap();
+    let mut c = RelClient::open(&base(&gw), "h").await;
+    let mut conn = sdk.attach(c.session()).await.unwrap();
+    let long = Duration::from_secs(10);
+    conn.write_tracked(1, "m1", "", Receipt::Acked, long)
+        .await
+        .unwrap();
+    assert_eq!(c.message().await, (1, "m1".into()));
+    // A client message on the same stream meanwhile; then the client's ack.
+    c.send(1, "hello").await;
+    match within("the client's message", conn.read()).await.unwrap() {
+        Incoming::Message(m) => assert_eq!(m.client_seq, 1),
+        other => panic!("expected the message, got {other:?}"),
+    }
+    c.ack(1).await;
+    assert_eq!(
+        within("the receipt", conn.read()).await.unwrap(),
+        Incoming::Receipt {
+            id: 1,
+            reached: Receipt::Acked
+        }
+    );
+    // Not acknowledged by the deadline: written is as far as it got.
+    conn.write_tracked(2, "m2", "", Receipt::Acked, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(c.message().await, (2, "m2".into()));
+    assert_eq!(
+        within("the receipt", conn.read()).await.unwrap(),
+        Incoming::Receipt {
+            id: 2,
+            reached: Receipt::Written
+        }
+    );
+    // More writes than the receipts one stream may have due, each answered once.
+    let plain = gw.connect("p").await;
+    let mut pconn = sdk.attach(plain.id.as_str()).await.unwrap();
+    let writer = pconn.writer();
+    const N: u64 = 1_500;
+    let writes = tokio::spawn(async move {
+        for i in 0..N {
+            writer
+                .write_tracked(i, format!("w{i}"), "", Receipt::Written, long)
+                .await
+                .unwrap();
+        }
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    while (seen.len() as u64) < N {
+        match within("a receipt", pconn.read()).await.unwrap() {
+            Incoming::Receipt { id, reached } => {
+                assert_eq!(reached, Receipt::Written);
+                assert!(seen.insert(id), "receipt {id} twice");
+            }
+            other => panic!("expected a receipt, got {other:?}"),
+        }
+    }
+    writes.await.unwrap();
+    // A tracked write the gateway refuses (over the size limit) ends the stream.
+    pconn
+        .writer()
+        .write_tracked(N, "x".repeat(5_000), "", Receipt::Written, long)
+        .await
+        .unwrap();
+    let ended = within("the end of the stream", pconn.read()).await;
+    assert!(ended.is_err(), "{ended:?}");
+    drop(plain);
+}
+
+#[tokio::test]
 async fn a_publish_answers_each_session_s_outcome_on_every_node() {
     let redis = Redis::start().await;
     let nodes = cluster(&redis, 2).await;

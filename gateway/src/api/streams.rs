@@ -22,6 +22,9 @@ use crate::{
 /// backend sees no timeout).
 const POLL: Duration = Duration::from_secs(3600);
 
+/// Tracked writes of one stream whose receipts are still due; the next one waits for room.
+const PENDING_RECEIPTS: usize = 1024;
+
 /// Runs an `Attach` stream: the first request must open a session.
 pub(crate) async fn attach(
     node: Arc<Node>,
@@ -52,6 +55,9 @@ pub(crate) async fn attach(
     let attachment = node.attach(&id, open.take_over, open.manual_ack).await?;
     tracing::debug!(session = %id, take_over = open.take_over, "backend attached");
 
+    // Receipts of tracked writes join the client's messages on the way out.
+    let (receipts, due) = tokio::sync::mpsc::channel(PENDING_RECEIPTS);
+    let pending = Arc::new(tokio::sync::Semaphore::new(PENDING_RECEIPTS));
     // Writes and closes from the backend run beside the outbound stream, so a write waiting
     // for room never delays the client's messages reaching the backend.
     let pump = {
@@ -69,9 +75,29 @@ pub(crate) async fn attach(
                     Ok(Some(pb::AttachRequest {
                         kind: Some(Req::Write(m)),
                     })) => match convert::message(Some(m)) {
-                        Ok(m) => node.send_waiting(&session, &m).await,
+                        Ok(m) => node.send_waiting(&session, &m, "").await.map(drop),
                         Err(e) => Err(e),
                     },
+                    Ok(Some(pb::AttachRequest {
+                        kind: Some(Req::TrackedWrite(w)),
+                    })) => {
+                        let permit = tokio::select! {
+                            _ = ender.ended() => return,
+                            p = Arc::clone(&pending).acquire_owned() => p,
+                        };
+                        match (tracked_write(&node, &session, w).await, permit) {
+                            (Ok(wait), Ok(permit)) => {
+                                let receipts = receipts.clone();
+                                node.ctx.tasks.spawn(async move {
+                                    let _ = receipts.send(wait.await).await;
+                                    drop(permit);
+                                });
+                                Ok(())
+                            }
+                            (Err(e), _) => Err(e),
+                            (_, Err(_)) => return,
+                        }
+                    }
                     Ok(Some(pb::AttachRequest {
                         kind: Some(Req::Ack(a)),
                     })) => {
@@ -114,20 +140,51 @@ pub(crate) async fn attach(
             attachment.session.record(),
         ))),
     };
-    let rest = stream::unfold(Some((node, attachment)), |state| async move {
-        let (node, att) = state?;
-        let item = next_for_attached(&node, &att).await;
+    let rest = stream::unfold(Some((node, attachment, due)), |state| async move {
+        let (node, att, mut due) = state?;
+        // Both branches are cancel-safe: a message is taken from the inbox and handed on in
+        // one poll.
+        let item = tokio::select! {
+            Some(receipt) = due.recv() => Ok(receipt),
+            item = next_for_attached(&node, &att) => item,
+        };
         match item {
             Ok(
                 resp @ pb::AttachResponse {
                     kind: Some(Resp::Closed(_)),
                 },
             ) => Some((Ok(resp), None)),
-            Ok(resp) => Some((Ok(resp), Some((node, att)))),
+            Ok(resp) => Some((Ok(resp), Some((node, att, due)))),
             Err(status) => Some((Err(status), None)),
         }
     });
     Ok(Box::pin(stream::once(async { Ok(first) }).chain(rest)))
+}
+
+/// Queues a tracked write (waiting for room, as a plain write does); answers the wait for its
+/// receipt.
+async fn tracked_write(
+    node: &Arc<Node>,
+    session: &Arc<crate::session::Session>,
+    w: pb::TrackedWrite,
+) -> Result<impl std::future::Future<Output = pb::AttachResponse>> {
+    let want = convert::receipt(w.receipt());
+    let message = convert::message(w.message)?;
+    let wait = match want {
+        crate::node::Reached::Queued => Duration::ZERO,
+        _ => convert::timeout(w.receipt_timeout)?,
+    };
+    let sent = node.send_waiting(session, &message, &w.message_id).await?;
+    let node = Arc::clone(node);
+    Ok(async move {
+        let reached = node.receipt(&sent, want, wait).await;
+        pb::AttachResponse {
+            kind: Some(Resp::Receipt(pb::WriteReceipt {
+                id: w.id,
+                reached: convert::reached(reached) as i32,
+            })),
+        }
+    })
 }
 
 /// Attaches through the node holding the session: requests and responses are relayed as they

@@ -200,7 +200,7 @@ async fn echo(mut api: Api, id: &str) -> Result<String, Status> {
                     c.closed_by()
                 ))
             }
-            Some(Resp::Attached(_)) | Some(Resp::Message(_)) | None => {}
+            Some(Resp::Attached(_) | Resp::Message(_) | Resp::Receipt(_)) | None => {}
         }
     }
     Ok("stream ended".into())
