@@ -86,55 +86,16 @@ async fn state(api: &mut Api, id: &str) -> pb::SessionState {
     r.sessions[0].state()
 }
 
-/// A short Read that finds nothing (and so confirms the previous one).
-async fn read_nothing(api: &mut Api, id: &str) -> bool {
+/// A Read (with `ack`, when given) waiting up to `millis`: the message's (client seq, text),
+/// or `None` when it timed out.
+async fn read_msg(api: &mut Api, id: &str, ack: Option<u64>, millis: i32) -> Option<(u64, String)> {
     let r = api
         .read(pb::ReadRequest {
-            ack: None,
+            ack,
             session_id: id.into(),
             timeout: Some(prost_types::Duration {
-                seconds: 0,
-                nanos: 100_000_000,
-            }),
-        })
-        .await
-        .expect("read")
-        .into_inner();
-    matches!(r.result, Some(read_response::Result::TimedOut(_)))
-}
-
-async fn read_text(api: &mut Api, id: &str) -> (u64, String) {
-    let r = api
-        .read(pb::ReadRequest {
-            ack: None,
-            session_id: id.into(),
-            timeout: Some(prost_types::Duration {
-                seconds: 10,
-                nanos: 0,
-            }),
-        })
-        .await
-        .expect("read")
-        .into_inner();
-    match r.result {
-        Some(read_response::Result::Message(m)) => match m.message.and_then(|m| m.payload) {
-            Some(Payload::Text(t)) => (m.client_seq, t),
-            other => panic!("expected text, got {other:?}"),
-        },
-        other => panic!("expected a message, got {other:?}"),
-    }
-}
-
-/// A Read that says it has client messages up to `ack`: the message's (client seq, text), or
-/// `None` when it timed out (after 100 ms).
-async fn read_after(api: &mut Api, id: &str, ack: u64) -> Option<(u64, String)> {
-    let r = api
-        .read(pb::ReadRequest {
-            ack: Some(ack),
-            session_id: id.into(),
-            timeout: Some(prost_types::Duration {
-                seconds: 0,
-                nanos: 100_000_000,
+                seconds: i64::from(millis / 1000),
+                nanos: (millis % 1000) * 1_000_000,
             }),
         })
         .await
@@ -148,6 +109,22 @@ async fn read_after(api: &mut Api, id: &str, ack: u64) -> Option<(u64, String)> 
         Some(read_response::Result::TimedOut(_)) => None,
         other => panic!("expected a message or a time-out, got {other:?}"),
     }
+}
+
+/// A short Read that finds nothing (and so confirms the previous one).
+async fn read_nothing(api: &mut Api, id: &str) -> bool {
+    read_msg(api, id, None, 100).await.is_none()
+}
+
+async fn read_text(api: &mut Api, id: &str) -> (u64, String) {
+    read_msg(api, id, None, 10_000)
+        .await
+        .expect("a message within 10 s")
+}
+
+/// A Read that says it has client messages up to `ack`, waiting up to 100 ms.
+async fn read_after(api: &mut Api, id: &str, ack: u64) -> Option<(u64, String)> {
+    read_msg(api, id, Some(ack), 100).await
 }
 
 #[tokio::test]
