@@ -148,6 +148,8 @@ struct Group {
 
 struct Member {
     id: u64,
+    /// `node/id`, made once: routing compares it for every event.
+    uid: String,
     kinds: Kinds,
     tx: mpsc::Sender<Encoded>,
     cut_off: CancellationToken,
@@ -225,6 +227,7 @@ impl EventBus {
             .members
             .push(Member {
                 id,
+                uid: self.uid(id),
                 kinds,
                 tx,
                 cut_off: cut_off.clone(),
@@ -294,7 +297,7 @@ impl EventBus {
                         (
                             hub.clone(),
                             MemberRecord {
-                                uid: self.uid(m.id),
+                                uid: m.uid.clone(),
                                 node: self.node.to_string(),
                                 group: group.to_string(),
                                 kinds: m.kinds.0,
@@ -348,30 +351,22 @@ impl EventBus {
             .remove(hub);
     }
 
-    /// Whether any subscriber of `hub`, anywhere, takes `message` events.
-    pub(crate) async fn wants_messages(&self, hub: &Arc<str>) -> bool {
-        let local = self.lock().get(hub).is_some_and(|h| {
-            h.groups
-                .values()
-                .any(|g| g.members.iter().any(|m| m.kinds.wants(EventKind::Message)))
-        });
-        local
-            || self
-                .remote_members(hub)
-                .await
-                .iter()
-                .any(|m| Kinds(m.kinds).wants(EventKind::Message))
-    }
-
     /// Delivers one event to one member of every interested group; returns how many groups got
     /// it. Waits for room, cutting off members that stay full for longer than `slow_after`.
     pub(crate) async fn publish(&self, event: Event) -> usize {
         let kind = event.kind();
         let remote = self.remote_members(&event.hub).await;
-        let encoded: Encoded = Arc::new(crate::api::encode_event(&event));
         let mut delivered = 0;
         let mut failed: Vec<String> = Vec::new();
         let mut pending = self.route(&event.hub, &event.session, kind, &remote, None, &failed);
+        if pending.is_empty() {
+            // Nobody takes it (a client message then waits in the inbox): not even encoded.
+            if kind == EventKind::Disconnected {
+                self.forget(&event.hub, &event.session);
+            }
+            return 0;
+        }
+        let encoded: Encoded = Arc::new(crate::api::encode_event(&event));
         while let Some(d) = pending.pop() {
             if self.deliver(&event.hub, &d, &encoded).await {
                 delivered += 1;
@@ -512,6 +507,24 @@ impl EventBus {
             if only.is_some_and(|o| o != name) {
                 continue;
             }
+            // The usual case: the session's member here still takes this kind.
+            let assigned = g.assigned.get(session).and_then(|uid| {
+                g.members
+                    .iter()
+                    .find(|m| m.uid == *uid && m.kinds.wants(kind) && !failed.contains(uid))
+            });
+            if let Some(m) = assigned {
+                out.push(Delivery {
+                    group: name.clone(),
+                    uid: m.uid.clone(),
+                    target: Target::Local {
+                        id: m.id,
+                        tx: m.tx.clone(),
+                        cut_off: m.cut_off.clone(),
+                    },
+                });
+                continue;
+            }
             let mut candidates: Vec<(String, Target)> = g
                 .members
                 .iter()
@@ -522,7 +535,7 @@ impl EventBus {
                         tx: m.tx.clone(),
                         cut_off: m.cut_off.clone(),
                     };
-                    (format!("{}/{}", self.node, m.id), target)
+                    (m.uid.clone(), target)
                 })
                 .chain(
                     remote
@@ -699,9 +712,16 @@ mod tests {
     async fn leaving_removes_the_member() {
         let bus = bus();
         let sub = bus.subscribe("h", "", Kinds::ALL).await;
-        assert!(bus.wants_messages(&"h".into()).await);
+        assert_eq!(
+            bus.publish(disconnected(&SessionId::generate().unwrap()))
+                .await,
+            1
+        );
         drop(sub);
-        assert!(!bus.wants_messages(&"h".into()).await);
+        assert!(
+            bus.lock().is_empty(),
+            "the hub is gone with its last member"
+        );
         assert_eq!(
             bus.publish(disconnected(&SessionId::generate().unwrap()))
                 .await,

@@ -397,7 +397,7 @@ impl Node {
         if client_seq != 0 {
             inbound.client_seq = client_seq;
         }
-        if !s.is_attached() && s.inbox.is_empty() && self.events.wants_messages(&s.hub).await {
+        if !s.is_attached() && s.inbox.is_empty() {
             let event = Event {
                 session: s.id.clone(),
                 hub: s.hub.clone(),
