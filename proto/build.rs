@@ -18,6 +18,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `compile_fds` does not write the descriptor set itself; reflection needs it on disk.
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out.join("switchboard_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Binary payloads as `bytes::Bytes`: a message fanned out to many streams or nodes is
+    // shared, not copied, and one decoded from a request keeps the request's buffer.
+    tonic_prost_build::configure()
+        .bytes(".switchboard.v1.Message")
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -38,6 +38,7 @@ pub(crate) const WRITE_QUEUE: usize = 64;
 ///     }
 ///     Incoming::Message(m) => conn.write(m.message).await?,
 ///     Incoming::Closed(c) => println!("the client left: {c}"),
+///     Incoming::Receipt { .. } => {} // only after a `write_tracked`
 /// }
 /// # Ok(()) }
 /// ```
@@ -111,6 +112,7 @@ impl SharedConnection {
     /// loop {
     ///     match conn.read().await? {
     ///         Incoming::Message(m) => println!("#{} {:?}", m.seq, m.message),
+    ///         Incoming::Receipt { id, reached } => println!("write {id}: {reached:?}"),
     ///         Incoming::Closed(c) => break println!("{c}"),
     ///     }
     /// }

@@ -14,7 +14,7 @@ pub(crate) fn message(m: Message) -> pb::Message {
     pb::Message {
         payload: Some(match m {
             Message::Text(t) => Payload::Text(t),
-            Message::Binary(b) => Payload::Binary(b.to_vec()),
+            Message::Binary(b) => Payload::Binary(b),
         }),
     }
 }
@@ -23,7 +23,7 @@ fn from_message(m: Option<pb::Message>) -> Message {
     use pb::message::Payload;
     match m.and_then(|m| m.payload) {
         Some(Payload::Text(t)) => Message::Text(t),
-        Some(Payload::Binary(b)) => Message::Binary(b.into()),
+        Some(Payload::Binary(b)) => Message::Binary(b),
         // The gateway always sets one; an empty binary message is the harmless reading.
         None => Message::Binary(Default::default()),
     }

@@ -32,7 +32,7 @@ fn error_info(s: &tonic::Status) -> (String, std::collections::HashMap<String, S
 
 fn binary(b: &[u8]) -> Option<pb::Message> {
     Some(pb::Message {
-        payload: Some(Payload::Binary(b.to_vec())),
+        payload: Some(Payload::Binary(b.to_vec().into())),
     })
 }
 

@@ -70,7 +70,7 @@ async fn read_returns_a_waiting_message_times_out_and_reports_the_close() {
             assert_eq!(m.seq, 2);
             assert_eq!(
                 m.message.unwrap().payload,
-                Some(Payload::Binary(vec![1, 2, 3]))
+                Some(Payload::Binary(vec![1, 2, 3].into()))
             );
         }
         other => panic!("{other:?}"),
@@ -762,7 +762,7 @@ async fn small_attach_writes_to_a_client_that_does_not_read_wait_and_all_arrive(
         for i in 0..N {
             let write = pb::AttachRequest {
                 kind: Some(Req::Write(pb::Message {
-                    payload: Some(Payload::Binary(i.to_be_bytes().to_vec())),
+                    payload: Some(Payload::Binary(i.to_be_bytes().to_vec().into())),
                 })),
             };
             if send_when_window_allows(&mut tx, grpc_frame(&write))

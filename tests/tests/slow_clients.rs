@@ -16,7 +16,7 @@ use tonic::Code;
 
 fn binary(b: &[u8]) -> Option<pb::Message> {
     Some(pb::Message {
-        payload: Some(Payload::Binary(b.to_vec())),
+        payload: Some(Payload::Binary(b.to_vec().into())),
     })
 }
 

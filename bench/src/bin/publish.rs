@@ -157,7 +157,7 @@ fn message(seq: u64, size: usize, binary: bool) -> pb::Message {
 /// batch leaves).
 fn message_at(seq: u64, sent_ns: u64, size: usize, binary: bool) -> pb::Message {
     let p = if binary || size < payload::TEXT_STAMP {
-        Payload::Binary(payload::binary(seq, sent_ns, size))
+        Payload::Binary(payload::binary(seq, sent_ns, size).into())
     } else {
         Payload::Text(payload::text(seq, sent_ns, size))
     };

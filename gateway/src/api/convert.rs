@@ -58,7 +58,7 @@ pub(crate) fn message(m: Option<pb::Message>) -> Result<Message> {
         }),
         Some(Payload::Binary(b)) => Ok(Message {
             kind: Kind::Binary,
-            payload: b.into(),
+            payload: b,
         }),
         None => Err(Error::InvalidArgument(
             "message is required (text or binary)".into(),
@@ -71,7 +71,7 @@ pub(crate) fn to_pb_message(m: &Message) -> pb::Message {
     let payload = match m.kind {
         // Text payloads were validated as UTF-8 when the client's frames were assembled.
         Kind::Text => Payload::Text(String::from_utf8_lossy(&m.payload).into_owned()),
-        Kind::Binary => Payload::Binary(m.payload.to_vec()),
+        Kind::Binary => Payload::Binary(m.payload.clone()),
     };
     pb::Message {
         payload: Some(payload),
