@@ -25,6 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use prometheus_client::metrics::counter::Counter;
 use switchboard_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -144,6 +145,8 @@ struct Group {
     /// Session → member UID, so a session's events stay with one member.
     assigned: HashMap<SessionId, String>,
     next: usize,
+    /// Events delivered to the group (`switchboard_subscriber_events_total`), resolved once.
+    delivered: Option<Counter>,
 }
 
 struct Member {
@@ -172,6 +175,7 @@ struct Delivery {
     group: Arc<str>,
     uid: String,
     target: Target,
+    delivered: Counter,
 }
 
 impl EventBus {
@@ -370,8 +374,7 @@ impl EventBus {
         while let Some(d) = pending.pop() {
             if self.deliver(&event.hub, &d, &encoded).await {
                 delivered += 1;
-                self.metrics
-                    .subscriber_event(&event.hub, &visible_group(&d.group));
+                d.delivered.inc();
             } else {
                 failed.push(d.uid.clone());
                 self.unassign(&event.hub, &d.group, &d.uid);
@@ -465,6 +468,8 @@ impl EventBus {
             group,
             uid: uid.to_owned(),
             target: Target::Local { id, tx, cut_off },
+            // Counted by the node that routed it.
+            delivered: Counter::default(),
         };
         self.deliver(&hub, &d, &Arc::new(event)).await
     }
@@ -507,6 +512,10 @@ impl EventBus {
             if only.is_some_and(|o| o != name) {
                 continue;
             }
+            let delivered = g
+                .delivered
+                .get_or_insert_with(|| self.metrics.subscriber_counter(hub, &visible_group(name)))
+                .clone();
             // The usual case: the session's member here still takes this kind.
             let assigned = g.assigned.get(session).and_then(|uid| {
                 g.members
@@ -522,6 +531,7 @@ impl EventBus {
                         tx: m.tx.clone(),
                         cut_off: m.cut_off.clone(),
                     },
+                    delivered,
                 });
                 continue;
             }
@@ -570,6 +580,7 @@ impl EventBus {
                 group: name.clone(),
                 uid,
                 target,
+                delivered,
             });
         }
         // Drop the groups created only for routing if nothing was assigned in them.

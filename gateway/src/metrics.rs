@@ -366,15 +366,15 @@ impl Metrics {
         }
     }
 
-    /// Counts an event delivered to a `Subscribe` group, under a capped set of labels.
-    pub(crate) fn subscriber_event(&self, hub: &str, group: &str) {
+    /// The counter of events delivered to a `Subscribe` group, under a capped set of labels;
+    /// a group keeps it, so counting an event costs one atomic add.
+    pub(crate) fn subscriber_counter(&self, hub: &str, group: &str) -> Counter {
         let label = GroupLabel {
             hub: hub.to_owned(),
             group: group.to_owned(),
         };
         if let Some(c) = self.subscriber_events.get(&label) {
-            c.inc();
-            return;
+            return c.clone();
         }
         let label = if self.group_labels.fetch_add(1, Ordering::Relaxed) < MAX_GROUP_LABELS {
             label
@@ -385,7 +385,7 @@ impl Metrics {
                 group: "_other".into(),
             }
         };
-        self.subscriber_events.get_or_create(&label).inc();
+        self.subscriber_events.get_or_create(&label).clone()
     }
 }
 
@@ -521,10 +521,10 @@ mod tests {
     fn subscriber_group_labels_stop_at_the_cap_and_the_rest_are_lumped() {
         let m = Metrics::new();
         for i in 0..MAX_GROUP_LABELS + 50 {
-            m.subscriber_event("h", &format!("g{i}"));
+            m.subscriber_counter("h", &format!("g{i}")).inc();
         }
         // A label set already taken keeps counting under its own name.
-        m.subscriber_event("h", "g0");
+        m.subscriber_counter("h", "g0").inc();
         let text = m.render();
         let sets = text
             .lines()

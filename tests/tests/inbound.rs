@@ -495,6 +495,16 @@ async fn a_consumer_group_splits_events_once_each_and_another_group_gets_them_al
     );
     // The other group got all of them too.
     assert_eq!(results[&2].len(), 3 * N);
+    // And the metrics counted each delivery once per group.
+    let (status, metrics) = gw.admin_request("GET", "/metrics", None, "").await;
+    assert_eq!(status, 200);
+    for group in ["workers", "audit"] {
+        let line = format!(
+            "switchboard_subscriber_events_total{{hub=\"h\",group=\"{group}\"}} {}",
+            3 * N
+        );
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
 }
 
 #[tokio::test]
