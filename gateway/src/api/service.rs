@@ -208,13 +208,15 @@ impl Gateway for GatewayService {
         let started = std::time::Instant::now();
         let scope = scope(&req);
         let grant = Grant::of(&req);
-        let req = req.into_inner();
-        let r = async {
+        let mut req = req.into_inner();
+        let span = span("Send", &req.session_id);
+        // The request is taken apart, not copied: this is the hot unary path.
+        let r = async move {
             let id = match self.locate(scope, &grant, &req.session_id).await? {
                 Located::Here(id) => id,
-                Located::There { mut peer, .. } => return forwarded(peer.send(req.clone()).await),
+                Located::There { mut peer, .. } => return forwarded(peer.send(req).await),
             };
-            let msg = convert::message(req.message.clone())?;
+            let msg = convert::message(req.message.take())?;
             let want = convert::receipt(req.receipt());
             let wait = match want {
                 Reached::Queued => Duration::ZERO,
@@ -226,7 +228,7 @@ impl Gateway for GatewayService {
                 reached: convert::reached(reached) as i32,
             })
         }
-        .instrument(span("Send", &req.session_id))
+        .instrument(span)
         .await;
         self.finish("Send", started, r)
     }
@@ -238,7 +240,7 @@ impl Gateway for GatewayService {
         let started = std::time::Instant::now();
         let scope = scope(&req);
         let grant = Grant::of(&req);
-        let items = req.into_inner().items;
+        let mut items = req.into_inner().items;
         let r = async {
             convert::bounded("items", items.len())?;
             let mut results: Vec<Option<pb::SendResult>> = vec![None; items.len()];
@@ -299,7 +301,8 @@ impl Gateway for GatewayService {
                     Some(status) if self.node.pool.get(&id).is_none() => {
                         Err(Error::Remote(status.clone()))
                     }
-                    _ => match convert::message(items[i].message.clone()) {
+                    // Each item is sent here or forwarded, once: taken, not copied.
+                    _ => match convert::message(items[i].message.take()) {
                         Ok(m) => self.node.send(&id, &m, "").await,
                         Err(e) => Err(e),
                     },
@@ -309,7 +312,7 @@ impl Gateway for GatewayService {
             let forwarded = futures_util::future::join_all(elsewhere.into_iter().map(
                 |(node, mut peer, idx)| {
                     let batch = pb::SendBatchRequest {
-                        items: idx.iter().map(|&i| items[i].clone()).collect(),
+                        items: idx.iter().map(|&i| std::mem::take(&mut items[i])).collect(),
                     };
                     async move { (node, idx, peer.send_batch(batch).await) }
                 },
