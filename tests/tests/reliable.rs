@@ -747,9 +747,11 @@ async fn a_suspended_session_s_state_in_redis_expires_with_its_window() {
     let before = used(redis.cli(&["info", "memory"]).await);
     let mut events = subscribe(&mut api, "h").await;
     let mut ids = Vec::new();
+    let mut first_welcome = None;
     for _ in 0..SESSIONS {
         let mut c = RelClient::open(&base(&gw), "h").await;
         let id = c.session().to_owned();
+        first_welcome.get_or_insert_with(|| c.welcome.clone());
         for i in 0..KEPT {
             send(&mut api, &id, &format!("{i:0>100}")).await.unwrap();
         }
@@ -782,4 +784,26 @@ async fn a_suspended_session_s_state_in_redis_expires_with_its_window() {
             "{key} expires with the resume window (pttl {ttl})"
         );
     }
+    // Resumed on the same node: the window ends in Redis too, so the state of the live session
+    // never expires under it.
+    let w = first_welcome.expect("a session");
+    let _c = RelClient::resume(&base(&gw), "h", &w, KEPT as u64)
+        .await
+        .unwrap();
+    event(&mut events, &ids[0], "resumed").await;
+    for key in [
+        format!("m:rel:{{{}}}", ids[0]),
+        format!("m:relout:{{{}}}", ids[0]),
+        format!("m:session:{}", ids[0]),
+    ] {
+        let ttl: i64 = redis.cli(&["pttl", &key]).await[0].parse().expect("pttl");
+        assert_eq!(ttl, -1, "{key} has no TTL once resumed");
+    }
+    let suspended = redis
+        .cli(&["hget", &format!("m:rel:{{{}}}", ids[0]), "suspended"])
+        .await;
+    assert!(
+        suspended.iter().all(|l| l.is_empty() || l == "0"),
+        "{suspended:?}"
+    );
 }

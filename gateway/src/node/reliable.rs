@@ -894,6 +894,12 @@ impl Node {
             tracing::warn!(session = %s.id, error = %e, "could not register the resumed session");
         }
         if let Some(redis) = self.journal() {
+            // A resume on the same node ends the window its suspension started in Redis too
+            // (a claim from another node did so already): the state must not expire under a
+            // live session.
+            if let Err(e) = redis.rel_resumed(s.id.as_str(), &self.id).await {
+                tracing::warn!(session = %s.id, error = %e, "could not end the resume window in redis");
+            }
             if let Err(e) = redis.rel_record_ttl(s.id.as_str(), None).await {
                 tracing::warn!(session = %s.id, error = %e, "could not take the record's TTL off");
             }

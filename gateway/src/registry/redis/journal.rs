@@ -66,6 +66,15 @@ if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[2
 if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('PEXPIRE', KEYS[3], ARGV[2]) end
 return 1";
 
+/// Ends the resume window of a session `ARGV[1]` still holds (its client came back to it).
+const RESUMED: &str = r"
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+redis.call('HDEL', KEYS[1], 'suspended')
+redis.call('PERSIST', KEYS[1])
+redis.call('PERSIST', KEYS[2])
+redis.call('PERSIST', KEYS[3])
+return 1";
+
 /// Hands the session to `ARGV[2]` if the token digest matches; answers its state (with the
 /// previous owner) as a flat list, or nothing.
 const CLAIM: &str = r"
@@ -252,6 +261,13 @@ impl RedisRegistry {
     ) -> Result<bool, RegistryError> {
         let mut c = self.rel_script(SUSPEND, id);
         c.arg(owner).arg(window.as_millis().max(1) as u64);
+        Ok(self.query::<i64>(c).await? == 1)
+    }
+
+    /// Ends the resume window of a session `owner` holds; false if another node holds it now.
+    pub(crate) async fn rel_resumed(&self, id: &str, owner: &str) -> Result<bool, RegistryError> {
+        let mut c = self.rel_script(RESUMED, id);
+        c.arg(owner);
         Ok(self.query::<i64>(c).await? == 1)
     }
 
