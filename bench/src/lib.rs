@@ -4,8 +4,9 @@
 //!
 //! Binaries: `loadgen` (holds many client sockets and records what arrives), `publish` (sends
 //! through Switchboard's gRPC API or to nchan / Pushpin over HTTP), `suite` (starts every
-//! process of a scenario and prints tables) and `report` (medians of several suite runs into
-//! BENCHMARKS.md and PNG plots).
+//! process of a scenario and prints tables), `report` (medians of several suite runs into
+//! BENCHMARKS.md and PNG plots) and `subscribe` (client messages to `Subscribe` consumer
+//! groups).
 
 pub mod payload;
 pub mod procfs;
