@@ -736,8 +736,8 @@ impl Node {
         Ok(())
     }
 
-    /// The next client message, "timed out", or "closed". `ack`: the last reliable client
-    /// seq the backend received (see `ReadRequest.ack`).
+    /// The next client message, "timed out", or "closed". `ack`: the last `client_seq` the
+    /// backend received (see `ReadRequest.ack`).
     pub(crate) async fn read(
         &self,
         id: &SessionId,
