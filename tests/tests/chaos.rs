@@ -409,6 +409,33 @@ impl Traffic {
             .iter()
             .map(|a| (a.session.clone(), Arc::clone(&a.seen), a.client.clone()))
             .collect();
+        let phase = Arc::new(std::sync::Mutex::new("applications"));
+        // Says where a long run waits, every minute, while it waits.
+        let watchdog = {
+            let phase = Arc::clone(&phase);
+            let watched = watched.clone();
+            let (_, m) = scale();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    println!("waiting for the {}", phase.lock().unwrap());
+                    for (session, seen, client) in &watched {
+                        if seen.load(Relaxed) < m {
+                            println!(
+                                "  session {session}: application had {}, client {:?}",
+                                seen.load(Relaxed),
+                                client.stats()
+                            );
+                        }
+                    }
+                    for (session, r) in READS.lock().unwrap().iter() {
+                        if r.0 != 0 {
+                            println!("  reader of {session}: {r:?}");
+                        }
+                    }
+                }
+            })
+        };
         let finished = tokio::time::timeout(run_limit(), async {
             let mut clients = Vec::new();
             for a in apps {
@@ -418,11 +445,13 @@ impl Traffic {
                 // messages the gateway has not acknowledged would take them along.
                 clients.push(a.client);
             }
+            *phase.lock().unwrap() = "readers";
             while let Some(r) = readers.join_next().await {
                 let (session, seqs, again) = r.expect("reader task");
                 tally.to_backends.insert(session, seqs);
                 tally.answered_again += again;
             }
+            *phase.lock().unwrap() = "clients to close";
             for c in clients {
                 let s = c.stats();
                 tally.client_duplicates_dropped += s.duplicates;
@@ -432,6 +461,7 @@ impl Traffic {
             }
         })
         .await;
+        watchdog.abort();
         if finished.is_err() {
             for (session, seen, client) in &watched {
                 println!(

@@ -473,6 +473,62 @@ async fn a_read_answer_the_backend_did_not_get_comes_again_on_the_node_that_hold
 }
 
 #[tokio::test]
+async fn a_resume_while_the_old_connection_waits_for_inbox_room_loses_no_client_message() {
+    let gw = Gateway::start(&["--inbox-messages", "4"]).await;
+    let mut api = gw.api().await;
+    let mut c1 = RelClient::open(&base(&gw), "h").await;
+    let id = c1.session().to_owned();
+    for i in 1..=10 {
+        c1.send(i, &format!("m{i}")).await;
+    }
+    // Nobody reads: the inbox fills and the connection's reader waits with message 5.
+    within("a full inbox", async {
+        loop {
+            let info = api
+                .get_session(pb::GetSessionRequest {
+                    session_id: id.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .session
+                .unwrap();
+            if info.counters.is_some_and(|c| c.inbox_depth == 4) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // A second connection resumes the session on the same node, and sends everything again
+    // (nothing was acknowledged).
+    let mut c2 = RelClient::resume(&base(&gw), "h", &c1.welcome, 0)
+        .await
+        .unwrap();
+    assert_eq!(c2.welcome.ack, 0);
+    for i in 1..=10 {
+        c2.send(i, &format!("m{i}")).await;
+    }
+    let mut ack = 0;
+    let got = within("every client message", async {
+        let mut got = Vec::new();
+        while got.len() < 10 {
+            if let Some((seq, text)) = read_after(&mut api, &id, ack).await {
+                ack = seq;
+                got.push((seq, text));
+            }
+        }
+        got
+    })
+    .await;
+    let want: Vec<(u64, String)> = (1..=10).map(|i| (i, format!("m{i}"))).collect();
+    assert_eq!(got, want, "once each, in order");
+    assert_eq!(read_after(&mut api, &id, ack).await, None, "nothing more");
+    c2.acked(10).await;
+    drop(c1);
+}
+
+#[tokio::test]
 async fn a_drained_node_sends_reliable_clients_elsewhere_and_backends_never_see_them_leave() {
     let redis = Redis::start().await;
     let mut nodes = cluster(&redis, 2).await;

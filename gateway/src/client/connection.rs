@@ -277,9 +277,20 @@ async fn take_steps(
                 return Err(dropped(session));
             }
         }
+        // A delivery waiting for room in the inbox stops when a resume on this node takes the
+        // session over: that resume moves the inbox's messages to the new connection, and the
+        // client sends this one there (it was never acknowledged). Finishing here instead
+        // would put it into an inbox nobody reads and mark it received.
+        let replaced = async {
+            match &session.reliable {
+                Some(rel) => rel.replaced(session).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             _ = session.killed() => return Err(dropped(session)),
+            _ = replaced => return Err(dropped(session)),
             _ = node.deliver(session, message, client_seq) => {}
         }
         if let Some(rel) = &session.reliable {

@@ -230,6 +230,8 @@ pub(crate) struct Reliable {
     ids: Mutex<VecDeque<Box<str>>>,
     /// The connection now carrying the session.
     current: Mutex<Weak<Session>>,
+    /// Woken when another connection takes the session over.
+    replaced: tokio::sync::Notify,
 }
 
 impl Reliable {
@@ -248,6 +250,7 @@ impl Reliable {
             journal: Mutex::new(VecDeque::new()),
             ids: Mutex::new(VecDeque::new()),
             current: Mutex::new(Weak::new()),
+            replaced: tokio::sync::Notify::new(),
         })
     }
 
@@ -276,6 +279,20 @@ impl Reliable {
 
     pub(crate) fn set_current(&self, s: &Arc<Session>) {
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(s);
+        self.replaced.notify_waiters();
+    }
+
+    /// Resolves once `s` no longer carries the session (a resume took it over).
+    pub(crate) async fn replaced(&self, s: &Arc<Session>) {
+        loop {
+            let changed = self.replaced.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if !self.current().is_some_and(|c| Arc::ptr_eq(&c, s)) {
+                return;
+            }
+            changed.await;
+        }
     }
 
     /// The last gateway `seq` the client acknowledged.
