@@ -9,6 +9,8 @@
 //! - `nchan`: `POST {endpoint}/pub/all` or `/pub/<index>` (`--endpoint http://127.0.0.1:8091`).
 //! - `pushpin`: `POST {endpoint}/publish/` with a JSON item for channel `all` or `<index>`
 //!   (`--endpoint http://127.0.0.1:5561`).
+//! - `bun`: as nchan, `POST {endpoint}/pub/all` or `/pub/<index>` to `bench/peers/bun_pubsub.js`
+//!   (`--endpoint http://127.0.0.1:8097`).
 //!
 //! Unicast message j (1, 2, ...) goes to the socket with global index j mod N, which is what a
 //! load generator's `unicast:M:N` expectation checks.
@@ -49,7 +51,7 @@ use tokio::{
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Parser)]
-#[command(about = "Stamped messages to Switchboard (gRPC), nchan or Pushpin (HTTP)")]
+#[command(about = "Stamped messages to Switchboard (gRPC), nchan, Pushpin or Bun (HTTP)")]
 struct Cli {
     #[arg(long, value_enum)]
     target: Target,
@@ -65,6 +67,7 @@ enum Target {
     Switchboard,
     Nchan,
     Pushpin,
+    Bun,
 }
 
 #[derive(Subcommand)]
@@ -239,7 +242,7 @@ impl Http {
 /// A peer publish of one text message to `channel`.
 async fn peer_publish(http: &mut Http, target: Target, channel: &str, text: String) -> Result<()> {
     match target {
-        Target::Nchan => {
+        Target::Nchan | Target::Bun => {
             http.post(&format!("/pub/{channel}"), "text/plain", text.into())
                 .await
         }
@@ -366,7 +369,7 @@ async fn broadcast(target: Target, endpoint: &str, a: BroadcastArgs) -> Result<P
                 tally.call_ns.push(t.elapsed().as_nanos() as u64);
             }
         }
-        Target::Nchan | Target::Pushpin => {
+        Target::Nchan | Target::Pushpin | Target::Bun => {
             let mut http = Http::connect(endpoint).await?;
             for seq in 1..=a.count {
                 sleep_until((start + interval * (seq as u32 - 1)).into()).await;

@@ -365,10 +365,11 @@ fn target_order(t: &str) -> usize {
         "switchboard-memory",
         "nchan",
         "pushpin",
+        "bun",
     ]
     .iter()
     .position(|x| *x == t)
-    .unwrap_or(9)
+    .unwrap_or(10)
 }
 
 /// The publisher's batch period of a unicast group, when it sent with `SendBatch`. Read from
@@ -396,19 +397,24 @@ fn unicast_mode(target: &str, g: &Group) -> String {
     }
 }
 
-const COLORS: [RGBColor; 4] = [
+const COLORS: [RGBColor; 5] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
     RGBColor(214, 39, 40),
 ];
+
+/// The peers beside the gateway, in table and plot order.
+const PEERS: [&str; 3] = ["nchan", "pushpin", "bun"];
 
 fn color(t: &str) -> RGBColor {
     match t {
         "switchboard" => COLORS[0],
         "nchan" => COLORS[1],
         "pushpin" => COLORS[2],
-        _ => COLORS[3],
+        "bun" => COLORS[3],
+        _ => COLORS[4],
     }
 }
 
@@ -601,8 +607,8 @@ fn main() -> Result<()> {
          not (compare targets within a run, as ratios). Server, load generators and publisher \
          share the same two cores, so every latency includes the client's own scheduling. \
          RSS is `VmRSS` of the server's processes (nginx master + worker; Pushpin's runner, \
-         condure, proxy, handler and zurl) after minus before, divided by sockets; kernel socket \
-         memory (~10 KB per loopback connection, both ends) is not in it. CPU is `utime` and \
+         condure, proxy, handler and zurl; the bun process) after minus before, divided by \
+         sockets; kernel socket memory (~10 KB per loopback connection, both ends) is not in it. CPU is `utime` and \
          `stime` of the same processes over the measurement, divided by delivered messages \
          ({} Hz ticks). Every load generator checks exact delivery: each expected message once, \
          none lost, none duplicated, none at the wrong socket.\n",
@@ -803,10 +809,13 @@ fn main() -> Result<()> {
     writeln!(md, "## Idle connections: server RSS per connection\n")?;
     writeln!(
         md,
-        "One server process (nginx: one worker), sockets opened at a fixed rate from several \
+        "One server process (nginx: one worker; Bun: one process, whose JavaScript and \
+         uWebSockets event loop run on one thread), sockets opened at a fixed rate from several \
          load-generator processes bound to different 127.0.0.x source addresses. Server \
-         keepalive pings are off on both sides (nchan: `nchan_websocket_ping_interval 0`; \
-         gateway: `--ping-interval 1h`), so no ping round lands in a measured window.\n"
+         keepalive pings are off on every side (nchan: `nchan_websocket_ping_interval 0`; Bun: \
+         `sendPings: false`, `idleTimeout: 0`; gateway: `--ping-interval 1h`), so no ping round \
+         lands in a measured window. Each nchan and Bun socket joins its own channel and the \
+         broadcast channel `all`.\n"
     )?;
     writeln!(md, "| target | sockets | RSS/conn KiB (median) | range | RSS before → after MiB | load generator KiB/socket |")?;
     writeln!(md, "| --- | --- | --- | --- | --- | --- |")?;
@@ -868,10 +877,11 @@ fn main() -> Result<()> {
     writeln!(md, "## Broadcast fan-out\n")?;
     writeln!(
         md,
-        "A hub-wide Publish (nchan: `POST /pub/all`; Pushpin: an HTTP publish to channel `all`) \
-         repeated at a fixed interval; latency is publisher send stamp to client receive, over \
-         every delivery; *to last* is the time until the last socket got a message (median over \
-         messages). CPU is the server's, per delivered message.\n"
+        "A hub-wide Publish (nchan: `POST /pub/all`; Pushpin: an HTTP publish to channel `all`; \
+         Bun: `POST /pub/all`, which calls `server.publish(\"all\", body)`) repeated at a fixed \
+         interval; latency is publisher send stamp to client receive, over every delivery; *to \
+         last* is the time until the last socket got a message (median over messages). CPU is \
+         the server's, per delivered message.\n"
     )?;
     writeln!(md, "| target | sockets | payload | p50 ms | p90 ms | p99 ms | max ms | to last ms | user µs/msg | sys µs/msg | total µs/msg | delivered/expected | exact |")?;
     writeln!(
@@ -922,7 +932,7 @@ fn main() -> Result<()> {
             ("sockets", Data::param(k, "sockets")),
             ("payload", Data::param(k, "payload")),
         ];
-        for peer in ["nchan", "pushpin"] {
+        for peer in PEERS {
             if let Some(p) = d.get("fanout", peer, &params) {
                 let r = |m: &str| match (g.med(m), p.med(m)) {
                     (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
@@ -972,7 +982,7 @@ fn main() -> Result<()> {
         md,
         "Messages to one socket each, paced at the asked rate for a fixed time, with the sockets \
          otherwise idle. One message per call (Switchboard: gRPC `Send` from 256 concurrent \
-         callers over 4 HTTP/2 connections; nchan: `POST /pub/<id>` over 64 keep-alive \
+         callers over 4 HTTP/2 connections; nchan and Bun: `POST /pub/<id>` over 64 keep-alive \
          connections; Pushpin: an HTTP publish per message, 64 callers, a new connection per \
          request since Pushpin answers `Connection: close`), or, in the `-batch` rows, gRPC \
          `SendBatch`: every batch period the publisher sends every message already due in one \
@@ -1154,7 +1164,7 @@ fn main() -> Result<()> {
     });
     if let Some(n) = cdf_n {
         let mut series = Vec::new();
-        for t in ["switchboard", "nchan", "pushpin"] {
+        for t in std::iter::once("switchboard").chain(PEERS) {
             if let Some(g) = d.get("fanout", t, &[("sockets", n), ("payload", 100.0)]) {
                 // The run whose p50 is the median one.
                 let med = g.med("p50_ms").unwrap_or(0.0);
@@ -1179,7 +1189,7 @@ fn main() -> Result<()> {
         writeln!(md, "![latency CDF]({})\n", rel(&cli.out, &p))?;
     }
     let mut rss_series = Vec::new();
-    for t in ["switchboard", "nchan", "pushpin"] {
+    for t in std::iter::once("switchboard").chain(PEERS) {
         let mut pts: Vec<(f64, f64)> = d
             .of("idle")
             .filter(|(k, _)| k.1 == t)
@@ -1208,7 +1218,7 @@ fn main() -> Result<()> {
         writeln!(md, "![RSS per connection]({})\n", rel(&cli.out, &p))?;
     }
     let mut cpu_series = Vec::new();
-    for t in ["switchboard", "nchan", "pushpin"] {
+    for t in std::iter::once("switchboard").chain(PEERS) {
         for (metric, label) in [
             ("cpu_user_us_per_msg", "user"),
             ("cpu_sys_us_per_msg", "system"),
@@ -1245,11 +1255,12 @@ fn main() -> Result<()> {
     writeln!(
         md,
         "`bench/run-all` (everything, three runs, with peers; installs nginx + nchan, Pushpin, \
-         Node, redis-server and a font from Debian's packages when missing), `bench/run-all \
-         --quick` (small sizes), `bench/smoke` (exact delivery only, for CI). Scenario by \
-         scenario: `target/release/suite run --out DIR --only fanout,unicast,churn,flood,multinode \
-         [--quick] [--peers nchan,pushpin|none]`, then `target/release/report DIR*/suite.json`. \
-         The load generator and publisher run alone too: see `bench/README.md`."
+         Node, redis-server and a font from Debian's packages and Bun 1.4.4 from npm when \
+         missing), `bench/run-all --quick` (small sizes), `bench/smoke` (exact delivery only, for \
+         CI). Scenario by scenario: `target/release/suite run --out DIR --only \
+         fanout,unicast,churn,flood,multinode [--quick] [--peers nchan,pushpin,bun|none]`, then \
+         `target/release/report DIR*/suite.json`. The load generator and publisher run alone \
+         too: see `bench/README.md`."
     )?;
     std::fs::write(&cli.out, md)?;
     println!("wrote {}", cli.out.display());

@@ -1,8 +1,8 @@
 //! The benchmark suite: starts every process a scenario needs (gateways, redis-server, the
-//! peers nginx+nchan and Pushpin, load generators, publishers), measures, prints a table per
-//! scenario and writes every record to `OUT/suite.json` for `report`.
+//! peers nginx+nchan, Pushpin and Bun, load generators, publishers), measures, prints a table
+//! per scenario and writes every record to `OUT/suite.json` for `report`.
 //!
-//! `suite run --out DIR [--quick] [--only fanout,unicast,...] [--peers nchan,pushpin]`
+//! `suite run --out DIR [--quick] [--only fanout,unicast,...] [--peers nchan,pushpin,bun]`
 //! `suite smoke` (a few hundred sockets, Switchboard only, exact delivery asserted; the last
 //! line is `bench-smoke: N passed, M failed`).
 //!
@@ -41,7 +41,7 @@ use tokio::{
 };
 
 #[derive(Parser)]
-#[command(about = "Switchboard benchmark suite, with nginx+nchan and Pushpin side by side")]
+#[command(about = "Switchboard benchmark suite, with nginx+nchan, Pushpin and Bun side by side")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -78,7 +78,8 @@ struct RunArgs {
     /// Scenarios to run (default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Peers to run beside the gateway (default: nchan,pushpin when installed; `none` for none).
+    /// Peers to run beside the gateway: nchan, pushpin, bun (default: each one installed; Bun
+    /// from `PEERS_DIR/bun/`, see bench/peers/install; `none` for none).
     #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
     /// Folder with the peers' configuration templates.
@@ -348,15 +349,19 @@ enum Server {
         zurl: Child,
         backend: Child,
     },
+    Bun {
+        child: Child,
+    },
 }
 
 impl Server {
     /// Every process of the server (gateway nodes; nginx master and workers; Pushpin's runner,
-    /// condure, proxy, handler and zurl — not the GRIP backend, which is the application).
+    /// condure, proxy, handler and zurl — not the GRIP backend, which is the application; the
+    /// bun process and any child of it).
     fn pids(&self) -> Vec<u32> {
         match self {
             Server::Gateway { nodes, .. } => nodes.iter().map(|n| n.pid).collect(),
-            Server::Nchan { master } => master
+            Server::Nchan { master: child } | Server::Bun { child } => child
                 .id()
                 .map(|p| procfs::tree(p).into_iter().collect())
                 .unwrap_or_default(),
@@ -383,6 +388,7 @@ impl Server {
             Server::Gateway { nodes, .. } => format!("ws://{}/ws/bench", nodes[node].client),
             Server::Nchan { .. } => "ws://127.0.0.1:8090/sub/{i}".into(),
             Server::Pushpin { .. } => "ws://127.0.0.1:7999/ws?session={i}".into(),
+            Server::Bun { .. } => format!("ws://127.0.0.1:{BUN_PORT}/sub/{{i}}"),
         }
     }
 
@@ -394,6 +400,7 @@ impl Server {
             }
             Server::Nchan { .. } => ("nchan", "http://127.0.0.1:8091".into()),
             Server::Pushpin { .. } => ("pushpin", "http://127.0.0.1:5561".into()),
+            Server::Bun { .. } => ("bun", format!("http://127.0.0.1:{BUN_PORT}")),
         }
     }
 
@@ -416,6 +423,7 @@ impl Server {
                 }
             }
             Server::Nchan { mut master } => stop_child(&mut master, "QUIT").await,
+            Server::Bun { mut child } => stop_child(&mut child, "TERM").await,
             Server::Pushpin {
                 mut runner,
                 mut zurl,
@@ -541,11 +549,75 @@ async fn pushpin_server(env: &mut Env) -> Result<Server> {
     })
 }
 
+/// Bun's pub/sub script (`bun_pubsub.js`) listens here, for sockets and publishes alike.
+const BUN_PORT: u16 = 8097;
+
+/// The Bun binary that bench/peers/install puts under `PEERS_DIR/bun/` (npm package `bun`):
+/// `node_modules/.bin/bun` once the package's postinstall has put the platform binary in place
+/// of its placeholder script, or else the platform package's own binary. None when neither is
+/// there.
+fn bun_bin(peers_dir: &Path) -> Option<PathBuf> {
+    let modules = peers_dir.join("bun").join("node_modules");
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "x64",
+        "aarch64" => "aarch64",
+        other => other,
+    };
+    let mut candidates = vec![modules.join(".bin").join("bun")];
+    for variant in ["", "-baseline", "-musl", "-musl-baseline"] {
+        candidates.push(
+            modules
+                .join("@oven")
+                .join(format!("bun-linux-{arch}{variant}"))
+                .join("bin")
+                .join("bun"),
+        );
+    }
+    // The placeholder is a small script that only says the postinstall did not run.
+    let is_elf = |p: &Path| {
+        let mut magic = [0u8; 4];
+        std::fs::File::open(p)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok_and(|()| magic == *b"\x7fELF")
+    };
+    candidates.into_iter().find(|p| is_elf(p))
+}
+
+async fn bun_server(env: &mut Env) -> Result<Server> {
+    anyhow::ensure!(
+        !port_open(BUN_PORT),
+        "port {BUN_PORT} is taken: another Bun peer runs"
+    );
+    let bin = bun_bin(&env.peers_dir).with_context(|| {
+        format!(
+            "no bun binary under {} (bench/peers/install installs it)",
+            env.peers_dir.join("bun").display()
+        )
+    })?;
+    let dir = env.dir("bun")?;
+    let child = Command::new(&bin)
+        .arg(env.peers_dir.join("bun_pubsub.js"))
+        .arg(BUN_PORT.to_string())
+        .current_dir(&dir)
+        // Bun's opt-out of telemetry and crash-report uploads: nothing leaves loopback.
+        .env("DO_NOT_TRACK", "1")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.join("stdout.log"))?)
+        .stderr(std::fs::File::create(dir.join("stderr.log"))?)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("spawn {}", bin.display()))?;
+    wait_ports(&[BUN_PORT], "bun").await?;
+    sleep(Duration::from_millis(500)).await;
+    Ok(Server::Bun { child })
+}
+
 async fn start_server(env: &mut Env, kind: &str) -> Result<Server> {
     match kind {
         "switchboard" => gateway_server(env, 1, false).await,
         "nchan" => nchan_server(env).await,
         "pushpin" => pushpin_server(env).await,
+        "bun" => bun_server(env).await,
         other => bail!("unknown target {other}"),
     }
 }
@@ -2043,11 +2115,19 @@ async fn run(a: RunArgs) -> Result<()> {
         if have("pushpin") && have("zurl") && have("node") {
             v.push("pushpin".to_owned());
         }
+        if bun_bin(&env.peers_dir).is_some() {
+            v.push("bun".to_owned());
+        }
         v
     } else {
         a.peers.iter().filter(|p| *p != "none").cloned().collect()
     };
-    peers.retain(|p| p == "nchan" || p == "pushpin");
+    for p in &peers {
+        if !["nchan", "pushpin", "bun"].contains(&p.as_str()) {
+            println!("warning: unknown peer {p:?} left out (nchan, pushpin, bun)");
+        }
+    }
+    peers.retain(|p| p == "nchan" || p == "pushpin" || p == "bun");
     let mut targets = vec!["switchboard".to_owned()];
     targets.extend(peers);
     let want = |s: &str| a.only.is_empty() || a.only.iter().any(|o| o == s);
