@@ -40,6 +40,10 @@ static READS: std::sync::LazyLock<std::sync::Mutex<HashMap<String, ReaderState>>
 /// First client seq missing, node called, last outcome.
 type ReaderState = (usize, usize, &'static str);
 
+/// One test at a time: nodes restart on fixed ports, which a test running beside could take
+/// in between.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Nodes in every run.
 const NODES: usize = 3;
 /// After the last expected message, this long without another one before "exactly once" is
@@ -573,6 +577,7 @@ impl Watch {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_node_holding_the_sockets_loses_nothing() {
+    let _one_at_a_time = SERIAL.lock().await;
     let mut cluster = Cluster::start().await;
     let mut watch = Watch::new();
     watch.subscribe(&cluster.apis[2]).await;
@@ -622,6 +627,7 @@ async fn kill_9_of_the_node_holding_the_sockets_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_every_node_loses_nothing() {
+    let _one_at_a_time = SERIAL.lock().await;
     let mut cluster = Cluster::start().await;
     let mut watch = Watch::new();
     for api in &cluster.apis {
@@ -657,6 +663,7 @@ async fn a_rolling_restart_of_every_node_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_cut_connections_in_a_row_lose_nothing() {
+    let _one_at_a_time = SERIAL.lock().await;
     let cluster = Cluster::start().await;
     let traffic = Traffic::start(&cluster).await;
     traffic.a_third_through().await;
@@ -691,6 +698,7 @@ async fn twenty_cut_connections_in_a_row_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_without_persistence_loses_nothing_on_live_connections() {
+    let _one_at_a_time = SERIAL.lock().await;
     let mut cluster = Cluster::start().await;
     let traffic = Traffic::start(&cluster).await;
     traffic.a_third_through().await;
@@ -703,6 +711,7 @@ async fn a_redis_restart_without_persistence_loses_nothing_on_live_connections()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_frozen_past_the_slow_consumer_grace_resumes_and_loses_nothing() {
+    let _one_at_a_time = SERIAL.lock().await;
     let cluster = Cluster::start().await;
     // More than the socket buffers of both ends hold, so the gateway's queue fills.
     let m = 20_000u64;
