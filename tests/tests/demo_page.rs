@@ -85,12 +85,30 @@ impl Browser {
         }
     }
 
+    /// Ends the script and checks it exited cleanly (no page error on the way).
+    async fn quit(mut self) {
+        self.step("quit", "bye").await;
+        let status = within("the browser script to exit", self.child.wait())
+            .await
+            .unwrap();
+        assert!(status.success(), "the browser script failed: {status}");
+    }
+
     /// Tells the script `line` and checks that it answers `reply`.
     async fn step(&mut self, line: &str, reply: &str) {
         self.tell(line).await;
         let (word, rest) = reply.split_once(' ').unwrap_or((reply, ""));
         assert_eq!(self.answer(word).await, rest, "after {line:?}");
     }
+}
+
+/// The backend's SDK client, on `gw`'s backend port.
+async fn backend(gw: &Gateway) -> Client {
+    Client::builder()
+        .gateway(format!("http://{}", gw.backend_addr))
+        .build()
+        .await
+        .unwrap()
 }
 
 /// A loopback TCP proxy in front of the client port: [`Cutter::cut`] drops every connection
@@ -172,11 +190,7 @@ async fn the_demo_page_shows_its_session_and_messages_sends_what_is_typed_and_re
     let gw = Gateway::start(&["--welcome-frame"]).await;
     let (status, body) = gw.http_get("/demo").await;
     assert_eq!(status, 200, "{body}");
-    let sb = Client::builder()
-        .gateway(format!("http://{}", gw.backend_addr))
-        .build()
-        .await
-        .unwrap();
+    let sb = backend(&gw).await;
 
     let mut page = Browser::open(&format!("http://{}/demo?hub=lobby", gw.client_addr)).await;
     page.answer("open").await;
@@ -248,22 +262,14 @@ async fn the_demo_page_shows_its_session_and_messages_sends_what_is_typed_and_re
     let shot = shot.to_str().expect("a UTF-8 path");
     page.step(&format!("screenshot {shot}"), &format!("shot {shot}"))
         .await;
-    page.step("quit", "bye").await;
-    let status = within("the browser script to exit", page.child.wait())
-        .await
-        .unwrap();
-    assert!(status.success(), "the browser script failed: {status}");
+    page.quit().await;
 }
 
 #[tokio::test]
 async fn on_a_gateway_started_with_no_flags_the_page_shows_its_session() {
     // The README's first command: no --welcome-frame. The page asks for the welcome itself.
     let gw = Gateway::start(&[]).await;
-    let sb = Client::builder()
-        .gateway(format!("http://{}", gw.backend_addr))
-        .build()
-        .await
-        .unwrap();
+    let sb = backend(&gw).await;
     let mut page = Browser::open(&format!("http://{}/demo", gw.client_addr)).await;
     page.answer("open").await;
     page.tell("session").await;
@@ -273,11 +279,7 @@ async fn on_a_gateway_started_with_no_flags_the_page_shows_its_session() {
     let told = sb.publish(Target::hub("demo"), "first").await.unwrap();
     assert_eq!(told.queued, 1);
     page.step("expect-text first", "seen first").await;
-    page.step("quit", "bye").await;
-    let status = within("the browser script to exit", page.child.wait())
-        .await
-        .unwrap();
-    assert!(status.success(), "the browser script failed: {status}");
+    page.quit().await;
 }
 
 /// Chromium opens a page's WebSockets on the page's own HTTP/2 connection once the server
@@ -294,11 +296,7 @@ async fn over_tls_the_page_s_websocket_rides_its_http2_connection() {
         cert.key.to_str().unwrap(),
     ])
     .await;
-    let sb = Client::builder()
-        .gateway(format!("http://{}", gw.backend_addr))
-        .build()
-        .await
-        .unwrap();
+    let sb = backend(&gw).await;
     let url = format!("https://127.0.0.1:{}/demo?hub=lobby", gw.client_addr.port());
     let mut page = Browser::open_trusting(&url, Some(&cert.cert)).await;
     page.answer("open").await;
@@ -331,7 +329,7 @@ async fn over_tls_the_page_s_websocket_rides_its_http2_connection() {
         !metrics.contains("transport=\"http1\""),
         "a session came over HTTP/1.1: {metrics}"
     );
-    page.step("quit", "bye").await;
+    page.quit().await;
 }
 
 /// The page's session is reliable: a cut connection is resumed, the session stays the same, and
@@ -339,11 +337,7 @@ async fn over_tls_the_page_s_websocket_rides_its_http2_connection() {
 #[tokio::test]
 async fn a_page_whose_connection_is_cut_resumes_its_session_and_gets_what_it_missed() {
     let gw = Gateway::start(&[]).await;
-    let sb = Client::builder()
-        .gateway(format!("http://{}", gw.backend_addr))
-        .build()
-        .await
-        .unwrap();
+    let sb = backend(&gw).await;
     let proxy = Cutter::start(gw.client_addr).await;
     let mut page = Browser::open(&format!("http://{}/demo?hub=lobby", proxy.addr)).await;
     page.answer("open").await;
@@ -383,11 +377,7 @@ async fn a_page_whose_connection_is_cut_resumes_its_session_and_gets_what_it_mis
         ReadOutcome::Message(m) => assert_eq!(m.message, Message::Text("still here".into())),
         other => panic!("expected the typed message, got {other:?}"),
     }
-    page.step("quit", "bye").await;
-    let status = within("the browser script to exit", page.child.wait())
-        .await
-        .unwrap();
-    assert!(status.success(), "the browser script failed: {status}");
+    page.quit().await;
 }
 
 #[tokio::test]
@@ -411,11 +401,7 @@ async fn the_page_keeps_every_message_through_a_kill_of_the_node_holding_its_soc
         );
     }
     // The backend talks to node b, which lives; the page reaches node a through a balancer.
-    let sb = Client::builder()
-        .gateway(format!("http://{}", nodes[1].backend_addr))
-        .build()
-        .await
-        .unwrap();
+    let sb = backend(&nodes[1]).await;
     let balancer = Cutter::start(nodes[0].client_addr).await;
     let mut page = Browser::open(&format!("http://{}/demo?hub=lobby", balancer.addr)).await;
     page.answer("open").await;
@@ -498,9 +484,5 @@ async fn the_page_keeps_every_message_through_a_kill_of_the_node_holding_its_soc
             Message::Text("after the kill".into())
         ]
     );
-    page.step("quit", "bye").await;
-    let status = within("the browser script to exit", page.child.wait())
-        .await
-        .unwrap();
-    assert!(status.success(), "the browser script failed: {status}");
+    page.quit().await;
 }
