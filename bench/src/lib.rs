@@ -52,3 +52,41 @@ impl WsUrl {
         self.path_template.replace("{i}", &index.to_string())
     }
 }
+
+/// A gateway started on loopback ports the system chooses, with keepalive pings off (a ping
+/// round landing in a measured window would be charged to the messages measured there) and no
+/// admin listener: the child, and its client and backend addresses from its listening line.
+pub async fn spawn_gateway(
+    bin: &std::path::Path,
+    args: &[String],
+    stderr: std::process::Stdio,
+) -> anyhow::Result<(tokio::process::Child, String, String)> {
+    use anyhow::Context;
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(bin)
+        .args(["--listen", "127.0.0.1:0", "--backend-listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "off"])
+        .args(["--ping-interval", "1h", "--idle-timeout", "2h"])
+        .args(args)
+        .env("SWITCHBOARD_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawn gateway")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+        .await
+        .context("gateway did not print its listening line")??
+        .context("gateway exited before listening")?;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let field = |name: &str| -> anyhow::Result<String> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("no {name} in {line:?}"))
+    };
+    Ok((child, field("client=")?, field("backend=")?))
+}

@@ -29,9 +29,8 @@ use switchboard_proto::v1::{
     self as pb, event::Kind as Ev, gateway_client::GatewayClient, message::Payload,
 };
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
-    process::Command,
     task::JoinSet,
     time::timeout,
 };
@@ -71,36 +70,13 @@ async fn main() -> Result<()> {
         cli.sockets > 0 && cli.rate >= cli.sockets,
         "--rate at least --sockets"
     );
-    let mut gateway = Command::new(&cli.gateway_bin)
-        .args(["--listen", "127.0.0.1:0", "--backend-listen", "127.0.0.1:0"])
-        .args([
-            "--admin-listen",
-            "off",
-            "--ping-interval",
-            "1h",
-            "--idle-timeout",
-            "2h",
-        ])
-        .env("SWITCHBOARD_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("spawn the gateway")?;
+    let (mut gateway, client, backend) = switchboard_bench::spawn_gateway(
+        std::path::Path::new(&cli.gateway_bin),
+        &[],
+        Stdio::inherit(),
+    )
+    .await?;
     let pid = gateway.id().context("gateway pid")?;
-    let mut lines = BufReader::new(gateway.stdout.take().context("stdout")?).lines();
-    let line = timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .context("the gateway did not print its listening line")??
-        .context("the gateway exited before listening")?;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let field = |name: &str| -> Result<String> {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(name))
-            .map(str::to_owned)
-            .ok_or_else(|| anyhow!("no {name} in {line:?}"))
-    };
-    let (client, backend) = (field("client=")?, field("backend=")?);
 
     // The groups subscribe first, so no message goes to the inbox instead.
     let per_socket = cli.rate * cli.seconds / cli.sockets;

@@ -26,7 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 use switchboard_bench::{
@@ -232,38 +232,13 @@ struct GatewayProc {
 
 async fn start_gateway(env: &mut Env, args: &[String]) -> Result<GatewayProc> {
     let dir = env.dir("gateway")?;
-    let mut child = Command::new(&env.gateway_bin)
-        .args(["--listen", "127.0.0.1:0", "--backend-listen", "127.0.0.1:0"])
-        // Nodes of one run would collide on the admin port's default; nothing here uses it.
-        .args(["--admin-listen", "off"])
-        // Keepalive pings off in effect, as on the nchan peer (`nchan_websocket_ping_interval
-        // 0`): a ping round to every socket (and the pongs read back) landing in a measured
-        // window would be charged to the messages measured there.
-        .args(["--ping-interval", "1h", "--idle-timeout", "2h"])
-        .args(args)
-        .env("SWITCHBOARD_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("stderr.log"))?)
-        .kill_on_drop(true)
-        .spawn()
-        .context("spawn gateway")?;
-    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let line = timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .context("gateway did not print its listening line")??
-        .context("gateway exited before listening")?;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let field = |name: &str| -> Result<String> {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(name))
-            .map(str::to_owned)
-            .ok_or_else(|| anyhow!("no {name} in {line:?}"))
-    };
+    let stderr = std::fs::File::create(dir.join("stderr.log"))?;
+    let (child, client, backend) =
+        switchboard_bench::spawn_gateway(Path::new(&env.gateway_bin), args, stderr.into()).await?;
     Ok(GatewayProc {
         pid: child.id().context("pid")?,
-        client: field("client=")?,
-        backend: field("backend=")?,
+        client,
+        backend,
         child,
     })
 }
