@@ -247,6 +247,12 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
 
+    /// Most client connections in their handshake at once (TLS, HTTP request, connect hook,
+    /// registration, 101); more wait in the kernel's listen queue. Bounds the memory of a
+    /// reconnect storm. A connection counts for at most `--handshake-timeout`.
+    #[arg(long, env = "SWITCHBOARD_MAX_HANDSHAKES", default_value = "2048")]
+    pub max_handshakes: NonZeroUsize,
+
     /// Send `{"type":"welcome","session":"..."}` as the first frame of every session.
     #[arg(long, env = "SWITCHBOARD_WELCOME_FRAME")]
     pub welcome_frame: bool,
@@ -781,6 +787,7 @@ impl fmt::Debug for Config {
             .field("jwt_audience", &self.jwt_audience)
             .field("jwt_issuer", &self.jwt_issuer)
             .field("jwt_groups_claim", &self.jwt_groups_claim)
+            .field("max_handshakes", &self.max_handshakes)
             .field("max_connections", &self.max_connections)
             .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("max_messages_per_second", &self.max_messages_per_second)

@@ -113,6 +113,8 @@ pub(crate) struct Metrics {
     pub inbound_discarded: Family<ReasonLabel, Counter>,
     pub inbox_messages: Gauge,
     pub paused_sockets: Gauge,
+    pub handshakes: Gauge,
+    pub handshake_waits: Counter,
     pub subscriber_events: Family<GroupLabel, Counter>,
     pub subscribers_cut_off: Counter,
     pub sessions_lost: Counter,
@@ -155,6 +157,8 @@ impl Metrics {
             inbound_discarded: Family::default(),
             inbox_messages: Gauge::default(),
             paused_sockets: Gauge::default(),
+            handshakes: Gauge::default(),
+            handshake_waits: Counter::default(),
             subscriber_events: Family::default(),
             subscribers_cut_off: Counter::default(),
             sessions_lost: Counter::default(),
@@ -263,6 +267,17 @@ impl Metrics {
             "paused_sockets",
             "Sessions whose socket is not read because their inbox is full",
             m.paused_sockets.clone(),
+        );
+        r.register(
+            "handshakes",
+            "Client connections accepted and not yet WebSockets (TLS, HTTP request, upgrade)",
+            m.handshakes.clone(),
+        );
+        r.register(
+            "handshake_waits",
+            "Times the client listener stopped accepting because --max-handshakes connections \
+             were in their handshake",
+            m.handshake_waits.clone(),
         );
         r.register(
             "subscriber_events",

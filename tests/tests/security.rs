@@ -318,6 +318,72 @@ async fn a_slowloris_client_is_dropped_while_normal_clients_connect() {
     );
 }
 
+/// The value of a metric line on the admin port (`name value`), 0 when absent.
+async fn metric(gw: &Gateway, name: &str) -> u64 {
+    let (_, text) = gw.admin_request("GET", "/metrics", None, "").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn connections_over_max_handshakes_wait_for_a_place_that_an_upgrade_or_an_abort_frees() {
+    let gw = Gateway::start(&["--max-handshakes", "2"]).await;
+    // An upgrade gives its place back: more sessions than places, one after another.
+    let mut sessions = Vec::new();
+    for _ in 0..5 {
+        sessions.push(gw.connect("h").await);
+    }
+    // Two clients stall mid-request and hold both places.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = tokio::net::TcpStream::connect(gw.client_addr)
+            .await
+            .unwrap();
+        tcp.write_all(b"GET /ws/h HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        stalled.push(tcp);
+    }
+    within("both places to be taken", async {
+        while metric(&gw, "switchboard_handshakes").await < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // A third waits in the listen queue: not accepted, so not upgraded, while they stall.
+    let url = gw.ws_url("h");
+    let mut third = tokio::spawn(async move { Client::connect(&url).await });
+    within("the listener to stop accepting", async {
+        while metric(&gw, "switchboard_handshake_waits_total").await == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut third)
+            .await
+            .is_err(),
+        "the third connection was upgraded while both places were taken"
+    );
+    // One stalled client aborts mid-handshake: its place is free, the third gets in.
+    drop(stalled.pop());
+    let third = within("the waiting client to get in", third).await.unwrap();
+    assert_eq!(third.id.len(), 22);
+    // Sessions already open are untouched, and the places come back once the rest are done.
+    for s in &sessions {
+        assert_eq!(s.id.len(), 22);
+    }
+    drop(stalled);
+    within("every place to be free", async {
+        while metric(&gw, "switchboard_handshakes").await > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_flooding_client_is_closed_with_1008_and_others_still_get_their_messages() {
     let gw = Gateway::start(&["--max-messages-per-second", "50"]).await;

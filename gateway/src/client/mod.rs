@@ -10,11 +10,15 @@ pub(crate) mod protocol;
 pub(crate) mod reader;
 pub(crate) mod upgrade;
 
-use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc};
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
@@ -36,7 +40,17 @@ pub(crate) async fn serve(
     // connection and counts it.
     let user_timeout = node.config.write_timeout.saturating_mul(2);
     let mut acceptor = Acceptor::new(listener, "client");
-    while let Some((tcp, remote)) = acceptor.next(&stop).await {
+    let slots = Arc::new(Semaphore::new(node.config.max_handshakes.get()));
+    loop {
+        // Taken before the accept: over the bound, connections wait in the kernel's listen
+        // queue, where they cost a socket and nothing of ours.
+        let Some(place) = Handshake::wait(&slots, &node, &stop).await else {
+            break;
+        };
+        let Some((tcp, remote)) = acceptor.next(&stop).await else {
+            break;
+        };
+        let slot = Handshake::new(place, &node);
         let _ = socket2::SockRef::from(&tcp).set_tcp_user_timeout(Some(user_timeout));
         let node = Arc::clone(&node);
         let stop = stop.clone();
@@ -53,13 +67,15 @@ pub(crate) async fn serve(
                                 return tracing::debug!("no request within the handshake timeout")
                             }
                         };
-                    return serve_http(TokioIo::new(tcp), http2, node, remote, stop).await;
+                    let conn = serve_http(TokioIo::new(tcp), http2, node, remote, stop);
+                    return slot.hold(http2, handshake_timeout, conn).await;
                 };
                 // A client that stalls its TLS handshake is dropped like a slow HTTP one.
                 match tokio::time::timeout(handshake_timeout, tls.acceptor().accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        serve_http(TokioIo::new(stream), http2, node, remote, stop).await
+                        let conn = serve_http(TokioIo::new(stream), http2, node, remote, stop);
+                        slot.hold(http2, handshake_timeout, conn).await
                     }
                     Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!("TLS handshake timed out"),
@@ -67,6 +83,67 @@ pub(crate) async fn serve(
             }
             .instrument(span),
         );
+    }
+}
+
+/// A client connection's place among those in their handshake (`--max-handshakes`): from
+/// the accept until it is a WebSocket (or, on HTTP/2, until the connection is known as one:
+/// its sessions are handshakes on a connection already counted).
+struct Handshake {
+    _permit: OwnedSemaphorePermit,
+    gauge: Gauge,
+}
+
+impl Handshake {
+    /// Waits for a free place, or `None` once `stop` is cancelled.
+    async fn wait(
+        slots: &Arc<Semaphore>,
+        node: &Node,
+        stop: &CancellationToken,
+    ) -> Option<OwnedSemaphorePermit> {
+        if let Ok(p) = Arc::clone(slots).try_acquire_owned() {
+            return Some(p);
+        }
+        node.metrics.handshake_waits.inc();
+        tracing::debug!(
+            "--max-handshakes connections in their handshake; accepting when one is done"
+        );
+        tokio::select! {
+            p = Arc::clone(slots).acquire_owned() => p.ok(),
+            _ = stop.cancelled() => None,
+        }
+    }
+
+    /// The place `permit` reserved, now taken by an accepted connection.
+    fn new(permit: OwnedSemaphorePermit, node: &Node) -> Self {
+        node.metrics.handshakes.inc();
+        Self {
+            _permit: permit,
+            gauge: node.metrics.handshakes.clone(),
+        }
+    }
+
+    /// Serves `conn`, keeping the place until the HTTP/1.1 connection ends — an upgrade ends
+    /// it once the 101 is out — or for `limit` at most (a keep-alive connection that never
+    /// upgrades is not a handshake for long).
+    async fn hold(self, http2: bool, limit: Duration, conn: impl Future<Output = ()>) {
+        if http2 {
+            drop(self);
+            return conn.await;
+        }
+        tokio::pin!(conn);
+        tokio::select! {
+            () = &mut conn => return,
+            () = tokio::time::sleep(limit) => {}
+        }
+        drop(self);
+        conn.await
+    }
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }
 
