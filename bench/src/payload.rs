@@ -10,8 +10,9 @@
 pub const TEXT_STAMP: usize = 33;
 /// Bytes of the binary stamp.
 pub const BINARY_STAMP: usize = 17;
-/// The most a decoder needs to see of a message.
-pub const PREFIX: usize = TEXT_STAMP;
+/// The most a decoder needs to see of a message: the stamp, and the byte after it that tells
+/// the padding's form.
+pub const PREFIX: usize = TEXT_STAMP + 1;
 
 const BINARY_MARK: u8 = 0xB1;
 
@@ -62,6 +63,46 @@ pub fn binary(seq: u64, sent_ns: u64, size: usize) -> Vec<u8> {
     v
 }
 
+/// FNV-1a over a message's bytes, fed in pieces as they arrive: what a load generator keeps of
+/// a message's body to check it against what was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Digest(u64);
+
+impl Default for Digest {
+    fn default() -> Self {
+        Digest(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Digest {
+    pub fn update(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    pub fn of(bytes: &[u8]) -> Digest {
+        let mut d = Digest::default();
+        d.update(bytes);
+        d
+    }
+}
+
+/// The digest a message that starts with `prefix` and is `len` bytes long must have: the
+/// payload the publisher built for that stamp, in the form its first bytes show (text with
+/// `x` padding, JSON records, or binary). `None` for a message that is not a benchmark one.
+pub fn expected_digest(prefix: &[u8], len: u64) -> Option<Digest> {
+    let (seq, sent) = decode(prefix)?;
+    let len = usize::try_from(len).ok()?;
+    Some(match prefix[0] {
+        BINARY_MARK => Digest::of(&binary(seq, sent, len)),
+        _ if prefix.len() > TEXT_STAMP && prefix[TEXT_STAMP] == b'[' => {
+            Digest::of(text_json(seq, sent, len).as_bytes())
+        }
+        _ => Digest::of(text(seq, sent, len).as_bytes()),
+    })
+}
+
 /// `(seq, sent_ns)` from the first bytes of a message, or `None` for a message that is not a
 /// benchmark message (a welcome frame, say).
 pub fn decode(prefix: &[u8]) -> Option<(u64, u64)> {
@@ -99,5 +140,12 @@ mod tests {
         assert_eq!(j.len(), 2048);
         assert_eq!(decode(j.as_bytes()), Some((9, 123)));
         assert_ne!(text_json(10, 123, 2048)[33..], j[33..]);
+        for m in [t.as_bytes(), &b, j.as_bytes()] {
+            let want = expected_digest(&m[..m.len().min(PREFIX)], m.len() as u64);
+            assert_eq!(want, Some(Digest::of(m)));
+            let mut bent = m.to_vec();
+            *bent.last_mut().unwrap() ^= 1;
+            assert_ne!(want, Some(Digest::of(&bent)));
+        }
     }
 }

@@ -25,6 +25,13 @@ pub struct RoundSummary {
     pub unexpected: u64,
     /// Frames that carried no benchmark stamp (a welcome frame, say).
     pub other_messages: u64,
+    /// Benchmark messages whose bytes differ from what the publisher built for their stamp
+    /// (not counted as delivered).
+    #[serde(default)]
+    pub corrupt: u64,
+    /// Messages a socket got after one with a higher sequence number.
+    #[serde(default)]
+    pub out_of_order: u64,
     pub exact: bool,
     /// Send to receive, microseconds, over delivered messages.
     pub latency_us: Percentiles,

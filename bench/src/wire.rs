@@ -11,9 +11,9 @@ use std::cell::RefCell;
 use flate2::{Decompress, FlushDecompress};
 
 use base64::Engine;
-use sha1::{Digest, Sha1};
+use sha1::{Digest as _, Sha1};
 
-use crate::payload::PREFIX;
+use crate::payload::{Digest, PREFIX};
 
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -125,11 +125,12 @@ pub fn close_frame(code: u16, mask: [u8; 4]) -> Vec<u8> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
     /// A complete data message: opcode of its first frame (1 text, 2 binary), its first bytes
-    /// (up to [`PREFIX`]), and its total length.
+    /// (up to [`PREFIX`]), its total length and the digest of all its bytes.
     Message {
         opcode: u8,
         prefix: &'a [u8],
         len: u64,
+        digest: Digest,
     },
     /// A ping to answer with a pong carrying this payload.
     Ping(&'a [u8]),
@@ -151,6 +152,7 @@ pub struct Parser {
     msg_opcode: u8,
     msg_len: u64,
     prefix: [u8; PREFIX],
+    digest: Digest,
     prefix_have: u8,
     ctrl: [u8; 125],
     ctrl_have: u8,
@@ -211,6 +213,7 @@ impl Parser {
             msg_opcode: 0,
             msg_len: 0,
             prefix: [0; PREFIX],
+            digest: Digest::default(),
             prefix_have: 0,
             ctrl: [0; 125],
             ctrl_have: 0,
@@ -282,6 +285,7 @@ impl Parser {
                 let keep = (PREFIX - at).min(take);
                 self.prefix[at..at + keep].copy_from_slice(&chunk[..keep]);
                 self.prefix_have += keep as u8;
+                self.digest.update(chunk);
             }
             if self.remaining == 0 {
                 self.end_frame(&mut on)?;
@@ -317,6 +321,7 @@ impl Parser {
                 self.msg_opcode = self.opcode;
                 self.msg_len = 0;
                 self.prefix_have = 0;
+                self.digest = Digest::default();
                 self.compressed = rsv1.then(Vec::new);
             }
             0 => {}
@@ -361,6 +366,7 @@ impl Parser {
                         opcode,
                         prefix: &message[..keep],
                         len: message.len() as u64,
+                        digest: Digest::of(&message),
                     });
                     return Ok(());
                 }
@@ -368,6 +374,7 @@ impl Parser {
                     opcode,
                     prefix: &self.prefix[..self.prefix_have as usize],
                     len: self.msg_len,
+                    digest: self.digest,
                 });
             }
             _ => {}
@@ -399,7 +406,7 @@ mod tests {
 
     #[derive(Debug, PartialEq)]
     enum Owned {
-        Msg(u8, Vec<u8>, u64),
+        Msg(u8, Vec<u8>, u64, Digest),
         Ping(Vec<u8>),
         Close(u16),
     }
@@ -414,7 +421,8 @@ mod tests {
                         opcode,
                         prefix,
                         len,
-                    } => Owned::Msg(opcode, prefix.to_vec(), len),
+                        digest,
+                    } => Owned::Msg(opcode, prefix.to_vec(), len, digest),
                     Event::Ping(p) => Owned::Ping(p.to_vec()),
                     Event::Close(c) => Owned::Close(c),
                 })
@@ -438,11 +446,11 @@ mod tests {
         bytes.extend(frame(true, 2, b""));
         bytes.extend(frame(true, 8, &1000u16.to_be_bytes()));
         let want = vec![
-            Owned::Msg(1, b"hello".to_vec(), 5),
-            Owned::Msg(2, vec![7u8; PREFIX], 70_000),
+            Owned::Msg(1, b"hello".to_vec(), 5, Digest::of(b"hello")),
+            Owned::Msg(2, vec![7u8; PREFIX], 70_000, Digest::of(&big)),
             Owned::Ping(b"pp".to_vec()),
-            Owned::Msg(1, vec![9u8; PREFIX], 300),
-            Owned::Msg(2, vec![], 0),
+            Owned::Msg(1, vec![9u8; PREFIX], 300, Digest::of(&mid)),
+            Owned::Msg(2, vec![], 0, Digest::of(b"")),
             Owned::Close(1000),
         ];
         for chunk in [1, 2, 3, 7, 64, 1 << 20] {
@@ -467,8 +475,14 @@ mod tests {
             let mut out = Vec::new();
             for c in bytes.chunks(chunk) {
                 p.feed(c, |e| {
-                    if let Event::Message { prefix, len, .. } = e {
-                        out.push((prefix.to_vec(), len));
+                    if let Event::Message {
+                        prefix,
+                        len,
+                        digest,
+                        ..
+                    } = e
+                    {
+                        out.push((prefix.to_vec(), len, digest));
                     }
                 })
                 .unwrap();
@@ -476,8 +490,12 @@ mod tests {
             assert_eq!(
                 out,
                 vec![
-                    (text[..PREFIX].to_vec(), text.len() as u64),
-                    (b"plain".to_vec(), 5)
+                    (
+                        text[..PREFIX].to_vec(),
+                        text.len() as u64,
+                        Digest::of(&text)
+                    ),
+                    (b"plain".to_vec(), 5, Digest::of(b"plain"))
                 ],
                 "chunk {chunk}"
             );

@@ -7,7 +7,8 @@
 //! one a line:
 //!
 //! - `finish TAG EXPECT TIMEOUT_MS`: wait until every expected message arrived (or the timeout),
-//!   check exactness, write `OUT/TAG.NAME.json` (summary) and `OUT/TAG.NAME.raw.json` (every
+//!   check exactness (each message once, in order per socket, with the bytes the publisher
+//!   built for its stamp), write `OUT/TAG.NAME.json` (summary) and `OUT/TAG.NAME.raw.json` (every
 //!   sample), print `finished TAG delivered=D expected=E exact=true|false`, and start a new
 //!   round. EXPECT is `broadcast:M` (every socket gets sequence numbers 1..=M), `unicast:M:N`
 //!   (message j goes to the socket with global index j mod N), `flood:M` (the first socket gets
@@ -41,7 +42,9 @@ use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use http_body_util::Empty;
 use switchboard_bench::{
-    now_ns, payload, procfs,
+    now_ns,
+    payload::{self, Digest},
+    procfs,
     results::{RawSamples, RoundSummary, SeqSpan},
     stats::{percentiles_us, Percentiles},
     wire::{self, Event},
@@ -173,6 +176,8 @@ struct Shared {
     failed: AtomicU64,
     dropped: AtomicU64,
     other: AtomicU64,
+    /// Benchmark messages whose bytes are not what the publisher sent, this round.
+    corrupt: AtomicU64,
     bytes: AtomicU64,
     /// Bytes read off the sockets (frames as sent, compressed or not), this round.
     wire_bytes: AtomicU64,
@@ -185,9 +190,12 @@ struct Shared {
 }
 
 impl Shared {
-    fn record(&self, sock: u32, prefix: &[u8], len: u64, now: u64) {
+    fn record(&self, sock: u32, prefix: &[u8], len: u64, digest: Digest, now: u64) {
         self.bytes.fetch_add(len, Relaxed);
         match payload::decode(prefix) {
+            Some(_) if !intact(prefix, len, digest) => {
+                self.corrupt.fetch_add(1, Relaxed);
+            }
             Some((seq, sent)) => {
                 let s = Sample {
                     sock,
@@ -225,6 +233,26 @@ impl Shared {
 thread_local! {
     /// One read buffer per thread, shared by every socket the thread serves.
     static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; 256 * 1024]);
+    /// The digest of the last message checked on this thread: a broadcast reaches thousands
+    /// of sockets with the same bytes, so the payload is rebuilt once, not once per socket.
+    static LAST_DIGEST: RefCell<Option<(Vec<u8>, u64, Digest)>> = const { RefCell::new(None) };
+}
+
+/// Whether a message's bytes are what the publisher built for its stamp.
+fn intact(prefix: &[u8], len: u64, digest: Digest) -> bool {
+    LAST_DIGEST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((p, l, d)) = last.as_ref() {
+            if p == prefix && *l == len {
+                return *d == digest;
+            }
+        }
+        let Some(want) = payload::expected_digest(prefix, len) else {
+            return false;
+        };
+        *last = Some((prefix.to_vec(), len, want));
+        want == digest
+    })
 }
 
 async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream> {
@@ -288,7 +316,12 @@ enum Step {
 /// Feeds bytes to the parser, recording messages; what must be answered goes into `owed`.
 fn feed(sh: &Shared, parser: &mut wire::Parser, sock: u32, data: &[u8], now: u64, owed: &mut Owed) {
     let r = parser.feed(data, |ev| match ev {
-        Event::Message { prefix, len, .. } => sh.record(sock, prefix, len, now),
+        Event::Message {
+            prefix,
+            len,
+            digest,
+            ..
+        } => sh.record(sock, prefix, len, digest, now),
         Event::Ping(p) => owed.pong = Some(p.to_vec()),
         Event::Close(code) => owed.close = Some(code),
     });
@@ -469,7 +502,8 @@ async fn fastws_socket(sh: Arc<Shared>, i: u32) {
             Ok(f) => match f.opcode {
                 fastwebsockets::OpCode::Text | fastwebsockets::OpCode::Binary => {
                     let p = &f.payload[..f.payload.len().min(payload::PREFIX)];
-                    sh.record(i, p, f.payload.len() as u64, now_ns());
+                    let digest = Digest::of(&f.payload);
+                    sh.record(i, p, f.payload.len() as u64, digest, now_ns());
                 }
                 fastwebsockets::OpCode::Close => {
                     sh.error(&anyhow::anyhow!("server closed"));
@@ -593,11 +627,22 @@ async fn finish(
         samples.append(&mut shard.lock().unwrap_or_else(|e| e.into_inner()));
     }
     sh.sample_count.store(0, Relaxed);
+    // Each socket's samples are still in arrival order (one task records them, into one shard).
+    let mut last_seq: HashMap<u32, u64> = HashMap::new();
+    let mut out_of_order = 0u64;
+    for s in &samples {
+        let last = last_seq.entry(s.sock).or_default();
+        if s.seq < *last {
+            out_of_order += 1;
+        }
+        *last = (*last).max(s.seq);
+    }
     samples.sort_unstable_by_key(|s| (s.sock, s.seq, s.recv));
 
     let mut delivered = 0u64;
     let mut duplicates = 0u64;
     let mut unexpected = 0u64;
+    let corrupt = sh.corrupt.swap(0, Relaxed);
     let mut lat = Vec::with_capacity(samples.len());
     let mut per_seq: BTreeMap<u64, SeqSpan> = BTreeMap::new();
     let mut raw = RawSamples {
@@ -660,9 +705,13 @@ async fn finish(
         duplicates,
         unexpected,
         other_messages: sh.other.swap(0, Relaxed),
+        corrupt,
+        out_of_order,
         exact: delivered == expected
             && duplicates == 0
             && unexpected == 0
+            && corrupt == 0
+            && out_of_order == 0
             && sh.failed.load(Relaxed) == 0
             && sh.dropped.load(Relaxed) == 0,
         latency_us,
@@ -724,6 +773,7 @@ async fn hold(args: HoldArgs) -> Result<()> {
         failed: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
         other: AtomicU64::new(0),
+        corrupt: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
         wire_bytes: AtomicU64::new(0),
         deflated: AtomicU64::new(0),
@@ -820,11 +870,13 @@ async fn hold(args: HoldArgs) -> Result<()> {
                 let wait = Duration::from_millis(timeout_ms.parse()?);
                 let s = finish(&sh, &args, tag, &expect, wait).await?;
                 print_line(&format!(
-                    "finished {tag} delivered={} expected={} duplicates={} unexpected={} dropped={} exact={}{}",
+                    "finished {tag} delivered={} expected={} duplicates={} unexpected={} corrupt={} out_of_order={} dropped={} exact={}{}",
                     s.delivered,
                     s.expected,
                     s.duplicates,
                     s.unexpected,
+                    s.corrupt,
+                    s.out_of_order,
                     s.sockets_dropped,
                     s.exact,
                     if s.exact { String::new() } else { format!(" errors={}", errors_line(&sh)) }
