@@ -250,7 +250,7 @@ pub struct Config {
     /// Most client connections in their handshake at once (TLS, HTTP request, connect hook,
     /// registration, 101); more wait in the kernel's listen queue. Bounds the memory of a
     /// reconnect storm. A connection counts for at most `--handshake-timeout`.
-    #[arg(long, env = "SWITCHBOARD_MAX_HANDSHAKES", default_value = "2048")]
+    #[arg(long, env = "SWITCHBOARD_MAX_HANDSHAKES", default_value = "512")]
     pub max_handshakes: NonZeroUsize,
 
     /// Send `{"type":"welcome","session":"..."}` as the first frame of every session.
