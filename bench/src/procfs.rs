@@ -111,3 +111,26 @@ pub fn cpu_ticks_sum(pids: &[u32]) -> CpuTicks {
     pids.iter()
         .fold(CpuTicks::default(), |a, &p| a.plus(cpu_ticks(p)))
 }
+
+/// Kernel memory that sockets hold, machine-wide: TCP buffer pages (`/proc/net/sockstat`,
+/// `TCP: mem`) and slab memory (`/proc/meminfo`, where the socket structures live), in KiB.
+pub fn kernel_socket_kib() -> (u64, u64) {
+    let tcp_pages = fs::read_to_string("/proc/net/sockstat")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("TCP:"))?.to_owned();
+            let mut words = line.split_whitespace();
+            words.find(|w| *w == "mem")?;
+            words.next()?.parse::<u64>().ok()
+        })
+        .unwrap_or(0);
+    let slab = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Slab:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0);
+    (tcp_pages * 4, slab)
+}

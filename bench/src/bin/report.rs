@@ -611,7 +611,8 @@ fn main() -> Result<()> {
          sockets; kernel socket memory (~10 KB per loopback connection, both ends) is not in it. CPU is `utime` and \
          `stime` of the same processes over the measurement, divided by delivered messages \
          ({} Hz ticks). Every load generator checks exact delivery: each expected message once, \
-         none lost, none duplicated, none at the wrong socket.\n",
+         none lost, none duplicated, none at the wrong socket, each socket's messages in order \
+         and each message's bytes as the publisher built them.\n",
         first
             .machine
             .get("revision")
@@ -758,6 +759,97 @@ fn main() -> Result<()> {
             v >= 2000.0,
         ));
     }
+    // Against Bun (uWebSockets), in the same runs: memory, and broadcast CPU with a margin
+    // that survives the noise (the worst of our runs against the best of Bun's).
+    let span = |g: &Group, m: &str| g.range(m).map(|(a, b)| format!("{a:.2}–{b:.2}"));
+    for n in [10_000.0] {
+        let (Some(ours), Some(bun)) = (
+            d.get("idle", "switchboard", &[("sockets", n)]),
+            d.get("idle", "bun", &[("sockets", n)]),
+        ) else {
+            continue;
+        };
+        let (o, b) = (
+            ours.med("rss_per_conn_kib").unwrap_or(f64::NAN),
+            bun.med("rss_per_conn_kib").unwrap_or(f64::NAN),
+        );
+        checks.push((
+            format!("idle ({n:.0} sockets): gateway RSS per connection below Bun's"),
+            format!(
+                "{o:.2} KiB (range {}) vs Bun {b:.2} KiB (range {})",
+                span(ours, "rss_per_conn_kib").unwrap_or_default(),
+                span(bun, "rss_per_conn_kib").unwrap_or_default()
+            ),
+            ours.range("rss_per_conn_kib").map(|r| r.1)
+                < bun.range("rss_per_conn_kib").map(|r| r.0),
+        ));
+    }
+    for n in [10_000.0] {
+        let at = [("sockets", n), ("payload", 100.0)];
+        let (Some(ours), Some(bun)) = (
+            d.get("fanout", "switchboard", &at),
+            d.get("fanout", "bun", &at),
+        ) else {
+            continue;
+        };
+        for (what, m) in [
+            ("user", "cpu_user_us_per_msg"),
+            ("total", "cpu_total_us_per_msg"),
+        ] {
+            checks.push((
+                format!("broadcast to {n:.0}: {what} CPU per delivered message below Bun's in every run"),
+                format!(
+                    "{} µs (range {}) vs Bun {} µs (range {})",
+                    f(ours.med(m), 2),
+                    span(ours, m).unwrap_or_default(),
+                    f(bun.med(m), 2),
+                    span(bun, m).unwrap_or_default()
+                ),
+                ours.range(m).map(|r| r.1) < bun.range(m).map(|r| r.0),
+            ));
+        }
+        if let Some(nc) = d.get("fanout", "nchan", &at) {
+            let m = "cpu_total_us_per_msg";
+            let (o, t) = (
+                ours.med(m).unwrap_or(f64::NAN),
+                nc.med(m).unwrap_or(f64::NAN),
+            );
+            checks.push((
+                format!("broadcast to {n:.0}: total server CPU ≤ 0.7× nchan's"),
+                format!("{:.2}× ({o:.2} vs {t:.2} µs)", o / t),
+                o <= 0.7 * t,
+            ));
+        }
+    }
+    if let Some(best) = best_by_mode.get("unary `Send`") {
+        checks.push((
+            "unary `Send`: ≥ 50,000 msgs/s".into(),
+            format!(
+                "{:.0} msgs/s (asked {:.0}/s){}",
+                best.1,
+                best.2,
+                if best.0 { "" } else { "; **not exact**" }
+            ),
+            best.1 >= 50_000.0 && best.0,
+        ));
+    }
+    for (k, g) in d.of("scale") {
+        checks.push((
+            format!(
+                "{:.0} sockets over {:.0} nodes + Redis Cluster: a hub-wide publish reaches each once",
+                Data::param(k, "sockets"),
+                Data::param(k, "nodes")
+            ),
+            format!(
+                "{}/{} per run; {} KiB RSS/conn, {} B Redis/session",
+                f(g.med("delivered"), 0),
+                f(g.med("expected"), 0),
+                f(g.med("rss_per_conn_kib"), 2),
+                f(g.med("redis_bytes_per_session"), 0)
+            ),
+            g.runs.iter().all(|r| r.exact == Some(true)),
+        ));
+    }
     let gw_exact = d
         .groups
         .iter()
@@ -871,6 +963,60 @@ fn main() -> Result<()> {
             )?;
         }
         writeln!(md)?;
+    }
+
+    let scale: Vec<(&Key, &Group)> = d.of("scale").collect();
+    if !scale.is_empty() {
+        writeln!(md, "## Six nodes and a Redis Cluster\n")?;
+        writeln!(
+            md,
+            "Six gateway nodes share a three-master Redis Cluster (no replicas, persistence off); \
+             load generators of at most 10,000 sockets each offer 20,000 connects a second in \
+             all, spread evenly over the nodes (a reconnect storm: the nodes take them as fast \
+             as `--max-handshakes` lets them); then three hub-wide Publishes through \
+             one node, each reaching every socket once, and a quiet period in which nothing more \
+             may arrive. Memory is measured at rest after the connects: gateway RSS over every \
+             node, Redis `used_memory` over every master (the session record, its index entries \
+             and the node's sets), and the kernel's, machine-wide, per connection (both ends are \
+             on this machine: the client's socket is counted too). *To last* is the time from a \
+             publish until the last socket got it (median of the three).\n"
+        )?;
+        writeln!(md, "| nodes | sockets | connects/s | gateway RSS/conn KiB (median) | range | Redis B/session | Redis keys/session | kernel TCP buffers KiB/conn | kernel slab KiB/conn | to last ms | delivered/expected | exact |")?;
+        writeln!(
+            md,
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        )?;
+        for (k, g) in scale {
+            writeln!(
+                md,
+                "| {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} |",
+                Data::param(k, "nodes"),
+                Data::param(k, "sockets"),
+                f(g.med("connects_per_s"), 0),
+                f(g.med("rss_per_conn_kib"), 2),
+                g.range("rss_per_conn_kib")
+                    .map(|(a, b)| format!("{a:.2}–{b:.2}"))
+                    .unwrap_or_default(),
+                f(g.med("redis_bytes_per_session"), 0),
+                f(g.med("redis_keys_per_session"), 2),
+                f(g.med("kernel_tcp_kib_per_conn"), 2),
+                f(g.med("kernel_slab_kib_per_conn"), 2),
+                f(g.med("to_last_ms"), 1),
+                f(g.med("delivered"), 0),
+                f(g.med("expected"), 0),
+                g.exact()
+            )?;
+        }
+        writeln!(md)?;
+        for (_, g) in d.of("scale") {
+            writeln!(
+                md,
+                "Once every socket has closed, Redis holds {} B and {} keys per closed session: \
+                 the tombstones that let `CheckSessions` answer *closed* for 10 minutes.\n",
+                f(g.med("redis_closed_bytes_per_session"), 0),
+                f(g.med("redis_closed_keys_per_session"), 2),
+            )?;
+        }
     }
 
     // --- fan-out ---
@@ -1258,7 +1404,7 @@ fn main() -> Result<()> {
          Node, redis-server and a font from Debian's packages and Bun 1.4.4 from npm when \
          missing), `bench/run-all --quick` (small sizes), `bench/smoke` (exact delivery only, for \
          CI). Scenario by scenario: `target/release/suite run --out DIR --only \
-         fanout,unicast,churn,flood,multinode [--quick] [--peers nchan,pushpin,bun|none]`, then \
+         fanout,unicast,churn,flood,multinode,scale [--quick] [--peers nchan,pushpin,bun|none]`, then \
          `target/release/report DIR*/suite.json`. The load generator and publisher run alone \
          too: see `bench/README.md`."
     )?;

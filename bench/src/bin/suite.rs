@@ -16,7 +16,9 @@
 //! server-to-client throughput at 20 B, 1 KiB, 16 KiB), `compression` (a 2 KiB JSON broadcast
 //! to 10k sockets with and without permessage-deflate: idle RSS, server CPU and bytes on the
 //! wire per delivered message, gateway and nchan), `http2` (10k idle WebSocket sessions over
-//! HTTP/2, 100 per connection: RSS per session).
+//! HTTP/2, 100 per connection: RSS per session), `scale` (100k sockets over six gateway nodes
+//! sharing a three-master Redis Cluster: connect rate, gateway RSS, Redis and kernel memory per
+//! connection, one exact hub-wide broadcast and its time to the last socket).
 
 use std::{
     collections::BTreeMap,
@@ -250,11 +252,16 @@ struct Redis {
 
 impl Redis {
     async fn start(env: &mut Env) -> Result<Redis> {
+        Self::start_with(env, &[]).await
+    }
+
+    async fn start_with(env: &mut Env, extra: &[&str]) -> Result<Redis> {
         let dir = env.dir("redis")?;
         let port = free_port()?;
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
             .arg("--dir")
             .arg(&dir)
             .arg("--logfile")
@@ -273,8 +280,14 @@ impl Redis {
     }
 
     fn info(&self, section: &str) -> BTreeMap<String, String> {
+        self.info_of(&["info", section])
+    }
+
+    /// `key:value` lines a redis-cli command prints.
+    fn info_of(&self, command: &[&str]) -> BTreeMap<String, String> {
         let out = std::process::Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "info", section])
+            .args(["-p", &self.port.to_string()])
+            .args(command)
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
@@ -305,6 +318,96 @@ impl Redis {
             .get("total_reads_processed")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
+    }
+
+    fn used_memory(&self) -> u64 {
+        self.info("memory")
+            .get("used_memory")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn keys(&self) -> u64 {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "dbsize"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        out.trim().parse().unwrap_or(0)
+    }
+}
+
+/// A Redis Cluster of three masters without replicas, persistence off.
+struct RedisCluster {
+    masters: Vec<Redis>,
+}
+
+impl RedisCluster {
+    async fn start(env: &mut Env) -> Result<RedisCluster> {
+        let mut masters = Vec::new();
+        for _ in 0..3 {
+            let extra = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ];
+            masters.push(Redis::start_with(env, &extra).await?);
+        }
+        let addrs: Vec<String> = masters
+            .iter()
+            .map(|r| format!("127.0.0.1:{}", r.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .context("redis-cli --cluster create")?;
+        if !out.status.success() {
+            bail!(
+                "redis-cli --cluster create: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !masters.iter().all(|m| {
+            m.info_of(&["cluster", "info"])
+                .get("cluster_state")
+                .map(String::as_str)
+                == Some("ok")
+        }) {
+            if Instant::now() > deadline {
+                bail!("the Redis Cluster did not reach cluster_state:ok in 30 s");
+            }
+            sleep(Duration::from_millis(100)).await;
+        }
+        Ok(RedisCluster { masters })
+    }
+
+    fn url(&self) -> String {
+        let addrs: Vec<String> = self
+            .masters
+            .iter()
+            .map(|r| format!("127.0.0.1:{}", r.port))
+            .collect();
+        format!("redis+cluster://{}", addrs.join(","))
+    }
+
+    fn used_memory(&self) -> u64 {
+        self.masters.iter().map(Redis::used_memory).sum()
+    }
+
+    fn keys(&self) -> u64 {
+        self.masters.iter().map(Redis::keys).sum()
+    }
+
+    async fn stop(self) {
+        for mut m in self.masters {
+            stop_child(&mut m.child, "TERM").await;
+        }
     }
 }
 
@@ -810,6 +913,10 @@ struct Round {
     delivered: u64,
     duplicates: u64,
     unexpected: u64,
+    /// Messages whose bytes were not what was sent.
+    corrupt: u64,
+    /// Messages a socket got after one with a higher sequence number.
+    out_of_order: u64,
     dropped: u64,
     failed: u64,
     exact: bool,
@@ -833,6 +940,8 @@ async fn finish_all(lgs: &mut [Loadgen], tag: &str, expect: &str, wait_ms: u64) 
         delivered: 0,
         duplicates: 0,
         unexpected: 0,
+        corrupt: 0,
+        out_of_order: 0,
         dropped: 0,
         failed: 0,
         exact: true,
@@ -850,6 +959,8 @@ async fn finish_all(lgs: &mut [Loadgen], tag: &str, expect: &str, wait_ms: u64) 
         r.delivered += s.delivered;
         r.duplicates += s.duplicates;
         r.unexpected += s.unexpected;
+        r.corrupt += s.corrupt;
+        r.out_of_order += s.out_of_order;
         r.dropped += s.sockets_dropped;
         r.failed += s.sockets_failed;
         r.exact &= s.exact;
@@ -908,6 +1019,8 @@ struct Plan {
     fanout_sizes: Vec<u64>,
     pushpin_max: u64,
     multinode_per_node: u64,
+    /// Sockets per node of the six-node Redis Cluster run.
+    scale_per_node: u64,
     unicast_sockets: u64,
     unicast_rates: Vec<f64>,
     /// Rates for the gateway driven with `SendBatch` (the `-batch` rows).
@@ -929,6 +1042,7 @@ impl Plan {
                 fanout_sizes: vec![1000],
                 pushpin_max: 1000,
                 multinode_per_node: 1000,
+                scale_per_node: 500,
                 unicast_sockets: 1000,
                 unicast_rates: vec![2000.0, 10000.0],
                 unicast_batch_rates: vec![5000.0, 25_000.0],
@@ -944,6 +1058,7 @@ impl Plan {
                 fanout_sizes: vec![1000, 10_000, 19_000],
                 pushpin_max: 10_000,
                 multinode_per_node: 17_000,
+                scale_per_node: 16_667,
                 unicast_sockets: 10_000,
                 unicast_rates: vec![5000.0, 10_000.0, 25_000.0, 50_000.0, 100_000.0],
                 unicast_batch_rates: vec![10_000.0, 25_000.0, 50_000.0, 75_000.0, 100_000.0],
@@ -1130,10 +1245,10 @@ async fn fanout_one(
         if rep.failed > 0 {
             notes.push(format!("publish errors: {:?}", rep.errors));
         }
-        if r.duplicates + r.unexpected + r.dropped > 0 {
+        if r.duplicates + r.unexpected + r.corrupt + r.out_of_order + r.dropped > 0 {
             notes.push(format!(
-                "duplicates {} unexpected {} dropped sockets {}",
-                r.duplicates, r.unexpected, r.dropped
+                "duplicates {} unexpected {} corrupt {} out of order {} dropped sockets {}",
+                r.duplicates, r.unexpected, r.corrupt, r.out_of_order, r.dropped
             ));
         }
         out.push(Record {
@@ -1513,6 +1628,182 @@ async fn scenario_multinode(env: &mut Env, plan: &Plan, out: &mut Vec<Record>) -
     });
     close_all(lgs).await;
     server.stop().await;
+    Ok(())
+}
+
+/// `scale_per_node` sockets on each of six gateway nodes sharing a three-master Redis Cluster
+/// (100,000 in all), opened as fast as the nodes take them; then three hub-wide publishes
+/// through one node, each to reach every socket once, and a quiet period in which nothing
+/// more may arrive. Reports gateway RSS, Redis memory and kernel memory per connection, the
+/// connect rate and the time a publish takes to reach the last socket.
+async fn scenario_scale(env: &mut Env, plan: &Plan, out: &mut Vec<Record>) -> Result<()> {
+    const NODES: usize = 6;
+    let per = plan.scale_per_node;
+    let sockets = per * NODES as u64;
+    println!("\n## {sockets} sockets over {NODES} gateway nodes and a 3-master Redis Cluster\n");
+    let redis = RedisCluster::start(env).await?;
+    let mut nodes = Vec::new();
+    for k in 0..NODES {
+        let args = sargs(&[
+            "--redis-url",
+            &redis.url(),
+            "--node-id",
+            &format!("scale-{k}"),
+        ]);
+        nodes.push(start_gateway(env, &args).await?);
+    }
+    // Nodes learn about each other from the lease list, refreshed every lease period.
+    sleep(Duration::from_secs(4)).await;
+    let server = Server::Gateway {
+        nodes,
+        _redis: None,
+    };
+    let result = scale_run(env, &server, &redis, per, out).await;
+    server.stop().await;
+    redis.stop().await;
+    result
+}
+
+async fn scale_run(
+    env: &mut Env,
+    server: &Server,
+    redis: &RedisCluster,
+    per: u64,
+    out: &mut Vec<Record>,
+) -> Result<()> {
+    let nodes = server.pids().len();
+    let dir = env.dir("scale")?;
+    let rss0 = server.rss_kib();
+    let (redis_mem0, redis_keys0) = (redis.used_memory(), redis.keys());
+    let (tcp0, slab0) = procfs::kernel_socket_kib();
+    let mut specs = Vec::new();
+    for k in 0..nodes {
+        specs.extend(split(&server.ws_url(k), per, k as u64 * per));
+    }
+    let started = Instant::now();
+    let mut lgs = open_all(env, &specs, &dir, 20_000.0).await?;
+    let open_secs = started.elapsed().as_secs_f64();
+    let opened: u64 = lgs.iter().map(|l| l.opened).sum();
+    // Registry writes of the last connects settle; then everything is measured at rest.
+    sleep(Duration::from_secs(3)).await;
+    let rss1 = server.rss_kib();
+    let (redis_mem1, redis_keys1) = (redis.used_memory(), redis.keys());
+    let (tcp1, slab1) = procfs::kernel_socket_kib();
+    let per_conn = |a: u64, b: u64| a.saturating_sub(b) as f64 / opened.max(1) as f64;
+    let rss_per_conn = per_conn(rss1, rss0);
+    let redis_per_session = per_conn(redis_mem1, redis_mem0);
+    let tcp_per_conn = per_conn(tcp1, tcp0);
+    let slab_per_conn = per_conn(slab1, slab0);
+    let (t, endpoint) = server.publish_to(0);
+    let count = 3u64;
+    let cpu0 = server.cpu();
+    let rep = publish(
+        env,
+        t,
+        &endpoint,
+        &sargs(&[
+            "broadcast",
+            "--count",
+            &count.to_string(),
+            "--size",
+            "100",
+            "--interval-ms",
+            "2000",
+        ]),
+        Duration::from_secs(180),
+    )
+    .await?;
+    let r = finish_all(&mut lgs, "sb", &format!("broadcast:{count}"), 60_000).await?;
+    let cpu = server.cpu().since(cpu0);
+    // A late duplicate would arrive after the count was complete: wait, then nothing more.
+    sleep(Duration::from_secs(3)).await;
+    let quiet = finish_all(&mut lgs, "sq", "none", 5_000).await?;
+    let exact = r.exact
+        && quiet.exact
+        && quiet.delivered + quiet.unexpected + quiet.duplicates == 0
+        && rep.failed == 0
+        && opened == per * nodes as u64;
+    let to_last = percentiles_of(&r.to_last_us);
+    println!("| nodes | sockets | connects/s | gateway RSS/conn KiB | Redis B/session | kernel TCP buffers KiB/conn | kernel slab KiB/conn | publish to last socket p50 ms | delivered/expected | exact |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    row(&[
+        nodes.to_string(),
+        opened.to_string(),
+        format!("{:.0}", opened as f64 / open_secs),
+        format!("{rss_per_conn:.2}"),
+        format!("{redis_per_session:.0}"),
+        format!("{tcp_per_conn:.2}"),
+        format!("{slab_per_conn:.2}"),
+        ms(to_last.0),
+        format!("{}/{}", r.delivered, r.expected),
+        exact.to_string(),
+    ]);
+    out.push(Record {
+        scenario: "scale".into(),
+        target: "switchboard".into(),
+        params: BTreeMap::from([
+            ("nodes".into(), nodes as f64),
+            ("sockets".into(), (per * nodes as u64) as f64),
+        ]),
+        metrics: BTreeMap::from([
+            ("opened".into(), opened as f64),
+            ("connects_per_s".into(), opened as f64 / open_secs),
+            ("rss_per_conn_kib".into(), rss_per_conn),
+            ("redis_bytes_per_session".into(), redis_per_session),
+            (
+                "redis_keys_per_session".into(),
+                redis_keys1.saturating_sub(redis_keys0) as f64 / opened.max(1) as f64,
+            ),
+            ("kernel_tcp_kib_per_conn".into(), tcp_per_conn),
+            ("kernel_slab_kib_per_conn".into(), slab_per_conn),
+            ("to_last_ms".into(), to_last.0 / 1000.0),
+            ("p50_ms".into(), r.latency.p50 / 1000.0),
+            ("p99_ms".into(), r.latency.p99 / 1000.0),
+            ("delivered".into(), r.delivered as f64),
+            ("expected".into(), r.expected as f64),
+            (
+                "cpu_total_us_per_msg".into(),
+                (cpu.user + cpu.system) as f64 * env.us_per_tick() / r.delivered.max(1) as f64,
+            ),
+        ]),
+        exact: Some(exact),
+        notes: if rep.failed > 0 {
+            vec![format!("publish errors: {:?}", rep.errors)]
+        } else {
+            vec![]
+        },
+        cdf: vec![],
+    });
+    close_all(lgs).await;
+    // What the closed sessions leave behind: their tombstones (`P:closed:{id}`, kept 10 min so
+    // `CheckSessions` can answer "closed"). Counted once the key count stops moving.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut keys = redis.keys();
+    loop {
+        sleep(Duration::from_secs(1)).await;
+        let now = redis.keys();
+        if now == keys || Instant::now() > deadline {
+            break;
+        }
+        keys = now;
+    }
+    let closed = |a: u64, b: u64| a.saturating_sub(b) as f64 / opened.max(1) as f64;
+    let (mem2, keys2) = (redis.used_memory(), redis.keys());
+    if let Some(r) = out.last_mut() {
+        r.metrics.insert(
+            "redis_closed_bytes_per_session".into(),
+            closed(mem2, redis_mem0),
+        );
+        r.metrics.insert(
+            "redis_closed_keys_per_session".into(),
+            closed(keys2, redis_keys0),
+        );
+    }
+    println!(
+        "\nafter every socket closed: Redis {:.0} B and {:.2} keys per closed session (tombstones)",
+        closed(mem2, redis_mem0),
+        closed(keys2, redis_keys0)
+    );
     Ok(())
 }
 
@@ -2142,6 +2433,11 @@ async fn run(a: RunArgs) -> Result<()> {
     if want("http2") {
         if let Err(e) = scenario_http2(&mut env, &plan, &mut records).await {
             errors.push(format!("http2: {e:#}"));
+        }
+    }
+    if want("scale") {
+        if let Err(e) = scenario_scale(&mut env, &plan, &mut records).await {
+            errors.push(format!("scale: {e:#}"));
         }
     }
     if want("multinode") {
