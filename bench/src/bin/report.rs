@@ -364,11 +364,13 @@ fn target_order(t: &str) -> usize {
         "switchboard-redis",
         "switchboard-memory",
         "nchan",
+        "nchan-Nw",
         "pushpin",
         "bun",
     ]
     .iter()
-    .position(|x| *x == t)
+    // `nchan-2w` and the like: nchan with a worker per core, right after nchan.
+    .position(|x| *x == t || (x.starts_with("nchan-") && t.starts_with("nchan-")))
     .unwrap_or(10)
 }
 
@@ -965,6 +967,43 @@ fn main() -> Result<()> {
         writeln!(md)?;
     }
 
+    let subscribe: Vec<(&Key, &Group)> = d.of("subscribe").collect();
+    if !subscribe.is_empty() {
+        writeln!(md, "## Subscribe: client messages to consumer groups\n")?;
+        writeln!(
+            md,
+            "100 client sockets send stamped 100-byte messages at a paced total rate; each of \
+             the consumer groups (one `Subscribe` member each) gets every one as a hub event \
+             (`subscribe`, which starts its own gateway and checks every group got every \
+             message once and in order per session). Latency is client send to event \
+             received; CPU is the gateway's per client message (every group's delivery \
+             included).\n"
+        )?;
+        writeln!(md, "| groups | asked/s | achieved/s (median) | range | p50 ms | p99 ms | user µs/msg | total µs/msg | exact |")?;
+        writeln!(
+            md,
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        )?;
+        for (k, g) in subscribe {
+            writeln!(
+                md,
+                "| {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+                Data::param(k, "groups"),
+                Data::param(k, "rate"),
+                f(g.med("achieved_per_s"), 0),
+                g.range("achieved_per_s")
+                    .map(|(a, b)| format!("{a:.0}–{b:.0}"))
+                    .unwrap_or_default(),
+                f(g.med("p50_ms"), 1),
+                f(g.med("p99_ms"), 1),
+                f(g.med("cpu_user_us_per_msg"), 2),
+                f(g.med("cpu_total_us_per_msg"), 2),
+                g.exact()
+            )?;
+        }
+        writeln!(md)?;
+    }
+
     let scale: Vec<(&Key, &Group)> = d.of("scale").collect();
     if !scale.is_empty() {
         writeln!(md, "## Six nodes and a Redis Cluster\n")?;
@@ -1404,7 +1443,7 @@ fn main() -> Result<()> {
          Node, redis-server and a font from Debian's packages and Bun 1.4.4 from npm when \
          missing), `bench/run-all --quick` (small sizes), `bench/smoke` (exact delivery only, for \
          CI). Scenario by scenario: `target/release/suite run --out DIR --only \
-         fanout,unicast,churn,flood,multinode,scale [--quick] [--peers nchan,pushpin,bun|none]`, then \
+         fanout,unicast,churn,flood,multinode,scale,subscribe [--quick] [--peers nchan,pushpin,bun|none]`, then \
          `target/release/report DIR*/suite.json`. The load generator and publisher run alone \
          too: see `bench/README.md`."
     )?;

@@ -2,7 +2,7 @@
 //! `--groups` consumer groups (one member each) receive every one as a hub event. Starts its
 //! own gateway, checks that every group got every message exactly once and in order per
 //! session, and prints the achieved rate, event latency and the gateway's CPU per client
-//! message.
+//! message; the last line is the same as one JSON object (for the suite).
 //!
 //! `subscribe --gateway-bin target/release/switchboard-gateway [--rate 50000] [--seconds 10]
 //! [--sockets 100] [--groups 4] [--size 100]`
@@ -211,6 +211,19 @@ async fn main() -> Result<()> {
         us(user),
         us(user + system),
         cli.groups,
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "sockets": cli.sockets,
+            "groups": cli.groups,
+            "asked_per_s": cli.rate,
+            "achieved_per_s": expected as f64 / sending.as_secs_f64(),
+            "p50_ms": p.p50 / 1000.0,
+            "p99_ms": p.p99 / 1000.0,
+            "cpu_user_us_per_msg": us(user),
+            "cpu_total_us_per_msg": us(user + system),
+        })
     );
     gateway.start_kill()?;
     Ok(())

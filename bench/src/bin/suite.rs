@@ -18,7 +18,9 @@
 //! wire per delivered message, gateway and nchan), `http2` (10k idle WebSocket sessions over
 //! HTTP/2, 100 per connection: RSS per session), `scale` (100k sockets over six gateway nodes
 //! sharing a three-master Redis Cluster: connect rate, gateway RSS, Redis and kernel memory per
-//! connection, one exact hub-wide broadcast and its time to the last socket).
+//! connection, one exact hub-wide broadcast and its time to the last socket), `subscribe`
+//! (50,000 client messages/s to four `Subscribe` consumer groups: rate, event latency, gateway
+//! CPU per client message).
 
 use std::{
     collections::BTreeMap,
@@ -544,13 +546,31 @@ async fn gateway_server(env: &mut Env, nodes: usize, redis: bool) -> Result<Serv
 }
 
 fn render(template: &Path, dir: &Path, out: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(template)
+    render_with(template, out, &[("PEERDIR", dir.display().to_string())])
+}
+
+/// A peer's configuration with each `(NAME, value)` filled in.
+fn render_with(template: &Path, out: &Path, vars: &[(&str, String)]) -> Result<()> {
+    let mut text = std::fs::read_to_string(template)
         .with_context(|| format!("read {}", template.display()))?;
-    std::fs::write(out, text.replace("PEERDIR", &dir.display().to_string()))?;
+    for (name, value) in vars {
+        text = text.replace(name, value);
+    }
+    std::fs::write(out, text)?;
     Ok(())
 }
 
-async fn nchan_server(env: &mut Env) -> Result<Server> {
+/// Threads the gateway's runtime has here (one per core), the nginx workers of the even row.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The fan-out row of nchan with as many workers as the gateway has threads.
+fn nchan_all_workers() -> String {
+    format!("nchan-{}w", cores())
+}
+
+async fn nchan_server(env: &mut Env, workers: usize) -> Result<Server> {
     anyhow::ensure!(
         !port_open(8090) && !port_open(8091),
         "ports 8090/8091 are taken: another nginx runs"
@@ -559,10 +579,13 @@ async fn nchan_server(env: &mut Env) -> Result<Server> {
     for d in ["logs", "body", "proxy", "fcgi", "uwsgi", "scgi"] {
         std::fs::create_dir_all(dir.join(d))?;
     }
-    render(
+    render_with(
         &env.peers_dir.join("nginx.conf"),
-        &dir,
         &dir.join("nginx.conf"),
+        &[
+            ("PEERDIR", dir.display().to_string()),
+            ("WORKERS", workers.to_string()),
+        ],
     )?;
     let master = Command::new("nginx")
         .arg("-c")
@@ -693,7 +716,8 @@ async fn bun_server(env: &mut Env) -> Result<Server> {
 async fn start_server(env: &mut Env, kind: &str) -> Result<Server> {
     match kind {
         "switchboard" => gateway_server(env, 1, false).await,
-        "nchan" => nchan_server(env).await,
+        "nchan" => nchan_server(env, 1).await,
+        t if t == nchan_all_workers() => nchan_server(env, cores()).await,
         "pushpin" => pushpin_server(env).await,
         "bun" => bun_server(env).await,
         other => bail!("unknown target {other}"),
@@ -1123,7 +1147,12 @@ async fn scenario_fanout(
         "exact",
     ]));
     row(&sargs(&["---"; 13]));
-    for target in targets {
+    // One extra nchan row with a worker per core: the gateway's runtime uses every core too.
+    let mut targets = targets.to_vec();
+    if let Some(i) = targets.iter().position(|t| t == "nchan") {
+        targets.insert(i + 1, nchan_all_workers());
+    }
+    for target in &targets {
         for &n in &plan.fanout_sizes {
             let n = if target == "pushpin" {
                 n.min(plan.pushpin_max)
@@ -1807,6 +1836,73 @@ async fn scale_run(
     Ok(())
 }
 
+/// Client messages to `Subscribe` consumer groups (the `subscribe` tool, which starts its own
+/// gateway and checks that every group got every message once and in order per session).
+async fn scenario_subscribe(env: &mut Env, plan: &Plan, out: &mut Vec<Record>) -> Result<()> {
+    let (rate, seconds) = if plan.quick { (5000, 2) } else { (50_000, 8) };
+    let groups = 4;
+    println!("\n## Subscribe: {rate} client messages/s to {groups} consumer groups\n");
+    let o = timeout(
+        Duration::from_secs(seconds + 120),
+        Command::new(env.bin_dir.join("subscribe"))
+            .arg("--gateway-bin")
+            .arg(&env.gateway_bin)
+            .args(["--rate", &rate.to_string()])
+            .args(["--seconds", &seconds.to_string()])
+            .args(["--groups", &groups.to_string()])
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .context("subscribe timed out")??;
+    let text = String::from_utf8_lossy(&o.stdout);
+    let exact = o.status.success();
+    let last = text.lines().rfind(|l| l.starts_with('{'));
+    let v: serde_json::Value = match (exact, last) {
+        (true, Some(l)) => serde_json::from_str(l)?,
+        _ => bail!("subscribe failed: {text}"),
+    };
+    let metric = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "| groups | asked/s | achieved/s | p50 ms | p99 ms | user µs/msg | total µs/msg | exact |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    row(&[
+        groups.to_string(),
+        rate.to_string(),
+        format!("{:.0}", metric("achieved_per_s")),
+        format!("{:.1}", metric("p50_ms")),
+        format!("{:.1}", metric("p99_ms")),
+        format!("{:.2}", metric("cpu_user_us_per_msg")),
+        format!("{:.2}", metric("cpu_total_us_per_msg")),
+        exact.to_string(),
+    ]);
+    out.push(Record {
+        scenario: "subscribe".into(),
+        target: "switchboard".into(),
+        params: BTreeMap::from([
+            ("groups".into(), groups as f64),
+            ("rate".into(), rate as f64),
+        ]),
+        metrics: [
+            "achieved_per_s",
+            "p50_ms",
+            "p99_ms",
+            "cpu_user_us_per_msg",
+            "cpu_total_us_per_msg",
+        ]
+        .into_iter()
+        .map(|k| (k.to_owned(), metric(k)))
+        .collect(),
+        exact: Some(exact),
+        notes: vec![],
+        cdf: vec![],
+    });
+    Ok(())
+}
+
 /// One way of driving a unicast target: a row name, how the publisher sends and the rates.
 struct UnicastMode {
     /// The `target` of its records (`switchboard-batch`, say).
@@ -2373,6 +2469,7 @@ async fn run(a: RunArgs) -> Result<()> {
     let mut env = Env::new(&a.common, a.peers_dir.clone())?;
     let plan = Plan::new(a.quick);
     let started = Instant::now();
+    let started_at = now_iso();
     let mut peers: Vec<String> = if a.peers.is_empty() {
         let mut v = Vec::new();
         if have("nginx") {
@@ -2435,6 +2532,11 @@ async fn run(a: RunArgs) -> Result<()> {
             errors.push(format!("http2: {e:#}"));
         }
     }
+    if want("subscribe") {
+        if let Err(e) = scenario_subscribe(&mut env, &plan, &mut records).await {
+            errors.push(format!("subscribe: {e:#}"));
+        }
+    }
     if want("scale") {
         if let Err(e) = scenario_scale(&mut env, &plan, &mut records).await {
             errors.push(format!("scale: {e:#}"));
@@ -2449,7 +2551,7 @@ async fn run(a: RunArgs) -> Result<()> {
         println!("error: {e}");
     }
     let file = SuiteFile {
-        started: now_iso(),
+        started: started_at,
         seconds: started.elapsed().as_secs_f64(),
         quick: a.quick,
         machine: machine(),
