@@ -127,6 +127,18 @@ async fn read_after(api: &mut Api, id: &str, ack: u64) -> Option<(u64, String)> 
     read_msg(api, id, Some(ack), 100).await
 }
 
+/// The next message after `ack`, by short Reads until one answers (within the patience).
+async fn next_after(api: &mut Api, id: &str, ack: u64) -> (u64, String) {
+    within("a message", async {
+        loop {
+            if let Some(m) = read_after(api, id, ack).await {
+                return m;
+            }
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn messages_are_numbered_both_ways_and_client_messages_are_acked_once_a_backend_has_them() {
     let gw = Gateway::start(&[]).await;
@@ -435,14 +447,7 @@ async fn a_read_answer_the_backend_did_not_get_comes_again_on_the_node_that_hold
     c.send(1, "one").await;
     // Answered, and (as far as the gateway can tell) lost on the way: the backend says it
     // has nothing yet, so it comes again, and the client is not acknowledged for it.
-    let first = within("the first answer", async {
-        loop {
-            if let Some(m) = read_after(&mut api_b, &id, 0).await {
-                return m;
-            }
-        }
-    })
-    .await;
+    let first = next_after(&mut api_b, &id, 0).await;
     assert_eq!(first, (1, "one".into()));
     assert_eq!(
         read_after(&mut api_b, &id, 0).await,
@@ -482,14 +487,7 @@ async fn a_message_a_backend_read_from_a_node_killed_before_recording_it_is_not_
     c.send(1, "one").await;
     // Read through node b from node a, which dies before the next Read confirms the answer:
     // nothing recorded that the backend has it, and the client was never acknowledged.
-    let first = within("the first answer", async {
-        loop {
-            if let Some(m) = read_after(&mut api_b, &id, 0).await {
-                return m;
-            }
-        }
-    })
-    .await;
+    let first = next_after(&mut api_b, &id, 0).await;
     assert_eq!(first, (1, "one".into()));
     let w = c.drop_connection();
     nodes[0].signal("KILL");
@@ -501,14 +499,7 @@ async fn a_message_a_backend_read_from_a_node_killed_before_recording_it_is_not_
     c.send(1, "one").await;
     c.send(2, "two").await;
     // The backend's ack says it has 1: the resend is recorded, not answered again.
-    let next = within("the next answer", async {
-        loop {
-            if let Some(m) = read_after(&mut api_b, &id, 1).await {
-                return m;
-            }
-        }
-    })
-    .await;
+    let next = next_after(&mut api_b, &id, 1).await;
     assert_eq!(next, (2, "two".into()));
     c.acked(1).await;
     assert_eq!(read_after(&mut api_b, &id, 2).await, None);

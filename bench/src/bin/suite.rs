@@ -1563,6 +1563,33 @@ fn percentiles_of(v: &[f64]) -> (f64, f64) {
     )
 }
 
+/// Three hub-wide broadcasts of 100 B published through node 0, `interval_ms` apart, and the
+/// round they make at the load generators: what the publisher said, what arrived, and the
+/// servers' CPU meanwhile.
+async fn broadcasts_through_node_0(
+    env: &Env,
+    server: &Server,
+    lgs: &mut [Loadgen],
+    tag: &str,
+    interval_ms: u64,
+) -> Result<(PublishReport, Round, CpuTicks)> {
+    const COUNT: u64 = 3;
+    let (t, endpoint) = server.publish_to(0);
+    let cpu0 = server.cpu();
+    let args = sargs(&[
+        "broadcast",
+        "--count",
+        &COUNT.to_string(),
+        "--size",
+        "100",
+        "--interval-ms",
+        &interval_ms.to_string(),
+    ]);
+    let rep = publish(env, t, &endpoint, &args, Duration::from_secs(180)).await?;
+    let r = finish_all(lgs, tag, &format!("broadcast:{COUNT}"), 60_000).await?;
+    Ok((rep, r, server.cpu().since(cpu0)))
+}
+
 async fn scenario_multinode(env: &mut Env, plan: &Plan, out: &mut Vec<Record>) -> Result<()> {
     let nodes = 3usize;
     let per = plan.multinode_per_node;
@@ -1591,27 +1618,7 @@ async fn scenario_multinode(env: &mut Env, plan: &Plan, out: &mut Vec<Record>) -
         .map(|(a, b)| a.saturating_sub(*b))
         .sum();
     let per_conn = delta as f64 / opened.max(1) as f64;
-    let (t, endpoint) = server.publish_to(0);
-    let count = 3u64;
-    let cpu0 = server.cpu();
-    let rep = publish(
-        env,
-        t,
-        &endpoint,
-        &sargs(&[
-            "broadcast",
-            "--count",
-            &count.to_string(),
-            "--size",
-            "100",
-            "--interval-ms",
-            "1000",
-        ]),
-        Duration::from_secs(120),
-    )
-    .await?;
-    let r = finish_all(&mut lgs, "mb", &format!("broadcast:{count}"), 30_000).await?;
-    let cpu = server.cpu().since(cpu0);
+    let (rep, r, cpu) = broadcasts_through_node_0(env, &server, &mut lgs, "mb", 1000).await?;
     let exact = r.exact && rep.failed == 0 && opened == per * nodes as u64;
     println!("| nodes | sockets | RSS/conn KiB | per node RSS before → after MiB | broadcast p50 / p99 ms | delivered/expected | exact |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
@@ -1723,27 +1730,7 @@ async fn scale_run(
     let redis_per_session = per_conn(redis_mem1, redis_mem0);
     let tcp_per_conn = per_conn(tcp1, tcp0);
     let slab_per_conn = per_conn(slab1, slab0);
-    let (t, endpoint) = server.publish_to(0);
-    let count = 3u64;
-    let cpu0 = server.cpu();
-    let rep = publish(
-        env,
-        t,
-        &endpoint,
-        &sargs(&[
-            "broadcast",
-            "--count",
-            &count.to_string(),
-            "--size",
-            "100",
-            "--interval-ms",
-            "2000",
-        ]),
-        Duration::from_secs(180),
-    )
-    .await?;
-    let r = finish_all(&mut lgs, "sb", &format!("broadcast:{count}"), 60_000).await?;
-    let cpu = server.cpu().since(cpu0);
+    let (rep, r, cpu) = broadcasts_through_node_0(env, server, &mut lgs, "sb", 2000).await?;
     // A late duplicate would arrive after the count was complete: wait, then nothing more.
     sleep(Duration::from_secs(3)).await;
     let quiet = finish_all(&mut lgs, "sq", "none", 5_000).await?;
