@@ -767,32 +767,21 @@ impl Node {
         } else if let Some(m) = ack.and_then(|ack| s.inbox.unconfirmed(ack)) {
             return Ok(Next::Message(m));
         }
-        let deadline = tokio::time::Instant::now() + timeout.min(self.config.max_read_timeout);
-        loop {
-            let next = tokio::select! {
-                next = s.inbox.next(deadline.saturating_duration_since(tokio::time::Instant::now())) => next,
-                _ = self.shutdown.cancelled() => return Err(Error::ShuttingDown),
-            };
-            if let Next::Message(m) = &next {
-                match &s.reliable {
-                    // The backend says it has this one: an answer given by the node that held
-                    // the session before (killed, or its hand-over did not reach here), which
-                    // the client sent again because it was never acknowledged. Recorded as
-                    // taken (the client gets its ack), never answered twice.
-                    Some(_) if ack.is_some_and(|ack| m.client_seq <= ack) => {
-                        self.metrics.reliable_duplicates.inc();
-                        self.taken(&s, m.client_seq);
-                        continue;
-                    }
-                    // Released to another node meanwhile: the client sends it there.
-                    Some(rel) if !rel.read(m) => return Err(Error::Moved(id.clone())),
-                    Some(_) => {}
-                    None if ack.is_some() => s.inbox.answered(m),
-                    None => {}
-                }
+        let timeout = timeout.min(self.config.max_read_timeout);
+        let next = tokio::select! {
+            next = s.inbox.next(timeout) => next,
+            _ = self.shutdown.cancelled() => return Err(Error::ShuttingDown),
+        };
+        if let Next::Message(m) = &next {
+            match &s.reliable {
+                // Released to another node meanwhile: the client sends it there.
+                Some(rel) if !rel.read(m) => return Err(Error::Moved(id.clone())),
+                Some(_) => {}
+                None if ack.is_some() => s.inbox.answered(m),
+                None => {}
             }
-            return Ok(next);
         }
+        Ok(next)
     }
 }
 

@@ -478,35 +478,6 @@ async fn a_read_answer_the_backend_did_not_get_comes_again_on_the_node_that_hold
 }
 
 #[tokio::test]
-async fn a_message_a_backend_read_from_a_node_killed_before_recording_it_is_not_read_again() {
-    let redis = Redis::start().await;
-    let mut nodes = cluster(&redis, 2).await;
-    let mut api_b = nodes[1].api().await;
-    let mut c = RelClient::open(&base(&nodes[0]), "h").await;
-    let id = c.session().to_owned();
-    c.send(1, "one").await;
-    // Read through node b from node a, which dies before the next Read confirms the answer:
-    // nothing recorded that the backend has it, and the client was never acknowledged.
-    let first = next_after(&mut api_b, &id, 0).await;
-    assert_eq!(first, (1, "one".into()));
-    let w = c.drop_connection();
-    nodes[0].signal("KILL");
-    nodes[0].wait().await;
-    let mut c = RelClient::resume(&base(&nodes[1]), "h", &w, 0)
-        .await
-        .unwrap();
-    assert_eq!(c.welcome.ack, 0, "the answer was never confirmed");
-    c.send(1, "one").await;
-    c.send(2, "two").await;
-    // The backend's ack says it has 1: the resend is recorded, not answered again.
-    let next = next_after(&mut api_b, &id, 1).await;
-    assert_eq!(next, (2, "two".into()));
-    c.acked(1).await;
-    assert_eq!(read_after(&mut api_b, &id, 2).await, None);
-    c.acked(2).await;
-}
-
-#[tokio::test]
 async fn a_resume_while_the_old_connection_waits_for_inbox_room_loses_no_client_message() {
     let gw = Gateway::start(&["--inbox-messages", "4"]).await;
     let mut api = gw.api().await;

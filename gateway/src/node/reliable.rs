@@ -152,8 +152,7 @@ impl Node {
 
     /// Asks the live node that held a session to let it go (see [`Node::release`]): the last
     /// client seq taken there, and the `Read` answer not confirmed yet. Nothing when it cannot
-    /// answer (it died: the client resends what it handed out, and `Node::read` drops what
-    /// the backend's ack covers).
+    /// answer (it died: what it handed out may then come again, see docs/reliable.md).
     async fn release_at(&self, previous: &str, id: &SessionId) -> (u64, Option<Inbound>) {
         let Some(cluster) = self.registry.cluster() else {
             return (0, None);
@@ -496,8 +495,7 @@ impl Node {
         // No answer goes out from here after this. The last one is not counted as taken: its
         // answer may have been lost on the way (the backend's call timed out, or a node that
         // forwarded it died). It goes to the new holder; when it cannot (this node learnt of
-        // the move on its own), the client resends it, and the new holder records it as taken
-        // without answering it when the backend's `Read` ack covers it.
+        // the move on its own), the client resends it, and a backend may see it twice.
         let pending = rel.release();
         if let Some(redis) = self.journal() {
             if let Err(e) = redis.rel_taken(s.id.as_str(), rel.taken()).await {
