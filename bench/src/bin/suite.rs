@@ -1590,6 +1590,21 @@ async fn broadcasts_through_node_0(
     Ok((rep, r, server.cpu().since(cpu0)))
 }
 
+/// What every broadcast row records of its round: latency, counts, the servers' CPU per
+/// delivered message.
+fn broadcast_metrics(env: &Env, r: &Round, cpu: CpuTicks) -> [(String, f64); 5] {
+    [
+        ("p50_ms".into(), r.latency.p50 / 1000.0),
+        ("p99_ms".into(), r.latency.p99 / 1000.0),
+        ("delivered".into(), r.delivered as f64),
+        ("expected".into(), r.expected as f64),
+        (
+            "cpu_total_us_per_msg".into(),
+            (cpu.user + cpu.system) as f64 * env.us_per_tick() / r.delivered.max(1) as f64,
+        ),
+    ]
+}
+
 async fn scenario_multinode(env: &mut Env, plan: &Plan, out: &mut Vec<Record>) -> Result<()> {
     let nodes = 3usize;
     let per = plan.multinode_per_node;
@@ -1642,18 +1657,13 @@ async fn scenario_multinode(env: &mut Env, plan: &Plan, out: &mut Vec<Record>) -
             ("nodes".into(), nodes as f64),
             ("sockets".into(), (per * nodes as u64) as f64),
         ]),
-        metrics: BTreeMap::from([
+        metrics: [
             ("rss_per_conn_kib".into(), per_conn),
             ("opened".into(), opened as f64),
-            ("p50_ms".into(), r.latency.p50 / 1000.0),
-            ("p99_ms".into(), r.latency.p99 / 1000.0),
-            ("delivered".into(), r.delivered as f64),
-            ("expected".into(), r.expected as f64),
-            (
-                "cpu_total_us_per_msg".into(),
-                (cpu.user + cpu.system) as f64 * env.us_per_tick() / r.delivered.max(1) as f64,
-            ),
-        ]),
+        ]
+        .into_iter()
+        .chain(broadcast_metrics(env, &r, cpu))
+        .collect(),
         exact: Some(exact),
         notes: if rep.failed > 0 {
             vec![format!("publish errors: {:?}", rep.errors)]
@@ -1761,7 +1771,7 @@ async fn scale_run(
             ("nodes".into(), nodes as f64),
             ("sockets".into(), (per * nodes as u64) as f64),
         ]),
-        metrics: BTreeMap::from([
+        metrics: [
             ("opened".into(), opened as f64),
             ("connects_per_s".into(), opened as f64 / open_secs),
             ("rss_per_conn_kib".into(), rss_per_conn),
@@ -1773,15 +1783,10 @@ async fn scale_run(
             ("kernel_tcp_kib_per_conn".into(), tcp_per_conn),
             ("kernel_slab_kib_per_conn".into(), slab_per_conn),
             ("to_last_ms".into(), to_last.0 / 1000.0),
-            ("p50_ms".into(), r.latency.p50 / 1000.0),
-            ("p99_ms".into(), r.latency.p99 / 1000.0),
-            ("delivered".into(), r.delivered as f64),
-            ("expected".into(), r.expected as f64),
-            (
-                "cpu_total_us_per_msg".into(),
-                (cpu.user + cpu.system) as f64 * env.us_per_tick() / r.delivered.max(1) as f64,
-            ),
-        ]),
+        ]
+        .into_iter()
+        .chain(broadcast_metrics(env, &r, cpu))
+        .collect(),
         exact: Some(exact),
         notes: if rep.failed > 0 {
             vec![format!("publish errors: {:?}", rep.errors)]
