@@ -302,6 +302,19 @@ impl Gateway {
         }
     }
 
+    /// The first sample of a gauge or counter `name` from `/metrics`: on the admin port when it
+    /// is on (it is not behind the client port's limits), else on the client port.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = match self.admin_addr {
+            Some(_) => self.admin_request("GET", "/metrics", None, "").await,
+            None => self.http_get("/metrics").await,
+        };
+        body.lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == name || k.starts_with(&format!("{name}{{"))).then(|| v.parse().ok())?
+        })
+    }
+
     /// Plain HTTP GET on the client port: (status, body).
     pub async fn http_get(&self, path: &str) -> (u16, String) {
         crate::raw::http_request(self.client_addr, "GET", path, &[]).await

@@ -64,12 +64,8 @@ async fn publish(api: &mut Api, target: Option<pb::Target>, s: &str) -> pb::Publ
 
 /// A gauge or counter from `/metrics` (the first sample of that name).
 async fn metric(gw: &Gateway, name: &str) -> f64 {
-    let (_, body) = gw.http_get("/metrics").await;
-    body.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            (k == name || k.starts_with(&format!("{name}{{"))).then(|| v.parse().ok())?
-        })
+    gw.metric(name)
+        .await
         .unwrap_or_else(|| panic!("no {name} in /metrics"))
 }
 
