@@ -112,6 +112,7 @@ pub(crate) struct Metrics {
     pub write_timeouts: Counter,
     pub inbound_discarded: Family<ReasonLabel, Counter>,
     pub inbox_messages: Gauge,
+    pub reads_waiting: Gauge,
     pub paused_sockets: Gauge,
     pub handshakes: Gauge,
     pub handshake_waits: Counter,
@@ -156,6 +157,7 @@ impl Metrics {
             write_timeouts: Counter::default(),
             inbound_discarded: Family::default(),
             inbox_messages: Gauge::default(),
+            reads_waiting: Gauge::default(),
             paused_sockets: Gauge::default(),
             handshakes: Gauge::default(),
             handshake_waits: Counter::default(),
@@ -199,7 +201,7 @@ impl Metrics {
         );
         r.register(
             "reliable_duplicates",
-            "Client messages of reliable sessions dropped as duplicates (resent after a resume)",
+            "Client messages of reliable sessions dropped as duplicates (resent after a resume, or covered by a backend's Read ack)",
             m.reliable_duplicates.clone(),
         );
         r.register(
@@ -262,6 +264,11 @@ impl Metrics {
             "inbox_messages",
             "Client messages waiting in inboxes",
             m.inbox_messages.clone(),
+        );
+        r.register(
+            "reads_waiting",
+            "Read calls waiting for a client message",
+            m.reads_waiting.clone(),
         );
         r.register(
             "paused_sockets",
@@ -554,5 +561,22 @@ mod tests {
             text.contains(r#"switchboard_subscriber_events_total{hub="h",group="g0"} 2"#),
             "{text}"
         );
+    }
+}
+
+/// Holds a gauge one up for as long as it lives, however the work it counts ends (also when
+/// its future is dropped).
+pub(crate) struct GaugeGuard<'a>(&'a Gauge);
+
+impl<'a> GaugeGuard<'a> {
+    pub(crate) fn inc(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -30,13 +30,13 @@ use crate::{
     frame::{self, close_code, Encoded, Opcode},
     gate::Gate,
     message::{Kind, Message},
-    metrics::CodeLabel,
     metrics::Metrics,
+    metrics::{CodeLabel, GaugeGuard},
     pool::{Pool, Target},
     registry::{ListFilter, Liveness, Page, Registry, SessionRecord},
     reliable::Confirmed,
     session::{
-        inbox::{InboxGauges, Next},
+        inbox::{InboxGauges, Next, Pushed},
         Closer, Ender, Flush, SendError, Session, SessionContext, SessionEnd, SessionId,
     },
 };
@@ -391,8 +391,18 @@ impl Node {
     /// Hands a client message on: to the attached backend (through the inbox, which it
     /// drains), else to the hub's subscribers, else into the inbox for `Read`. A message never
     /// overtakes an earlier one: while the inbox holds messages, new ones queue behind them.
-    /// Waits (and so pauses the socket) while nobody takes it.
-    pub(crate) async fn deliver(&self, s: &Arc<Session>, message: Message, client_seq: u64) {
+    /// Waits (and so pauses the socket) while nobody takes it. False when the inbox was
+    /// sealed (a resume moved the session to another connection): the message was not taken,
+    /// and the client sends it again there.
+    pub(crate) async fn deliver(
+        &self,
+        s: &Arc<Session>,
+        message: Message,
+        client_seq: u64,
+    ) -> bool {
+        if s.inbox.is_sealed() {
+            return false;
+        }
         let mut inbound = s.inbox.stamp(message);
         if client_seq != 0 {
             inbound.client_seq = client_seq;
@@ -405,10 +415,10 @@ impl Node {
             };
             if self.events.publish(event).await > 0 {
                 self.taken(s, client_seq);
-                return;
+                return true;
             }
         }
-        s.inbox.push(inbound).await;
+        s.inbox.push(inbound).await != Pushed::Refused
     }
 
     /// Opens the shared connection: claims the session's attach slot for a new stream.
@@ -767,21 +777,58 @@ impl Node {
         } else if let Some(m) = ack.and_then(|ack| s.inbox.unconfirmed(ack)) {
             return Ok(Next::Message(m));
         }
-        let timeout = timeout.min(self.config.max_read_timeout);
-        let next = tokio::select! {
-            next = s.inbox.next(timeout) => next,
-            _ = self.shutdown.cancelled() => return Err(Error::ShuttingDown),
-        };
-        if let Next::Message(m) = &next {
-            match &s.reliable {
-                // Released to another node meanwhile: the client sends it there.
-                Some(rel) if !rel.read(m) => return Err(Error::Moved(id.clone())),
-                Some(_) => {}
-                None if ack.is_some() => s.inbox.answered(m),
-                None => {}
+        let deadline = tokio::time::Instant::now() + timeout.min(self.config.max_read_timeout);
+        let mut s = s;
+        let mut follow = s.reliable.is_some();
+        let _waiting = GaugeGuard::inc(&self.metrics.reads_waiting);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let moved = async {
+                match &s.reliable {
+                    Some(rel) if follow => rel.replaced(&s).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            let next = tokio::select! {
+                biased;
+                next = s.inbox.next(left) => next,
+                // A resume on this node moved the session, and the messages waiting for a
+                // backend, to a new connection: the wait goes on there.
+                _ = moved => match s.reliable.as_ref().and_then(|rel| rel.current()) {
+                    Some(now) => {
+                        s = now;
+                        continue;
+                    }
+                    // The connection that took over is gone as well: the wait runs out here.
+                    None => {
+                        follow = false;
+                        continue;
+                    }
+                },
+                _ = self.shutdown.cancelled() => return Err(Error::ShuttingDown),
+            };
+            if let Next::Message(m) = &next {
+                match &s.reliable {
+                    // The backend says it has this one: an answer given by the node that held
+                    // the session before (killed, or its hand-over did not reach here), which
+                    // the client sent again because it was never acknowledged. Recorded as
+                    // taken (the client gets its ack), never answered twice. Safe because
+                    // answers reach a backend in `client_seq` order: the backend has every
+                    // message up to its ack.
+                    Some(_) if ack.is_some_and(|ack| m.client_seq <= ack) => {
+                        self.metrics.reliable_duplicates.inc();
+                        self.taken(&s, m.client_seq);
+                        continue;
+                    }
+                    // Released to another node meanwhile: the client sends it there.
+                    Some(rel) if !rel.read(m) => return Err(Error::Moved(id.clone())),
+                    Some(_) => {}
+                    None if ack.is_some() => s.inbox.answered(m),
+                    None => {}
+                }
             }
+            return Ok(next);
         }
-        Ok(next)
     }
 }
 

@@ -478,6 +478,49 @@ async fn a_read_answer_the_backend_did_not_get_comes_again_on_the_node_that_hold
 }
 
 #[tokio::test]
+async fn a_message_a_backend_read_from_a_node_killed_before_recording_it_is_not_read_again() {
+    let redis = Redis::start().await;
+    let mut nodes = cluster(&redis, 2).await;
+    let mut api_b = nodes[1].api().await;
+    let mut c = RelClient::open(&base(&nodes[0]), "h").await;
+    let id = c.session().to_owned();
+    c.send(1, "one").await;
+    // Read through node b from node a, which dies before the next Read confirms the answer:
+    // nothing recorded that the backend has it, and the client was never acknowledged.
+    let first = within("the first answer", async {
+        loop {
+            if let Some(m) = read_after(&mut api_b, &id, 0).await {
+                return m;
+            }
+        }
+    })
+    .await;
+    assert_eq!(first, (1, "one".into()));
+    let w = c.drop_connection();
+    nodes[0].signal("KILL");
+    nodes[0].wait().await;
+    let mut c = RelClient::resume(&base(&nodes[1]), "h", &w, 0)
+        .await
+        .unwrap();
+    assert_eq!(c.welcome.ack, 0, "the answer was never confirmed");
+    c.send(1, "one").await;
+    c.send(2, "two").await;
+    // The backend's ack says it has 1: the resend is recorded, not answered again.
+    let next = within("the next answer", async {
+        loop {
+            if let Some(m) = read_after(&mut api_b, &id, 1).await {
+                return m;
+            }
+        }
+    })
+    .await;
+    assert_eq!(next, (2, "two".into()));
+    c.acked(1).await;
+    assert_eq!(read_after(&mut api_b, &id, 2).await, None);
+    c.acked(2).await;
+}
+
+#[tokio::test]
 async fn a_resume_while_the_old_connection_waits_for_inbox_room_loses_no_client_message() {
     let gw = Gateway::start(&["--inbox-messages", "4"]).await;
     let mut api = gw.api().await;
@@ -867,4 +910,35 @@ async fn a_suspended_session_s_state_in_redis_expires_with_its_window() {
         suspended.iter().all(|l| l.is_empty() || l == "0"),
         "{suspended:?}"
     );
+}
+
+#[tokio::test]
+async fn a_read_waiting_when_the_client_resumes_on_the_same_node_gets_what_it_sends_there() {
+    let gw = Gateway::start(&[]).await;
+    let mut api = gw.api().await;
+    let c1 = RelClient::open(&base(&gw), "h").await;
+    let id = c1.session().to_owned();
+    // A Read waits (far longer than the test's patience) on the first connection.
+    let read = tokio::spawn({
+        let (mut api, id) = (api.clone(), id.clone());
+        async move { read_msg(&mut api, &id, Some(0), 120_000).await }
+    });
+    within("the read to wait", async {
+        while gw.metric("switchboard_reads_waiting").await != Some(1.0) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // The client resumes on the same node, and sends there: the waiting Read follows the
+    // session to its new connection.
+    let mut c2 = RelClient::resume(&base(&gw), "h", &c1.welcome, 0)
+        .await
+        .unwrap();
+    c2.send(1, "after the resume").await;
+    let got = within("the waiting read", read).await.unwrap();
+    assert_eq!(got, Some((1, "after the resume".into())));
+    assert_eq!(read_after(&mut api, &id, 1).await, None, "nothing more");
+    c2.acked(1).await;
+    assert_eq!(gw.metric("switchboard_reads_waiting").await, Some(0.0));
+    drop(c1);
 }

@@ -410,9 +410,10 @@ impl Client {
     /// [`Inbound::client_seq`](crate::Inbound::client_seq) of the last message this backend
     /// received from the session (0 at first). A message whose answer was lost on the way (the
     /// call failed or timed out, a node between here and the session died) comes again, so
-    /// this call is retried on any failure that can pass, and nothing is lost. What it answers
-    /// may repeat one already received: compare `client_seq` with `ack`. One reader per
-    /// session: the gateway keeps one unconfirmed answer per session.
+    /// this call is retried on any failure that can pass, and nothing is lost. Nothing at or
+    /// below `ack` is answered, also when the client sent it again after the node that
+    /// answered it first was killed: each client message is read once. One reader per
+    /// session: `ack` is what this reader received.
     ///
     /// ```no_run
     /// # async fn f(client: switchboard_sdk::Client) -> Result<(), switchboard_sdk::Error> {
@@ -422,11 +423,11 @@ impl Client {
     /// let mut ack = 0;
     /// loop {
     ///     match client.read_after("AAAAAAAAAAAAAAAAAAAAAA", ack, Duration::from_secs(30)).await? {
-    ///         ReadOutcome::Message(m) if m.client_seq > ack => {
+    ///         ReadOutcome::Message(m) => {
     ///             ack = m.client_seq;
     ///             println!("{:?}", m.message);
     ///         }
-    ///         ReadOutcome::Message(_) | ReadOutcome::TimedOut => continue,
+    ///         ReadOutcome::TimedOut => continue,
     ///         ReadOutcome::Closed(c) => break println!("{c}"),
     ///     }
     /// }

@@ -291,7 +291,12 @@ async fn take_steps(
             biased;
             _ = session.killed() => return Err(dropped(session)),
             _ = replaced => return Err(dropped(session)),
-            _ = node.deliver(session, message, client_seq) => {}
+            delivered = node.deliver(session, message, client_seq) => {
+                // The inbox was sealed by a resume that raced this delivery.
+                if !delivered {
+                    return Err(dropped(session));
+                }
+            }
         }
         if let Some(rel) = &session.reliable {
             rel.received(client_seq);

@@ -513,7 +513,7 @@ impl Node {
         }
         // Not kept for a late Read: the client, never acknowledged for these, sends them to
         // the node that has the session now.
-        while current.inbox.try_pop().is_some() {}
+        current.inbox.seal();
         self.pool.remove(&current);
         self.metrics.sessions_open.dec();
         pending
@@ -882,8 +882,8 @@ impl Node {
                 prev.close(reliable::REPLACED, "replaced", Closer::Gateway, true);
             }
             // Client messages no backend took yet follow the session, in order.
-            let waiting: Vec<_> = std::iter::from_fn(|| prev.inbox.try_pop()).collect();
-            s.inbox.requeue(waiting.into_iter());
+            // Sealed, so that the old connection's reader cannot add one behind them.
+            s.inbox.requeue(prev.inbox.seal().into_iter());
         } else {
             self.metrics.sessions_open.inc();
         }

@@ -2,7 +2,9 @@
 //!
 //! When the inbox is full, `push` waits: the session's reader stops reading the socket, and TCP
 //! backpressure slows the client down. Nothing is dropped. Once the client is gone the inbox is
-//! closed; readers drain what is left and then see the close.
+//! closed; readers drain what is left and then see the close. When a resume moves a reliable
+//! session to another connection, its old inbox is sealed: emptied and refusing pushes in one
+//! step, so nothing lands behind the messages that moved.
 
 use std::{
     collections::VecDeque,
@@ -13,7 +15,7 @@ use std::{
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
-use crate::message::Message;
+use crate::{message::Message, metrics::GaugeGuard};
 
 use super::SessionEnd;
 
@@ -25,6 +27,16 @@ pub struct Inbound {
     /// The session's number of this message over its whole life: a reliable client's own
     /// seq (stable across resumes), `seq` for a plain session.
     pub client_seq: u64,
+}
+
+/// How a push ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    Queued,
+    /// Queued after waiting for room.
+    Waited,
+    /// The inbox was sealed (the session moved to another connection): not queued.
+    Refused,
 }
 
 /// What a reader gets.
@@ -55,20 +67,13 @@ pub(crate) struct InboxGauges {
     pub paused: Gauge,
 }
 
-/// Decrements the paused gauge however the waiting push ends (even when cancelled).
-struct Paused<'a>(&'a Gauge);
-
-impl Drop for Paused<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
 struct State {
     queue: VecDeque<Inbound>,
     bytes: usize,
     next_seq: u64,
     closed: Option<SessionEnd>,
+    /// Emptied for good by [`Inbox::seal`]: pushes are refused.
+    sealed: bool,
     /// The message the last `Read` with an ack answered, until a later ack covers it.
     answered: Option<Inbound>,
 }
@@ -81,6 +86,7 @@ impl Inbox {
                 bytes: 0,
                 next_seq: 1,
                 closed: None,
+                sealed: false,
                 answered: None,
             }),
             max_messages,
@@ -110,8 +116,7 @@ impl Inbox {
 
     /// Appends a message, waiting while the inbox is full. A message larger than the byte bound
     /// is still accepted into an empty inbox, so one big message cannot wedge a session.
-    /// Returns whether it had to wait.
-    pub(crate) async fn push(&self, msg: Inbound) -> bool {
+    pub(crate) async fn push(&self, msg: Inbound) -> Pushed {
         let mut paused = None;
         loop {
             let room = self.writable.notified();
@@ -119,6 +124,9 @@ impl Inbox {
             room.as_mut().enable();
             {
                 let mut st = self.lock();
+                if st.sealed {
+                    return Pushed::Refused;
+                }
                 let fits = st.queue.is_empty()
                     || (st.queue.len() < self.max_messages
                         && st.bytes + msg.message.len() <= self.max_bytes);
@@ -128,12 +136,16 @@ impl Inbox {
                     drop(st);
                     self.gauges.messages.inc();
                     self.readable.notify_waiters();
-                    return paused.is_some();
+                    return if paused.is_some() {
+                        Pushed::Waited
+                    } else {
+                        Pushed::Queued
+                    };
                 }
             }
             if paused.is_none() {
-                self.gauges.paused.inc();
-                paused = Some(Paused(&self.gauges.paused));
+                // Held until the push ends, however it ends (also when cancelled).
+                paused = Some(GaugeGuard::inc(&self.gauges.paused));
             }
             room.await;
         }
@@ -148,6 +160,23 @@ impl Inbox {
         self.gauges.messages.dec();
         self.writable.notify_one();
         Some(msg)
+    }
+
+    /// Takes every waiting message, in order, and refuses pushes from now on: a resume moves
+    /// them to the new connection's inbox, and a push racing the move must fail (its message
+    /// is not marked received, and the client sends it again on the new connection) rather
+    /// than land here, behind them, where a `Read` could answer it out of order or nobody
+    /// would read it at all.
+    pub(crate) fn seal(&self) -> Vec<Inbound> {
+        let mut st = self.lock();
+        st.sealed = true;
+        st.bytes = 0;
+        let taken: Vec<_> = st.queue.drain(..).collect();
+        drop(st);
+        self.gauges.messages.dec_by(taken.len() as i64);
+        // A push waiting for room wakes to see the seal.
+        self.writable.notify_waiters();
+        taken
     }
 
     /// Puts messages a reader took but did not process back at the front, in order. They were
@@ -215,6 +244,10 @@ impl Inbox {
 
     pub(crate) fn depth(&self) -> usize {
         self.lock().queue.len()
+    }
+
+    pub(crate) fn is_sealed(&self) -> bool {
+        self.lock().sealed
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -287,8 +320,62 @@ mod tests {
         }
         assert_eq!(inbox.depth(), 2);
         assert!(inbox.try_pop().is_some());
-        assert!(writer.await.unwrap());
+        assert_eq!(writer.await.unwrap(), Pushed::Waited);
         assert_eq!(inbox.depth(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_sealed_inbox_hands_over_its_messages_in_order_and_refuses_more() {
+        let inbox = Arc::new(Inbox::new(2, 1000, InboxGauges::default()));
+        assert_eq!(inbox.push(msg(&inbox, "1")).await, Pushed::Queued);
+        assert_eq!(inbox.push(msg(&inbox, "2")).await, Pushed::Queued);
+        // A push waiting for room when the seal comes is refused, not queued behind.
+        let third = msg(&inbox, "3");
+        let writer = {
+            let inbox = Arc::clone(&inbox);
+            tokio::spawn(async move { inbox.push(third).await })
+        };
+        while inbox.gauges.paused.get() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let moved: Vec<u64> = inbox.seal().iter().map(|m| m.seq).collect();
+        assert_eq!(moved, [1, 2]);
+        assert_eq!(writer.await.unwrap(), Pushed::Refused);
+        assert_eq!(inbox.push(msg(&inbox, "4")).await, Pushed::Refused);
+        assert!(inbox.is_empty());
+        assert_eq!(inbox.gauges.messages.get(), 0);
+        assert_eq!(inbox.gauges.paused.get(), 0);
+    }
+
+    /// Pushes racing a seal on other threads: each message is either handed over by the
+    /// seal or refused to its pusher, never left behind in the sealed inbox.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn no_push_racing_a_seal_is_left_behind() {
+        for _ in 0..200 {
+            let inbox = Arc::new(Inbox::new(1_000, 1_000_000, InboxGauges::default()));
+            let pushers: Vec<_> = (0..3)
+                .map(|_| {
+                    let inbox = Arc::clone(&inbox);
+                    tokio::spawn(async move {
+                        let mut refused = 0;
+                        for _ in 0..50 {
+                            if inbox.push(msg(&inbox, "m")).await == Pushed::Refused {
+                                refused += 1;
+                            }
+                        }
+                        refused
+                    })
+                })
+                .collect();
+            tokio::task::yield_now().await;
+            let moved = inbox.seal().len();
+            let mut refused = 0;
+            for p in pushers {
+                refused += p.await.unwrap();
+            }
+            assert_eq!(moved + refused, 150);
+            assert!(inbox.is_empty());
+        }
     }
 
     #[tokio::test]
