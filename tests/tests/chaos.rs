@@ -320,7 +320,7 @@ fn backend(
                         other => panic!("unexpected payload {other:?}"),
                     };
                     assert_eq!(text, format!("i:{}", msg.client_seq), "payload matches seq");
-                    // A repeat (at or below the ack) is recorded too: `check` counts it.
+                    // A repeat (at or below the ack) is recorded too: `check` fails on it.
                     seqs.push(msg.client_seq);
                     distinct.insert(msg.client_seq);
                     ack = ack.max(msg.client_seq);
