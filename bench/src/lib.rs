@@ -24,19 +24,23 @@ pub fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// A `ws://host:port/path` URL split for a raw connection; `{i}` in the path is replaced by
-/// the socket's global index.
+/// A `ws://host:port/path` (or `wss://`) URL split for a raw connection; `{i}` in the path is
+/// replaced by the socket's global index.
 #[derive(Clone, Debug)]
 pub struct WsUrl {
     pub host: String,
     pub path_template: String,
+    /// `wss://`: TLS over the TCP connection.
+    pub tls: bool,
 }
 
 impl WsUrl {
     pub fn parse(url: &str) -> anyhow::Result<WsUrl> {
-        let rest = url
-            .strip_prefix("ws://")
-            .ok_or_else(|| anyhow::anyhow!("only ws:// URLs are supported: {url}"))?;
+        let (rest, tls) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => anyhow::bail!("only ws:// and wss:// URLs are supported: {url}"),
+        };
         let (host, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -45,6 +49,7 @@ impl WsUrl {
         Ok(WsUrl {
             host: host.to_owned(),
             path_template: path.to_owned(),
+            tls,
         })
     }
 

@@ -117,6 +117,10 @@ struct HoldArgs {
     /// inflated to read their stamps.
     #[arg(long)]
     deflate: bool,
+    /// PEM file of the certificate authority that signed the server's certificate, for
+    /// `wss://` URLs (which always use the fastwebsockets client over rustls).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
     /// Standalone: finish one round by itself with this expectation (see EXPECT above).
     #[arg(long)]
     expect: Option<String>,
@@ -184,6 +188,8 @@ struct Shared {
     /// Sockets whose server agreed to permessage-deflate.
     deflated: AtomicU64,
     deflate: bool,
+    /// Set for `wss://` URLs.
+    tls: Option<tokio_rustls::TlsConnector>,
     close_rx: watch::Receiver<bool>,
     sessions: Option<Mutex<Vec<(u64, String)>>>,
     errors: Mutex<BTreeMap<String, u64>>,
@@ -439,6 +445,21 @@ fn fail(sh: &Shared, i: u32, e: anyhow::Error) {
     sh.failed.fetch_add(1, Relaxed);
 }
 
+/// A TLS client trusting only the certificate authority in `ca` (a PEM file).
+fn tls_connector(ca: &std::path::Path) -> Result<tokio_rustls::TlsConnector> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).with_context(|| format!("{}", ca.display()))? {
+        roots.add(cert.with_context(|| format!("{}", ca.display()))?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
 #[derive(Clone)]
 struct SpawnExecutor;
 
@@ -469,7 +490,14 @@ async fn fastws_socket(sh: Arc<Shared>, i: u32) {
             )
             .header("Sec-WebSocket-Version", "13")
             .body(Empty::<Bytes>::new())?;
-        let (ws, resp) = fastwebsockets::handshake::client(&SpawnExecutor, req, stream).await?;
+        let (ws, resp) = match &sh.tls {
+            None => fastwebsockets::handshake::client(&SpawnExecutor, req, stream).await?,
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::try_from(sh.addr.ip().to_string())?;
+                let stream = tls.connect(name, stream).await.context("TLS handshake")?;
+                fastwebsockets::handshake::client(&SpawnExecutor, req, stream).await?
+            }
+        };
         let session = resp
             .headers()
             .get("x-switchboard-session")
@@ -758,6 +786,7 @@ fn errors_line(sh: &Shared) -> String {
 async fn hold(args: HoldArgs) -> Result<()> {
     let url = WsUrl::parse(&args.url)?;
     let addr = url.host.to_socket_addrs()?.next().context("resolve host")?;
+    let url_tls = url.tls;
     let (close_tx, close_rx) = watch::channel(false);
     let n = args.count as usize;
     let sh = Arc::new(Shared {
@@ -778,6 +807,11 @@ async fn hold(args: HoldArgs) -> Result<()> {
         wire_bytes: AtomicU64::new(0),
         deflated: AtomicU64::new(0),
         deflate: args.deflate,
+        tls: match (&args.tls_ca, url_tls) {
+            (_, false) => None,
+            (Some(ca), true) => Some(tls_connector(ca)?),
+            (None, true) => bail!("a wss:// URL needs --tls-ca"),
+        },
         close_rx,
         sessions: args
             .sessions_file
@@ -805,7 +839,9 @@ async fn hold(args: HoldArgs) -> Result<()> {
             let sh = Arc::clone(&sh);
             let i = next as u32;
             match args.client {
-                ClientKind::Lean => tokio::spawn(lean_socket(sh, i)),
+                // The lean client reads plain TCP only.
+                ClientKind::Lean if !url_tls => tokio::spawn(lean_socket(sh, i)),
+                ClientKind::Lean => tokio::spawn(fastws_socket(sh, i)),
                 ClientKind::Fastws => tokio::spawn(fastws_socket(sh, i)),
             };
             next += 1;
@@ -958,6 +994,7 @@ async fn churn_cycle(
 
 async fn churn(args: ChurnArgs) -> Result<()> {
     let url = WsUrl::parse(&args.url)?;
+    anyhow::ensure!(!url.tls, "churn speaks ws:// only");
     let addr = url.host.to_socket_addrs()?.next().context("resolve host")?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.seconds);

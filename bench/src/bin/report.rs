@@ -183,8 +183,9 @@ fn splice_section(old: &str, name: &str, body: &str) -> String {
     }
 }
 
-/// permessage-deflate and WebSockets over HTTP/2.
+/// TLS, permessage-deflate and WebSockets over HTTP/2.
 fn protocols_section(d: &Data, md: &mut String) -> Result<()> {
+    tls_section(d, md)?;
     compression_section(d, md)?;
     let h2: Vec<(&Key, &Group)> = d.of("http2").collect();
     if h2.is_empty() {
@@ -226,6 +227,60 @@ fn protocols_section(d: &Data, md: &mut String) -> Result<()> {
                 .map(|(a, b)| format!("{a:.2}–{b:.2}"))
                 .unwrap_or_default(),
             f(h1, 2),
+        )?;
+    }
+    writeln!(md)?;
+    Ok(())
+}
+
+/// The gateway over TLS and over plain TCP in the same runs: idle memory, broadcast CPU.
+fn tls_section(d: &Data, md: &mut String) -> Result<()> {
+    let mut rows: Vec<(&Key, &Group)> = d.of("tls").collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    rows.sort_by_key(|(k, _)| Data::param(k, "tls") as i64);
+    writeln!(md, "## TLS: idle sessions and a broadcast\n")?;
+    writeln!(
+        md,
+        "One gateway node serving `wss://` (rustls, TLS 1.3, a certificate from a test CA) and, \
+         in the same run, plain `ws://`: sockets opened by the load generators (the \
+         fastwebsockets client over rustls for TLS), the gateway's RSS per connection with the \
+         sockets idle, then a hub-wide broadcast of ~100 B to every socket; CPU is the \
+         gateway's per delivered message. The load generators' own memory per socket is in the \
+         last column.\n"
+    )?;
+    writeln!(md, "| transport | sockets | RSS/conn KiB (median) | range | user µs/msg | total µs/msg | total range | p50 ms | p99 ms | delivered/expected | exact | load generator KiB/socket |")?;
+    writeln!(
+        md,
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    )?;
+    let range = |g: &Group, m: &str| {
+        g.range(m)
+            .map(|(a, b)| format!("{a:.2}–{b:.2}"))
+            .unwrap_or_default()
+    };
+    for (k, g) in &rows {
+        writeln!(
+            md,
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} | {} |",
+            if Data::param(k, "tls") > 0.0 {
+                "TLS"
+            } else {
+                "plain TCP"
+            },
+            Data::param(k, "sockets"),
+            f(g.med("rss_per_conn_kib"), 2),
+            range(g, "rss_per_conn_kib"),
+            f(g.med("cpu_user_us_per_msg"), 2),
+            f(g.med("cpu_total_us_per_msg"), 2),
+            range(g, "cpu_total_us_per_msg"),
+            f(g.med("p50_ms"), 1),
+            f(g.med("p99_ms"), 1),
+            f(g.med("delivered"), 0),
+            f(g.med("expected"), 0),
+            g.exact(),
+            f(g.med("loadgen_kib_per_socket"), 1),
         )?;
     }
     writeln!(md)?;
@@ -823,6 +878,23 @@ fn main() -> Result<()> {
             ));
         }
     }
+    // TLS sessions as lean as plain ones: the idle TLS figure and its cost over plain TCP, in
+    // the same run.
+    if let Some(tls) = d.get("tls", "switchboard", &[("sockets", 10_000.0), ("tls", 1.0)]) {
+        let plain = d
+            .get("tls", "switchboard", &[("sockets", 10_000.0), ("tls", 0.0)])
+            .and_then(|g| g.med("rss_per_conn_kib"));
+        let o = tls.med("rss_per_conn_kib").unwrap_or(f64::NAN);
+        checks.push((
+            "idle over TLS (10000 sockets): gateway RSS per connection ≤ 5 KiB".into(),
+            format!(
+                "{o:.2} KiB (range {}); plain TCP in the same runs {} KiB",
+                span(tls, "rss_per_conn_kib").unwrap_or_default(),
+                f(plain, 2)
+            ),
+            o <= 5.0,
+        ));
+    }
     if let Some(best) = best_by_mode.get("unary `Send`") {
         checks.push((
             "unary `Send`: ≥ 50,000 msgs/s".into(),
@@ -1275,7 +1347,10 @@ fn main() -> Result<()> {
     }
     writeln!(md)?;
 
-    if d.of("compression").next().is_some() || d.of("http2").next().is_some() {
+    if ["tls", "compression", "http2"]
+        .iter()
+        .any(|s| d.of(s).next().is_some())
+    {
         let mut body = String::new();
         protocols_section(&d, &mut body)?;
         md.push_str(&splice_section("", "protocols", &body));

@@ -15,7 +15,8 @@
 //! loops with the Redis registry; Redis commands and reads per connect), `flood` (one socket,
 //! server-to-client throughput at 20 B, 1 KiB, 16 KiB), `compression` (a 2 KiB JSON broadcast
 //! to 10k sockets with and without permessage-deflate: idle RSS, server CPU and bytes on the
-//! wire per delivered message, gateway and nchan), `http2` (10k idle WebSocket sessions over
+//! wire per delivered message, gateway and nchan), `tls` (10k sockets over wss:// and over
+//! ws:// in the same run: the gateway's idle RSS per connection and broadcast CPU), `http2` (10k idle WebSocket sessions over
 //! HTTP/2, 100 per connection: RSS per session), `scale` (100k sockets over six gateway nodes
 //! sharing a three-master Redis Cluster: connect rate, gateway RSS, Redis and kernel memory per
 //! connection, one exact hub-wide broadcast and its time to the last socket), `subscribe`
@@ -24,6 +25,7 @@
 
 use std::{
     collections::BTreeMap,
+    ffi::OsStr,
     net::TcpStream as StdTcpStream,
     path::{Path, PathBuf},
     process::Stdio,
@@ -746,6 +748,8 @@ struct LgSpec {
     base: u64,
     /// Offer permessage-deflate.
     deflate: bool,
+    /// For `wss://` URLs: the certificate authority to trust.
+    tls_ca: Option<PathBuf>,
 }
 
 fn kv(line: &str, key: &str) -> Option<u64> {
@@ -776,6 +780,11 @@ impl Loadgen {
             .arg("--sessions-file")
             .arg(&sessions)
             .args(spec.deflate.then_some("--deflate"))
+            .args(
+                spec.tls_ca
+                    .iter()
+                    .flat_map(|ca| [OsStr::new("--tls-ca"), ca.as_os_str()]),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(out.join(format!("{name}.stderr")))?)
@@ -897,6 +906,7 @@ fn split(url: &str, n: u64, base: u64) -> Vec<LgSpec> {
             count: c,
             base: base + at,
             deflate: false,
+            tls_ca: None,
         });
         at += c;
     }
@@ -1198,11 +1208,7 @@ async fn fanout_one(
     let rss1 = server.rss_kib();
     let opened: u64 = lgs.iter().map(|l| l.opened).sum();
     let per_conn = (rss1.saturating_sub(rss0)) as f64 / opened.max(1) as f64;
-    let lg_per_conn = lgs
-        .iter()
-        .map(|l| l.rss_kib.saturating_sub(l.rss0_kib) as f64)
-        .sum::<f64>()
-        / opened.max(1) as f64;
+    let lg_per_conn = loadgen_kib_per_socket(&lgs);
     out.push(Record {
         scenario: "idle".into(),
         target: target.into(),
@@ -1362,6 +1368,66 @@ async fn scenario_compression(
     Ok(())
 }
 
+/// One broadcast over sockets opened for it: the server's RSS per open socket before the
+/// broadcast, the round, the server's CPU over it, the publisher's report. The load generators
+/// are still open (to close, or to use again).
+struct Broadcast {
+    lgs: Vec<Loadgen>,
+    opened: u64,
+    rss_per_conn_kib: f64,
+    round: Round,
+    cpu: CpuTicks,
+    publish: PublishReport,
+}
+
+async fn open_and_broadcast(
+    env: &mut Env,
+    plan: &Plan,
+    server: &Server,
+    target: &str,
+    (specs, dir, tag): (&[LgSpec], &Path, &str),
+    size: u64,
+) -> Result<Broadcast> {
+    sleep(Duration::from_millis(500)).await;
+    let rss0 = server.rss_kib();
+    let n: u64 = specs.iter().map(|s| s.count).sum();
+    let mut lgs = open_all(env, specs, dir, open_rate(target)).await?;
+    sleep(Duration::from_secs(1)).await;
+    let rss1 = server.rss_kib();
+    let opened: u64 = lgs.iter().map(|l| l.opened).sum();
+    let rss_per_conn_kib = rss1.saturating_sub(rss0) as f64 / opened.max(1) as f64;
+    let (count, interval) = broadcast_plan(n, plan.quick, target);
+    let (t, endpoint) = server.publish_to(0);
+    let cpu0 = server.cpu();
+    let publish = publish(
+        env,
+        t,
+        &endpoint,
+        &sargs(&[
+            "broadcast",
+            "--json",
+            "--count",
+            &count.to_string(),
+            "--size",
+            &size.to_string(),
+            "--interval-ms",
+            &interval.to_string(),
+        ]),
+        Duration::from_secs(count * interval / 1000 + 120),
+    )
+    .await?;
+    let round = finish_all(&mut lgs, tag, &format!("broadcast:{count}"), 30_000).await?;
+    let cpu = server.cpu().since(cpu0);
+    Ok(Broadcast {
+        lgs,
+        opened,
+        rss_per_conn_kib,
+        round,
+        cpu,
+        publish,
+    })
+}
+
 async fn compression_one(
     env: &mut Env,
     plan: &Plan,
@@ -1373,42 +1439,15 @@ async fn compression_one(
     const SIZE: u64 = 2048;
     let server = start_server(env, target).await?;
     let dir = env.dir(&format!("compression-{target}-{n}-{deflate}"))?;
-    sleep(Duration::from_millis(500)).await;
-    let rss0 = server.rss_kib();
     let mut specs = split(&server.ws_url(0), n, 0);
     for s in &mut specs {
         s.deflate = deflate;
     }
-    let mut lgs = open_all(env, &specs, &dir, open_rate(target)).await?;
-    sleep(Duration::from_secs(1)).await;
-    let rss1 = server.rss_kib();
-    let opened: u64 = lgs.iter().map(|l| l.opened).sum();
-    let per_conn = rss1.saturating_sub(rss0) as f64 / opened.max(1) as f64;
-    let (count, interval) = broadcast_plan(n, plan.quick, target);
-    let (t, endpoint) = server.publish_to(0);
-    let cpu0 = server.cpu();
-    let rep = publish(
-        env,
-        t,
-        &endpoint,
-        &sargs(&[
-            "broadcast",
-            "--json",
-            "--count",
-            &count.to_string(),
-            "--size",
-            &SIZE.to_string(),
-            "--interval-ms",
-            &interval.to_string(),
-        ]),
-        Duration::from_secs(count * interval / 1000 + 120),
-    )
-    .await?;
-    let r = finish_all(&mut lgs, "deflate", &format!("broadcast:{count}"), 30_000).await?;
-    let cpu = server.cpu().since(cpu0);
+    let b = open_and_broadcast(env, plan, &server, target, (&specs, &dir, "deflate"), SIZE).await?;
+    let (r, rep, opened, per_conn) = (&b.round, &b.publish, b.opened, b.rss_per_conn_kib);
     let delivered = r.delivered.max(1) as f64;
-    let user = cpu.user as f64 * env.us_per_tick() / delivered;
-    let sys = cpu.system as f64 * env.us_per_tick() / delivered;
+    let user = b.cpu.user as f64 * env.us_per_tick() / delivered;
+    let sys = b.cpu.system as f64 * env.us_per_tick() / delivered;
     let wire = r.wire_bytes as f64 / delivered;
     let exact = r.exact && rep.failed == 0;
     let label = if deflate { "deflate" } else { "none" };
@@ -1460,9 +1499,174 @@ async fn compression_one(
         notes,
         cdf: vec![],
     });
-    close_all(lgs).await;
+    close_all(b.lgs).await;
     server.stop().await;
     Ok(())
+}
+
+/// The gateway's idle sessions and a broadcast over TLS (`wss://`, rustls), beside the same
+/// over plain TCP in the same run: RSS per idle connection, CPU per delivered message.
+async fn scenario_tls(env: &mut Env, plan: &Plan, out: &mut Vec<Record>) -> Result<()> {
+    println!("\n## TLS: idle sessions and a broadcast of ~100 B (one node)\n");
+    row(&sargs(&[
+        "target",
+        "sockets",
+        "transport",
+        "RSS/conn KiB",
+        "user µs/msg",
+        "sys µs/msg",
+        "total µs/msg",
+        "p50 ms",
+        "p99 ms",
+        "delivered/expected",
+        "exact",
+    ]));
+    row(&sargs(&["---"; 11]));
+    let n = plan.compression_sockets;
+    let pki = write_certificates(&env.dir("tls-pki")?)?;
+    for tls in [false, true] {
+        let transport = if tls { "tls" } else { "plain" };
+        if let Err(e) = tls_one(env, plan, n, tls.then_some(&pki), out).await {
+            println!("| switchboard | {n} | {transport} | failed: {e:#} |");
+            out.push(Record {
+                scenario: "tls".into(),
+                target: "switchboard".into(),
+                params: BTreeMap::from([
+                    ("sockets".into(), n as f64),
+                    ("tls".into(), f64::from(u8::from(tls))),
+                ]),
+                exact: Some(false),
+                notes: vec![format!("failed: {e:#}")],
+                ..Default::default()
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A certificate authority and a server certificate for 127.0.0.1 it signed, as PEM files.
+struct Pki {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn write_certificates(dir: &Path) -> Result<Pki> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate()?;
+    let ca = ca_params.self_signed(&ca_key)?;
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?
+        .signed_by(&key, &Issuer::new(ca_params, &ca_key))?;
+    let pki = Pki {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+    };
+    std::fs::write(&pki.ca, ca.pem())?;
+    std::fs::write(&pki.cert, cert.pem())?;
+    std::fs::write(&pki.key, key.serialize_pem())?;
+    Ok(pki)
+}
+
+async fn tls_one(
+    env: &mut Env,
+    plan: &Plan,
+    n: u64,
+    pki: Option<&Pki>,
+    out: &mut Vec<Record>,
+) -> Result<()> {
+    let transport = if pki.is_some() { "tls" } else { "plain" };
+    let mut args = Vec::new();
+    if let Some(pki) = pki {
+        args.extend(["--tls-cert".to_owned(), pki.cert.display().to_string()]);
+        args.extend(["--tls-key".to_owned(), pki.key.display().to_string()]);
+    }
+    let server = Server::Gateway {
+        nodes: vec![start_gateway(env, &args).await?],
+        _redis: None,
+    };
+    let dir = env.dir(&format!("tls-{transport}-{n}"))?;
+    let url = match pki {
+        Some(_) => server.ws_url(0).replacen("ws://", "wss://", 1),
+        None => server.ws_url(0),
+    };
+    let mut specs = split(&url, n, 0);
+    for s in &mut specs {
+        s.tls_ca = pki.map(|p| p.ca.clone());
+    }
+    let b = open_and_broadcast(
+        env,
+        plan,
+        &server,
+        "switchboard",
+        (&specs, &dir, transport),
+        100,
+    )
+    .await?;
+    let (r, rep) = (&b.round, &b.publish);
+    let delivered = r.delivered.max(1) as f64;
+    let user = b.cpu.user as f64 * env.us_per_tick() / delivered;
+    let sys = b.cpu.system as f64 * env.us_per_tick() / delivered;
+    let exact = r.exact && rep.failed == 0;
+    row(&[
+        "switchboard".into(),
+        n.to_string(),
+        transport.into(),
+        format!("{:.2}", b.rss_per_conn_kib),
+        format!("{user:.2}"),
+        format!("{sys:.2}"),
+        format!("{:.2}", user + sys),
+        ms(r.latency.p50),
+        ms(r.latency.p99),
+        format!("{}/{}", r.delivered, r.expected),
+        exact.to_string(),
+    ]);
+    let mut notes = Vec::new();
+    if rep.failed > 0 {
+        notes.push(format!("publish errors: {:?}", rep.errors));
+    }
+    out.push(Record {
+        scenario: "tls".into(),
+        target: "switchboard".into(),
+        params: BTreeMap::from([
+            ("sockets".into(), n as f64),
+            ("tls".into(), f64::from(u8::from(pki.is_some()))),
+        ]),
+        metrics: BTreeMap::from([
+            ("rss_per_conn_kib".into(), b.rss_per_conn_kib),
+            ("cpu_user_us_per_msg".into(), user),
+            ("cpu_sys_us_per_msg".into(), sys),
+            ("cpu_total_us_per_msg".into(), user + sys),
+            ("p50_ms".into(), r.latency.p50 / 1000.0),
+            ("p99_ms".into(), r.latency.p99 / 1000.0),
+            ("delivered".into(), r.delivered as f64),
+            ("expected".into(), r.expected as f64),
+            ("opened".into(), b.opened as f64),
+            (
+                "loadgen_kib_per_socket".into(),
+                loadgen_kib_per_socket(&b.lgs),
+            ),
+        ]),
+        exact: Some(exact),
+        notes,
+        cdf: vec![],
+    });
+    close_all(b.lgs).await;
+    server.stop().await;
+    Ok(())
+}
+
+/// The load generators' own RSS per socket they opened.
+fn loadgen_kib_per_socket(lgs: &[Loadgen]) -> f64 {
+    let kib: u64 = lgs
+        .iter()
+        .map(|l| l.rss_kib.saturating_sub(l.rss0_kib))
+        .sum();
+    let opened: u64 = lgs.iter().map(|l| l.opened).sum();
+    kib as f64 / opened.max(1) as f64
 }
 
 /// Idle sessions over HTTP/2 (RFC 8441): `h2hold` opens connections of 100 WebSocket streams
@@ -2519,6 +2723,11 @@ async fn run(a: RunArgs) -> Result<()> {
             errors.push(format!("compression: {e:#}"));
         }
     }
+    if want("tls") {
+        if let Err(e) = scenario_tls(&mut env, &plan, &mut records).await {
+            errors.push(format!("tls: {e:#}"));
+        }
+    }
     if want("http2") {
         if let Err(e) = scenario_http2(&mut env, &plan, &mut records).await {
             errors.push(format!("http2: {e:#}"));
@@ -2588,12 +2797,14 @@ async fn smoke(common: CommonArgs) -> Result<()> {
                 count: n / 2,
                 base: 0,
                 deflate: false,
+                tls_ca: None,
             },
             LgSpec {
                 url: server.ws_url(0),
                 count: n - n / 2,
                 base: n / 2,
                 deflate: true,
+                tls_ca: None,
             },
         ];
         let mut lgs = open_all(&mut env, &specs, &dir, 2000.0).await?;
@@ -2679,6 +2890,7 @@ async fn smoke(common: CommonArgs) -> Result<()> {
             count: 1,
             base: 0,
             deflate: false,
+            tls_ca: None,
         }];
         let mut lgs = open_all(&mut env, &specs, &dir, 100.0).await?;
         let session = std::fs::read_to_string(&lgs[0].sessions)?
