@@ -10,7 +10,8 @@
 //!   reconciliation of its own entries, clients to the other nodes for forwarded calls.
 //! - `gate`, `jwt`, `limits`: what a client must pass before its upgrade (origin allow-list,
 //!   connection limits, JWTs), and per-session message/byte rates.
-//! - `tls`: rustls for both listeners, reloadable on SIGHUP.
+//! - `tls`: rustls for both listeners, reloadable on SIGHUP; `tls::records`, the TLS 1.3
+//!   records of an upgraded WebSocket once its keys are out of rustls.
 //! - `hook`: the connect hook client (`ConnectHook/Authorize`).
 //! - `model`: the shared vocabulary: session IDs, how a session ended, registry records.
 //! - `session`: one session: ID, counters, lifecycle, outbound queue, inbox.

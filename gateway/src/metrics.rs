@@ -80,6 +80,13 @@ pub(crate) struct TransportLabel {
     pub compression: &'static str,
 }
 
+/// Who protects an upgraded TLS session's records.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RecordsLabel {
+    /// `gateway` (TLS 1.3, out of rustls after the upgrade) or `rustls` (TLS 1.2).
+    pub records: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ReasonLabel {
     pub reason: &'static str,
@@ -96,6 +103,7 @@ pub(crate) struct Metrics {
     pub sessions_open: Gauge,
     pub connects: Counter,
     pub connects_by_transport: Family<TransportLabel, Counter>,
+    pub tls_sessions: Family<RecordsLabel, Counter>,
     pub disconnects: Family<CodeLabel, Counter>,
     pub upgrades_refused: Family<ReasonLabel, Counter>,
     pub messages_in: Counter,
@@ -141,6 +149,7 @@ impl Metrics {
             sessions_open: Gauge::default(),
             connects: Counter::default(),
             connects_by_transport: Family::default(),
+            tls_sessions: Family::default(),
             disconnects: Family::default(),
             upgrades_refused: Family::default(),
             messages_in: Counter::default(),
@@ -208,6 +217,11 @@ impl Metrics {
             "connects_by_transport",
             "Sessions admitted, by transport (http1, http2) and compression (deflate, none)",
             m.connects_by_transport.clone(),
+        );
+        r.register(
+            "tls_sessions",
+            "WebSocket sessions over TLS (HTTP/1.1), by who protects their records after the upgrade",
+            m.tls_sessions.clone(),
         );
         r.register(
             "disconnects",
@@ -535,6 +549,23 @@ mod process {
     }
 }
 
+/// Holds a gauge one up for as long as it lives, however the work it counts ends (also when
+/// its future is dropped).
+pub(crate) struct GaugeGuard<'a>(&'a Gauge);
+
+impl<'a> GaugeGuard<'a> {
+    pub(crate) fn inc(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,22 +592,5 @@ mod tests {
             text.contains(r#"switchboard_subscriber_events_total{hub="h",group="g0"} 2"#),
             "{text}"
         );
-    }
-}
-
-/// Holds a gauge one up for as long as it lives, however the work it counts ends (also when
-/// its future is dropped).
-pub(crate) struct GaugeGuard<'a>(&'a Gauge);
-
-impl<'a> GaugeGuard<'a> {
-    pub(crate) fn inc(gauge: &'a Gauge) -> Self {
-        gauge.inc();
-        Self(gauge)
-    }
-}
-
-impl Drop for GaugeGuard<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }

@@ -43,6 +43,15 @@ impl Client {
 
     /// Connects over TLS (wss://), trusting only `ca_pem`.
     pub async fn connect_tls(url: &str, ca_pem: &str) -> Result<Client, tungstenite::Error> {
+        Self::connect_tls_versions(url, ca_pem, rustls::DEFAULT_VERSIONS).await
+    }
+
+    /// Connects over TLS offering only `versions`.
+    pub async fn connect_tls_versions(
+        url: &str,
+        ca_pem: &str,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Result<Client, tungstenite::Error> {
         use rustls::pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -51,7 +60,7 @@ impl Client {
         let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .expect("TLS versions")
         .with_root_certificates(roots)
         .with_no_client_auth();

@@ -27,6 +27,7 @@ use crate::{
     limits::Bucket,
     node::Node,
     session::{Closer, Session, SessionEnd, Writer},
+    tls::records::{self, RecordReader, Taken},
 };
 
 /// The session's reader task, from the end of the upgrade to the session's teardown.
@@ -50,7 +51,7 @@ pub(crate) fn run(
         }
         // The handler may be gone (the client left): the upgrade then fails below.
         let _ = admitted.send(());
-        let Some(socket) = connect(&session, upgrade.upgraded().await) else {
+        let Some(socket) = connect(&node, &session, upgrade.upgraded().await) else {
             match session.reliable.clone() {
                 None => Box::pin(node.retire(&session, dropped(&session))).await,
                 Some(rel) => {
@@ -61,7 +62,9 @@ pub(crate) fn run(
             return;
         };
         let end = match socket {
-            Socket::Plain(reader) => read_loop(&node, &session, reader).await,
+            Socket::Plain(reader) => Box::pin(read_loop(&node, &session, reader)).await,
+            Socket::Records(reader) => Box::pin(read_loop(&node, &session, *reader)).await,
+            Socket::Rustls(reader) => Box::pin(read_loop(&node, &session, reader)).await,
             Socket::Stream(upgraded) => {
                 let (read, write) = tokio::io::split(TokioIo::new(upgraded));
                 session.install_writer(Writer::Stream(Box::pin(write)));
@@ -108,12 +111,21 @@ async fn admit_reliable(node: &Node, session: &Arc<Session>, start: ReliableStar
 enum Socket {
     /// A plain TCP socket, starting with the bytes hyper read past the HTTP request.
     Plain(Reader<tokio::net::tcp::OwnedReadHalf>),
-    /// Anything else (TLS, an HTTP/2 stream): not split yet.
+    /// A TLS 1.3 connection out of rustls: records opened here, on the plain socket. Boxed:
+    /// its keys would make every session's reader task larger.
+    Records(Box<Reader<RecordReader>>),
+    /// TLS 1.2, in rustls.
+    Rustls(Reader<tokio::io::ReadHalf<tokio_rustls::server::TlsStream<TcpStream>>>),
+    /// Anything else (an HTTP/2 stream): not split yet.
     Stream(Upgraded),
 }
 
 /// Connects the upgraded socket's write side to the session; `None` if the upgrade failed.
-fn connect(session: &Arc<Session>, upgraded: Result<Upgraded, String>) -> Option<Socket> {
+fn connect(
+    node: &Node,
+    session: &Arc<Session>,
+    upgraded: Result<Upgraded, String>,
+) -> Option<Socket> {
     let upgraded = match upgraded {
         Ok(u) => u,
         Err(e) => {
@@ -127,8 +139,25 @@ fn connect(session: &Arc<Session>, upgraded: Result<Upgraded, String>) -> Option
             session.install_writer(Writer::Tcp(write));
             Socket::Plain(Reader::new(read, parts.read_buf))
         }
-        // TLS or HTTP/2: the stream is not a `TcpStream`; `run` splits it.
-        Err(upgraded) => Socket::Stream(upgraded),
+        // TLS or HTTP/2: the stream is not a `TcpStream`; `run` splits an HTTP/2 one.
+        Err(upgraded) => match records::take_over(upgraded) {
+            Ok(Ok(Taken::Records(read, write, early))) => {
+                tls_session(node, "gateway");
+                session.install_writer(Writer::Stream(Box::into_pin(write)));
+                Socket::Records(Box::new(Reader::new(*read, early)))
+            }
+            Ok(Ok(Taken::Rustls(stream, early))) => {
+                tls_session(node, "rustls");
+                let (read, write) = tokio::io::split(*stream);
+                session.install_writer(Writer::Stream(Box::pin(write)));
+                Socket::Rustls(Reader::new(read, early))
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not take the TLS connection over from rustls");
+                return None;
+            }
+            Err(upgraded) => Socket::Stream(upgraded),
+        },
     };
     tracing::info!(
         remote = %session.remote_addr,
@@ -302,6 +331,13 @@ async fn take_steps(
             rel.received(client_seq);
         }
     }
+}
+
+fn tls_session(node: &Node, records: &'static str) {
+    node.metrics
+        .tls_sessions
+        .get_or_create(&crate::metrics::RecordsLabel { records })
+        .inc();
 }
 
 /// The connection ended without a completed close handshake.

@@ -2,19 +2,21 @@
 //!
 //! Most connections are idle most of the time. When everything read has been decoded, the
 //! buffer is dropped, and on a plain socket the next read buffer is allocated only once the
-//! kernel has bytes for it (a peek, which consumes nothing). A TLS stream or an HTTP/2 stream
-//! cannot be peeked, so it waits in a read with a small buffer ([`Wire::FIRST_READ`]): its bytes
-//! come out of a buffer the stream holds anyway, so small reads cost a copy, not a syscall.
+//! kernel has bytes for it (a peek, which consumes nothing). So does a TLS 1.3 WebSocket, whose
+//! records `tls::records` opens on the plain socket. A TLS stream still in rustls or an HTTP/2
+//! stream cannot be peeked, so it waits in a read with a small buffer ([`Wire::FIRST_READ`]):
+//! its bytes come out of a buffer the stream holds anyway, so small reads cost a copy, not a
+//! syscall.
 
 use std::{future::Future, io};
 
 use bytes::{Bytes, BytesMut};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, ReadBuf, ReadHalf},
     net::tcp::OwnedReadHalf,
 };
+
+use crate::tls::records::RecordReader;
 
 /// The most the first read of a burst reserves (a plain socket's [`Wire::FIRST_READ`]).
 pub(crate) const READ_CHUNK: usize = 4096;
@@ -44,7 +46,17 @@ impl Wire for OwnedReadHalf {
     }
 }
 
-impl Wire for ReadHalf<TokioIo<Upgraded>> {
+impl Wire for RecordReader {
+    const FIRST_READ: usize = READ_CHUNK;
+
+    async fn readable(&mut self) {
+        if !self.has_buffered() {
+            self.socket().readable().await;
+        }
+    }
+}
+
+impl<T: AsyncRead + Send> Wire for ReadHalf<T> {
     /// Held while the session is idle, so small.
     const FIRST_READ: usize = 512;
 

@@ -2,6 +2,8 @@
 //! optional client certificates for backends (mutual TLS), and a reload that swaps the
 //! certificate for new handshakes without touching open connections (SIGHUP).
 
+pub(crate) mod records;
+
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
@@ -105,5 +107,7 @@ fn build(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
     };
     let mut config = builder.with_single_cert(chain, key)?;
     config.alpn_protocols = files.alpn.clone();
+    // Upgraded WebSockets (HTTP/1.1) leave rustls for `records`, which needs their keys.
+    config.enable_secret_extraction = files.alpn.iter().any(|p| p == b"http/1.1");
     Ok(config)
 }
