@@ -33,7 +33,9 @@ pub(crate) enum Error {
     TooManyGroups(SessionId, usize),
     #[error("this backend token may not act on hub {0:?}")]
     HubNotAllowed(String),
-    #[error("session {0} was resumed on another node while this call ran; call again")]
+    #[error(
+        "session {0} was resumed on another connection or node while this call ran; call again"
+    )]
     Moved(SessionId),
     #[error("session {0} has --resume-buffer messages its client has not acknowledged; it ends")]
     ResumeBufferFull(SessionId),

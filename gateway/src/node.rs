@@ -36,6 +36,7 @@ use crate::{
     registry::{ListFilter, Liveness, Page, Registry, SessionRecord},
     reliable::Confirmed,
     session::{
+        acks::Acks,
         inbox::{InboxGauges, Next, Pushed},
         Closer, Ender, Flush, SendError, Session, SessionContext, SessionEnd, SessionId,
     },
@@ -434,16 +435,14 @@ impl Node {
         };
         let attach_id = self.next_attach.fetch_add(1, Ordering::Relaxed);
         let ender = Arc::new(Ender::default());
-        s.attach(attach_id, Arc::clone(&ender), take_over)
+        let acks = Arc::new(Acks::new(manual_ack));
+        s.attach(attach_id, Arc::clone(&ender), Arc::clone(&acks), take_over)
             .map_err(|()| Error::AlreadyAttached(id.clone()))?;
         Ok(Attachment {
             session: s,
             id: attach_id,
             ender,
-            acks: Arc::new(Acks {
-                manual: manual_ack,
-                ..Acks::default()
-            }),
+            acks,
         })
     }
 
@@ -843,81 +842,17 @@ pub(crate) struct Attachment {
 
 impl Drop for Attachment {
     fn drop(&mut self) {
-        self.session.inbox.requeue(self.acks.take_all().into_iter());
+        let unacked = self.acks.take_all().into_iter();
+        if let Err(left) = self.session.inbox.requeue(unacked) {
+            // The session moved to another connection on this node: they go there, ahead of
+            // what moved with it (they were taken from the inbox before it). Moved to another
+            // node, they are dropped: nothing took them, and the client sends them there.
+            if let Some(now) = self.session.reliable.as_ref().and_then(|r| r.current()) {
+                let _ = now.inbox.requeue(left.into_iter());
+            }
+        }
         self.session.detach(self.id);
         self.ender.end(Error::StreamFailed);
-    }
-}
-
-/// Messages sent on a `manual_ack` stream and not yet acknowledged.
-#[derive(Default)]
-pub(crate) struct Acks {
-    manual: bool,
-    unacked: std::sync::Mutex<std::collections::VecDeque<crate::session::Inbound>>,
-    acked: tokio::sync::Notify,
-    /// Without `manual_ack`: the reliable client seq of the message last handed to the stream.
-    handed: std::sync::atomic::AtomicU64,
-}
-
-/// Unacknowledged messages a `manual_ack` stream may have in flight.
-pub(crate) const ACK_WINDOW: usize = 64;
-
-impl Acks {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::VecDeque<crate::session::Inbound>> {
-        self.unacked.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Waits until another message may be sent.
-    pub(crate) async fn window(&self) {
-        if !self.manual {
-            return;
-        }
-        loop {
-            let acked = self.acked.notified();
-            tokio::pin!(acked);
-            acked.as_mut().enable();
-            if self.lock().len() < ACK_WINDOW {
-                return;
-            }
-            acked.await;
-        }
-    }
-
-    /// Remembers a message until it is acknowledged (or, without `manual_ack`, until the
-    /// stream asks for the next one).
-    pub(crate) fn sent(&self, m: &crate::session::Inbound) {
-        if self.manual {
-            self.lock().push_back(m.clone());
-        } else {
-            self.handed
-                .store(m.client_seq, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-
-    /// The reliable client's seq of the message the stream was last handed, now that it asks
-    /// for the next one (so it has the previous); 0 when none.
-    pub(crate) fn take_handed(&self) -> u64 {
-        self.handed.swap(0, std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Forgets every message up to `seq`; answers the highest reliable client seq among them.
-    pub(crate) fn ack(&self, seq: u64) -> u64 {
-        let mut q = self.lock();
-        let mut client_seq = 0;
-        while q.front().is_some_and(|m| m.seq <= seq) {
-            if let Some(m) = q.pop_front() {
-                client_seq = client_seq.max(m.client_seq);
-            }
-        }
-        drop(q);
-        self.acked.notify_waiters();
-        client_seq
-    }
-
-    fn take_all(&self) -> Vec<crate::session::Inbound> {
-        self.lock().drain(..).collect()
     }
 }
 

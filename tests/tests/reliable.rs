@@ -487,14 +487,7 @@ async fn a_message_a_backend_read_from_a_node_killed_before_recording_it_is_not_
     c.send(1, "one").await;
     // Read through node b from node a, which dies before the next Read confirms the answer:
     // nothing recorded that the backend has it, and the client was never acknowledged.
-    let first = within("the first answer", async {
-        loop {
-            if let Some(m) = read_after(&mut api_b, &id, 0).await {
-                return m;
-            }
-        }
-    })
-    .await;
+    let first = next_after(&mut api_b, &id, 0).await;
     assert_eq!(first, (1, "one".into()));
     let w = c.drop_connection();
     nodes[0].signal("KILL");
@@ -506,14 +499,7 @@ async fn a_message_a_backend_read_from_a_node_killed_before_recording_it_is_not_
     c.send(1, "one").await;
     c.send(2, "two").await;
     // The backend's ack says it has 1: the resend is recorded, not answered again.
-    let next = within("the next answer", async {
-        loop {
-            if let Some(m) = read_after(&mut api_b, &id, 1).await {
-                return m;
-            }
-        }
-    })
-    .await;
+    let next = next_after(&mut api_b, &id, 1).await;
     assert_eq!(next, (2, "two".into()));
     c.acked(1).await;
     assert_eq!(read_after(&mut api_b, &id, 2).await, None);
@@ -940,5 +926,114 @@ async fn a_read_waiting_when_the_client_resumes_on_the_same_node_gets_what_it_se
     assert_eq!(read_after(&mut api, &id, 1).await, None, "nothing more");
     c2.acked(1).await;
     assert_eq!(gw.metric("switchboard_reads_waiting").await, Some(0.0));
+    drop(c1);
+}
+
+/// Opens an `Attach` stream with `manual_ack`: its requests, its responses (past `attached`).
+async fn attach_manual(
+    api: &mut Api,
+    id: &str,
+) -> (
+    tokio::sync::mpsc::Sender<pb::AttachRequest>,
+    Streaming<pb::AttachResponse>,
+) {
+    use pb::{attach_request::Kind as Req, attach_response::Kind as Resp};
+    let (tx, reqs) = tokio::sync::mpsc::channel(16);
+    tx.send(pb::AttachRequest {
+        kind: Some(Req::Open(pb::AttachOpen {
+            session_id: id.into(),
+            take_over: false,
+            manual_ack: true,
+        })),
+    })
+    .await
+    .unwrap();
+    let mut rx = api
+        .attach(tokio_stream::wrappers::ReceiverStream::new(reqs))
+        .await
+        .unwrap()
+        .into_inner();
+    match within("attached", rx.message()).await.unwrap() {
+        Some(pb::AttachResponse {
+            kind: Some(Resp::Attached(_)),
+        }) => {}
+        other => panic!("expected attached, got {other:?}"),
+    }
+    (tx, rx)
+}
+
+/// The next client message on an `Attach` stream: (stream seq, client seq, text).
+async fn attached_message(rx: &mut Streaming<pb::AttachResponse>) -> (u64, u64, String) {
+    match within("a message on the stream", rx.message()).await {
+        Ok(Some(pb::AttachResponse {
+            kind: Some(pb::attach_response::Kind::Message(m)),
+        })) => match m.message.and_then(|m| m.payload) {
+            Some(Payload::Text(t)) => (m.seq, m.client_seq, t),
+            other => panic!("expected text, got {other:?}"),
+        },
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_backend_attached_across_a_resume_on_the_same_node_attaches_again_and_loses_nothing() {
+    use pb::attach_request::Kind as Req;
+    let gw = Gateway::start(&[]).await;
+    let mut api = gw.api().await;
+    let mut c1 = RelClient::open(&base(&gw), "h").await;
+    let id = c1.session().to_owned();
+    let (tx, mut rx) = attach_manual(&mut api, &id).await;
+    c1.send(1, "one").await;
+    c1.send(2, "two").await;
+    // The backend gets both and acknowledges only the first.
+    let (seq, client_seq, _) = attached_message(&mut rx).await;
+    assert_eq!(client_seq, 1);
+    assert_eq!(attached_message(&mut rx).await.1, 2);
+    tx.send(pb::AttachRequest {
+        kind: Some(Req::Ack(pb::Ack { seq })),
+    })
+    .await
+    .unwrap();
+    c1.acked(1).await;
+    // The client resumes on the same node and sends what was not acknowledged, and more.
+    let mut c2 = RelClient::resume(&base(&gw), "h", &c1.welcome, 0)
+        .await
+        .unwrap();
+    assert_eq!(c2.welcome.ack, 1);
+    c2.send(2, "two").await;
+    c2.send(3, "three").await;
+    // The stream on the old connection ends with a status that says to attach again.
+    let ended = within("the old stream to end", async {
+        loop {
+            match rx.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await;
+    assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
+    // Attached again: the unacknowledged message first, then the new one, once each.
+    let (tx, mut rx) = attach_manual(&mut api, &id).await;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let (seq, client_seq, text) = attached_message(&mut rx).await;
+        got.push((client_seq, text));
+        tx.send(pb::AttachRequest {
+            kind: Some(Req::Ack(pb::Ack { seq })),
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(got, [(2, "two".to_owned()), (3, "three".to_owned())]);
+    c2.acked(3).await;
+    // Nothing more comes.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rx.message())
+            .await
+            .is_err(),
+        "a message after the last one"
+    );
     drop(c1);
 }

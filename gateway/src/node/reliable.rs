@@ -514,6 +514,9 @@ impl Node {
         // Not kept for a late Read: the client, never acknowledged for these, sends them to
         // the node that has the session now.
         current.inbox.seal();
+        // The stream's unacknowledged messages are dropped with the rest: the client sends
+        // them to the new holder.
+        current.end_attachment(Error::Moved(current.id.clone()));
         self.pool.remove(&current);
         self.metrics.sessions_open.dec();
         pending
@@ -882,8 +885,13 @@ impl Node {
                 prev.close(reliable::REPLACED, "replaced", Closer::Gateway, true);
             }
             // Client messages no backend took yet follow the session, in order.
-            // Sealed, so that the old connection's reader cannot add one behind them.
-            s.inbox.requeue(prev.inbox.seal().into_iter());
+            // A backend attached to the old connection attaches again, to this one; what its
+            // stream was sent and did not acknowledge comes first (it left the inbox first),
+            // then what waits in the inbox, sealed so that the old connection's reader cannot
+            // add one behind them. A new connection's inbox is never sealed.
+            let unacked = prev.end_attachment(Error::Moved(s.id.clone()));
+            let waiting = prev.inbox.seal();
+            let _ = s.inbox.requeue(unacked.into_iter().chain(waiting));
         } else {
             self.metrics.sessions_open.inc();
         }

@@ -180,9 +180,16 @@ impl Inbox {
     }
 
     /// Puts messages a reader took but did not process back at the front, in order. They were
-    /// in the inbox before, so the bound may be passed for a moment.
-    pub(crate) fn requeue(&self, msgs: impl DoubleEndedIterator<Item = Inbound>) {
+    /// in the inbox before, so the bound may be passed for a moment. A sealed inbox takes
+    /// nothing: they come back, for the connection the session moved to.
+    pub(crate) fn requeue(
+        &self,
+        msgs: impl DoubleEndedIterator<Item = Inbound>,
+    ) -> Result<(), Vec<Inbound>> {
         let mut st = self.lock();
+        if st.sealed {
+            return Err(msgs.collect());
+        }
         let mut n = 0;
         for m in msgs.rev() {
             st.bytes += m.message.len();
@@ -194,6 +201,7 @@ impl Inbox {
             self.gauges.messages.inc_by(n);
             self.readable.notify_waiters();
         }
+        Ok(())
     }
 
     /// The next message, the close once drained, or `TimedOut` after `timeout`.
@@ -304,11 +312,11 @@ mod tests {
         ));
     }
 
-    #[tokio::test]
-    async fn a_full_inbox_makes_the_writer_wait() {
+    /// An inbox of two messages, full, and a writer waiting to push a third.
+    async fn full_with_a_waiting_writer() -> (Arc<Inbox>, tokio::task::JoinHandle<Pushed>) {
         let inbox = Arc::new(Inbox::new(2, 1000, InboxGauges::default()));
-        inbox.push(msg(&inbox, "1")).await;
-        inbox.push(msg(&inbox, "2")).await;
+        assert_eq!(inbox.push(msg(&inbox, "1")).await, Pushed::Queued);
+        assert_eq!(inbox.push(msg(&inbox, "2")).await, Pushed::Queued);
         let third = msg(&inbox, "3");
         let writer = {
             let inbox = Arc::clone(&inbox);
@@ -318,6 +326,12 @@ mod tests {
         while inbox.gauges.paused.get() == 0 {
             tokio::task::yield_now().await;
         }
+        (inbox, writer)
+    }
+
+    #[tokio::test]
+    async fn a_full_inbox_makes_the_writer_wait() {
+        let (inbox, writer) = full_with_a_waiting_writer().await;
         assert_eq!(inbox.depth(), 2);
         assert!(inbox.try_pop().is_some());
         assert_eq!(writer.await.unwrap(), Pushed::Waited);
@@ -326,22 +340,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_sealed_inbox_hands_over_its_messages_in_order_and_refuses_more() {
-        let inbox = Arc::new(Inbox::new(2, 1000, InboxGauges::default()));
-        assert_eq!(inbox.push(msg(&inbox, "1")).await, Pushed::Queued);
-        assert_eq!(inbox.push(msg(&inbox, "2")).await, Pushed::Queued);
         // A push waiting for room when the seal comes is refused, not queued behind.
-        let third = msg(&inbox, "3");
-        let writer = {
-            let inbox = Arc::clone(&inbox);
-            tokio::spawn(async move { inbox.push(third).await })
-        };
-        while inbox.gauges.paused.get() == 0 {
-            tokio::task::yield_now().await;
-        }
+        let (inbox, writer) = full_with_a_waiting_writer().await;
         let moved: Vec<u64> = inbox.seal().iter().map(|m| m.seq).collect();
         assert_eq!(moved, [1, 2]);
         assert_eq!(writer.await.unwrap(), Pushed::Refused);
         assert_eq!(inbox.push(msg(&inbox, "4")).await, Pushed::Refused);
+        // Nor does it take back what a reader had: that goes where the session went.
+        let back = inbox.requeue([msg(&inbox, "5")].into_iter()).unwrap_err();
+        assert_eq!(back.len(), 1);
         assert!(inbox.is_empty());
         assert_eq!(inbox.gauges.messages.get(), 0);
         assert_eq!(inbox.gauges.paused.get(), 0);

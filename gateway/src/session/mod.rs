@@ -4,6 +4,7 @@
 //! when the session ends; everything else (gRPC calls, fan-out, the sweeper) talks to the
 //! session through this handle.
 
+pub(crate) mod acks;
 pub(crate) mod inbox;
 pub(crate) mod outbound;
 
@@ -213,6 +214,7 @@ struct Counters {
 struct Attached {
     id: u64,
     ender: Arc<Ender>,
+    acks: Arc<acks::Acks>,
 }
 
 /// Ends a stream from outside, with the status its backend should see.
@@ -290,7 +292,13 @@ impl Session {
 
     /// Makes `ender`'s stream the session's attached backend. With `take_over`, a stream
     /// already attached is ended (ABORTED); without, it is an error to attach twice.
-    pub(crate) fn attach(&self, id: u64, ender: Arc<Ender>, take_over: bool) -> Result<(), ()> {
+    pub(crate) fn attach(
+        &self,
+        id: u64,
+        ender: Arc<Ender>,
+        acks: Arc<acks::Acks>,
+        take_over: bool,
+    ) -> Result<(), ()> {
         let mut slot = self.attached.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = slot.as_ref() {
             if !take_over && !old.ender.is_ended() {
@@ -298,7 +306,7 @@ impl Session {
             }
             old.ender.end(crate::error::Error::TakenOver);
         }
-        *slot = Some(Attached { id, ender });
+        *slot = Some(Attached { id, ender, acks });
         Ok(())
     }
 
@@ -307,6 +315,24 @@ impl Session {
         let mut slot = self.attached.lock().unwrap_or_else(|e| e.into_inner());
         if slot.as_ref().is_some_and(|a| a.id == id) {
             *slot = None;
+        }
+    }
+
+    /// Ends the attached backend's stream, if any, with `why`, and takes what it was sent and
+    /// did not acknowledge, in order: the session moved to another connection, and these go
+    /// with it (the stream's own end then finds nothing to put back).
+    pub(crate) fn end_attachment(&self, why: crate::error::Error) -> Vec<Inbound> {
+        match self
+            .attached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            Some(a) => {
+                a.ender.end(why);
+                a.acks.take_all()
+            }
+            None => Vec::new(),
         }
     }
 
