@@ -11,6 +11,7 @@ pub mod holder;
 pub mod pki;
 pub mod raw;
 pub mod redis;
+pub mod script;
 pub mod ws;
 
 use std::time::Duration;

@@ -6,10 +6,10 @@
 use std::{collections::HashSet, path::PathBuf, process::Stdio, time::Duration};
 
 use serde_json::Value;
-use switchboard_tests::{gateway::Gateway, redis::Redis, within, ws::Client};
+use switchboard_tests::{gateway::Gateway, redis::Redis, script::Script, within, ws::Client};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines},
-    process::{Child, ChildStdin, ChildStdout, Command},
+    io::{AsyncReadExt, AsyncWriteExt, BufReader, Lines},
+    process::{Child, ChildStdin, ChildStdout},
 };
 
 const TOKEN: &str = "admin-s3cret";
@@ -403,17 +403,11 @@ impl Browser {
             PathBuf::from(&chromium).exists() && dir.join("node_modules/playwright-core").exists(),
             "the browser test needs chromium and playwright-core: run tests/browser/setup"
         );
-        let mut child = Command::new("node")
-            .arg(dir.join("admin.mjs"))
-            .arg(url)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn node (is Node.js installed?)");
-        let stdin = child.stdin.take().expect("piped stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let Script {
+            child,
+            stdin,
+            stdout,
+        } = Script::spawn("admin.mjs", &[url.as_ref()], &[]);
         Browser {
             child,
             stdin,

@@ -7,14 +7,14 @@
 //! connections are cut resumes its session, and keeps every message through a kill -9 of the
 //! node holding its socket.
 
-use std::{net::SocketAddr, path::PathBuf, process::Stdio, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use switchboard_sdk::{Client, Message, ReadOutcome, Receipt, Target};
-use switchboard_tests::{gateway::Gateway, pki::Pki, within};
+use switchboard_tests::{gateway::Gateway, pki::Pki, script::Script, within};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines},
+    io::{AsyncWriteExt, BufReader, Lines},
     net::{TcpListener, TcpStream},
-    process::{Child, ChildStdin, ChildStdout, Command},
+    process::{Child, ChildStdin, ChildStdout},
     sync::watch,
     task::JoinSet,
 };
@@ -40,21 +40,18 @@ impl Browser {
             PathBuf::from(&chromium).exists() && dir.join("node_modules/playwright-core").exists(),
             "the browser test needs chromium and playwright-core: run tests/browser/setup"
         );
-        let mut command = Command::new("node");
-        if let Some(cert) = cert {
-            command.env("TRUST_CERT", cert);
-        }
-        let mut child = command
-            .arg(dir.join("demo.mjs"))
-            .arg(url)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn node (is Node.js installed?)");
-        let stdin = child.stdin.take().expect("piped stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let Script {
+            child,
+            stdin,
+            stdout,
+        } = match cert {
+            Some(cert) => Script::spawn(
+                "demo.mjs",
+                &[url.as_ref()],
+                &[("TRUST_CERT", cert.as_os_str())],
+            ),
+            None => Script::spawn("demo.mjs", &[url.as_ref()], &[]),
+        };
         Browser {
             child,
             stdin,

@@ -3,20 +3,18 @@
 //! sessions stay with rustls; a client's key update ends its own connection and nothing else;
 //! and a client on another TLS implementation (Node's OpenSSL) talks to the same record layer.
 
-use std::{path::PathBuf, process::Stdio, time::Duration};
+use std::time::Duration;
 
 use futures_util::SinkExt;
 use switchboard_proto::v1::{self as pb, message::Payload, read_response};
 use switchboard_tests::{
     gateway::{Api, Gateway},
     pki::Pki,
+    script::Script,
     within,
     ws::{Client, Seen},
 };
-use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    process::Command,
-};
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::{tungstenite::Message, MaybeTlsStream};
 
 struct Tls {
@@ -179,28 +177,21 @@ async fn an_openssl_client_speaks_to_the_gateway_s_own_tls_1_3_records() {
     let t = tls_gateway().await;
     let mut api = t.gw.api().await;
     let ca = t.pki.ca_path();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser/openssl_client.mjs");
     let sizes = [1usize, 16_385, 70_000];
     let list: Vec<String> = sizes.iter().map(usize::to_string).collect();
-    let mut child = Command::new("node")
-        .arg(&script)
-        .arg(t.gw.client_addr.port().to_string())
-        .arg(&ca)
-        .arg(list.join(","))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn node (is Node.js installed?)");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let session = line(&mut lines).await;
+    let port = t.gw.client_addr.port().to_string();
+    let list = list.join(",");
+    let mut node = Script::spawn(
+        "openssl_client.mjs",
+        &[port.as_ref(), ca.as_os_str(), list.as_ref()],
+        &[],
+    );
+    let session = node.line().await;
     let id = session
         .strip_prefix("session ")
         .expect("a session")
         .to_owned();
-    assert_eq!(line(&mut lines).await, "protocol TLSv1.3");
+    assert_eq!(node.line().await, "protocol TLSv1.3");
     // What it sent, in order and intact.
     for (k, len) in sizes.into_iter().enumerate() {
         assert!(
@@ -219,15 +210,11 @@ async fn an_openssl_client_speaks_to_the_gateway_s_own_tls_1_3_records() {
         })
         .await
         .expect("send");
-        assert_eq!(line(&mut lines).await, format!("got {len} ok"));
+        assert_eq!(node.line().await, format!("got {len} ok"));
     }
-    stdin.write_all(b"close\n").await.expect("tell it to close");
-    assert_eq!(line(&mut lines).await, "closed 1000");
-}
-
-async fn line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> String {
-    within("a line from the OpenSSL client", lines.next_line())
+    node.stdin
+        .write_all(b"close\n")
         .await
-        .expect("read")
-        .expect("the OpenSSL client ended early")
+        .expect("tell it to close");
+    assert_eq!(node.line().await, "closed 1000");
 }

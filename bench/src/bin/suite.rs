@@ -1351,21 +1351,26 @@ async fn scenario_compression(
         for deflate in [false, true] {
             if let Err(e) = compression_one(env, plan, target, n, deflate, out).await {
                 println!("| {target} | {n} | {deflate} | failed: {e:#} |");
-                out.push(Record {
-                    scenario: "compression".into(),
-                    target: target.clone(),
-                    params: BTreeMap::from([
-                        ("sockets".into(), n as f64),
-                        ("deflate".into(), f64::from(u8::from(deflate))),
-                    ]),
-                    exact: Some(false),
-                    notes: vec![format!("failed: {e:#}")],
-                    ..Default::default()
-                });
+                out.push(failed("compression", target, n, ("deflate", deflate), &e));
             }
         }
     }
     Ok(())
+}
+
+/// The record of a measurement that failed: `n` sockets, with or without `flag`.
+fn failed(scenario: &str, target: &str, n: u64, flag: (&str, bool), e: &anyhow::Error) -> Record {
+    Record {
+        scenario: scenario.into(),
+        target: target.into(),
+        params: BTreeMap::from([
+            ("sockets".into(), n as f64),
+            (flag.0.into(), f64::from(u8::from(flag.1))),
+        ]),
+        exact: Some(false),
+        notes: vec![format!("failed: {e:#}")],
+        ..Default::default()
+    }
 }
 
 /// One broadcast over sockets opened for it: the server's RSS per open socket before the
@@ -1528,17 +1533,7 @@ async fn scenario_tls(env: &mut Env, plan: &Plan, out: &mut Vec<Record>) -> Resu
         let transport = if tls { "tls" } else { "plain" };
         if let Err(e) = tls_one(env, plan, n, tls.then_some(&pki), out).await {
             println!("| switchboard | {n} | {transport} | failed: {e:#} |");
-            out.push(Record {
-                scenario: "tls".into(),
-                target: "switchboard".into(),
-                params: BTreeMap::from([
-                    ("sockets".into(), n as f64),
-                    ("tls".into(), f64::from(u8::from(tls))),
-                ]),
-                exact: Some(false),
-                notes: vec![format!("failed: {e:#}")],
-                ..Default::default()
-            });
+            out.push(failed("tls", "switchboard", n, ("tls", tls), &e));
         }
     }
     Ok(())
