@@ -15,6 +15,11 @@
 //! socket for `message` events), but only up to `slow_after`: a member that stops reading is cut
 //! off, its stream ends with `RESOURCE_EXHAUSTED`, and the event goes to another member. Events
 //! are encoded once and shared by every group. No lock is held across an `.await`.
+//!
+//! A session's `message` events take no lock shared with other sessions: where its last one
+//! went is kept in the session's [`RouteCache`], valid until the bus's epoch moves (a member
+//! joined, left or was cut off, an assignment was dropped) or, in a cluster, until the view of
+//! other nodes' members it was made with is due for a refresh.
 
 use std::{
     collections::HashMap,
@@ -120,6 +125,9 @@ impl Drop for Membership {
 pub(crate) struct EventBus {
     node: Arc<str>,
     hubs: Mutex<HashMap<Arc<str>, Hub>>,
+    /// Moves on every change to `hubs` that can send an event elsewhere; a [`Route`] made
+    /// before it moved is not used again.
+    epoch: AtomicU64,
     next_id: AtomicU64,
     slow_after: Duration,
     metrics: Arc<Metrics>,
@@ -132,6 +140,36 @@ pub(crate) struct EventBus {
 
 /// A hub's members on other nodes, as read from the registry at a moment.
 type View = (Instant, Arc<Vec<MemberRecord>>);
+
+/// Where one session's events of one kind go, as routed at `epoch`.
+pub(crate) struct Route {
+    kind: EventKind,
+    epoch: u64,
+    /// When the view of other nodes' members it was made with is due for a refresh.
+    stale_at: Option<Instant>,
+    deliveries: Vec<Delivery>,
+}
+
+/// A session's last `message` route, so that the next message is not routed again (under
+/// the bus's lock) while nothing changed. Only the session's own reader publishes through
+/// it, so its lock is never contended.
+#[derive(Default)]
+pub(crate) struct RouteCache(Mutex<Option<Arc<Route>>>);
+
+impl RouteCache {
+    fn get(&self, kind: EventKind, epoch: u64) -> Option<Arc<Route>> {
+        let slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let route = slot.as_ref()?;
+        let fresh = route.kind == kind
+            && route.epoch == epoch
+            && route.stale_at.is_none_or(|at| Instant::now() < at);
+        fresh.then(|| Arc::clone(route))
+    }
+
+    fn set(&self, route: Option<Arc<Route>>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = route;
+    }
+}
 
 #[derive(Default)]
 struct Hub {
@@ -171,6 +209,20 @@ enum Target {
     },
 }
 
+/// One event on its way: what [`EventBus::attempt`] needs to deliver it or reroute it.
+struct Publishing {
+    event: Event,
+    kind: EventKind,
+    encoded: Encoded,
+    /// Other nodes' members, once fetched.
+    remote: Option<Arc<Vec<MemberRecord>>>,
+    /// Members that failed this event, not to be picked again for it.
+    failed: Vec<String>,
+    /// Deliveries rerouted after a failure.
+    again: Vec<Delivery>,
+    delivered: usize,
+}
+
 struct Delivery {
     group: Arc<str>,
     uid: String,
@@ -189,6 +241,7 @@ impl EventBus {
         Arc::new(Self {
             node,
             hubs: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             slow_after,
             metrics,
@@ -200,6 +253,11 @@ impl EventBus {
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Hub>> {
         self.hubs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks every cached route stale; called with the lock held, after the change.
+    fn moved(&self) {
+        self.epoch.fetch_add(1, Ordering::Release);
     }
 
     fn uid(&self, id: u64) -> String {
@@ -222,20 +280,23 @@ impl EventBus {
         let hub: Arc<str> = hub.into();
         let (tx, rx) = mpsc::channel(MEMBER_QUEUE);
         let cut_off = CancellationToken::new();
-        self.lock()
-            .entry(hub.clone())
-            .or_default()
-            .groups
-            .entry(group.clone())
-            .or_default()
-            .members
-            .push(Member {
-                id,
-                uid: self.uid(id),
-                kinds,
-                tx,
-                cut_off: cut_off.clone(),
-            });
+        {
+            let mut hubs = self.lock();
+            hubs.entry(hub.clone())
+                .or_default()
+                .groups
+                .entry(group.clone())
+                .or_default()
+                .members
+                .push(Member {
+                    id,
+                    uid: self.uid(id),
+                    kinds,
+                    tx,
+                    cut_off: cut_off.clone(),
+                });
+            self.moved();
+        }
         if let Some(cluster) = &self.cluster {
             let record = MemberRecord {
                 uid: self.uid(id),
@@ -276,6 +337,7 @@ impl EventBus {
             if h.groups.is_empty() {
                 hubs.remove(hub);
             }
+            self.moved();
         }
         if let Some(cluster) = &self.cluster {
             let cluster = Arc::clone(cluster);
@@ -316,10 +378,11 @@ impl EventBus {
         }
     }
 
-    /// Cluster-wide members of `hub` on other nodes.
-    async fn remote_members(&self, hub: &Arc<str>) -> Arc<Vec<MemberRecord>> {
+    /// Cluster-wide members of `hub` on other nodes, and when that view is due for a refresh
+    /// (never, outside a cluster).
+    async fn remote_members(&self, hub: &Arc<str>) -> (Arc<Vec<MemberRecord>>, Option<Instant>) {
         let Some(redis) = self.cluster.as_ref().map(|c| &c.redis) else {
-            return Arc::default();
+            return (Arc::default(), None);
         };
         let cached = self
             .views
@@ -329,7 +392,7 @@ impl EventBus {
             .cloned();
         if let Some((at, view)) = &cached {
             if at.elapsed() < VIEW_TTL {
-                return Arc::clone(view);
+                return (Arc::clone(view), Some(*at + VIEW_TTL));
             }
         }
         let view = match redis.members(hub).await {
@@ -341,11 +404,12 @@ impl EventBus {
             // Redis is away: keep routing with what we knew.
             Err(_) => cached.map(|(_, v)| v).unwrap_or_default(),
         };
+        let at = Instant::now();
         self.views
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(hub.clone(), (Instant::now(), Arc::clone(&view)));
-        view
+            .insert(hub.clone(), (at, Arc::clone(&view)));
+        (view, Some(at + VIEW_TTL))
     }
 
     fn forget_view(&self, hub: &str) {
@@ -358,40 +422,99 @@ impl EventBus {
     /// Delivers one event to one member of every interested group; returns how many groups got
     /// it. Waits for room, cutting off members that stay full for longer than `slow_after`.
     pub(crate) async fn publish(&self, event: Event) -> usize {
+        self.publish_via(event, None).await
+    }
+
+    /// [`publish`](Self::publish) for one session's events of one kind (its client messages):
+    /// routed through its cache, so that while nothing changed no lock is shared with other
+    /// sessions.
+    pub(crate) async fn publish_cached(&self, event: Event, cache: &RouteCache) -> usize {
+        self.publish_via(event, Some(cache)).await
+    }
+
+    async fn publish_via(&self, event: Event, cache: Option<&RouteCache>) -> usize {
         let kind = event.kind();
-        let remote = self.remote_members(&event.hub).await;
-        let mut delivered = 0;
-        let mut failed: Vec<String> = Vec::new();
-        let mut pending = self.route(&event.hub, &event.session, kind, &remote, None, &failed);
-        if pending.is_empty() {
+        // Read before routing: a change made meanwhile leaves the route stale, never wrong.
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let cached = cache.and_then(|c| c.get(kind, epoch));
+        let (route, remote) = match cached {
+            Some(route) => (route, None),
+            None => {
+                let (remote, stale_at) = self.remote_members(&event.hub).await;
+                let deliveries = self.route(&event.hub, &event.session, kind, &remote, None, &[]);
+                let route = Arc::new(Route {
+                    kind,
+                    epoch,
+                    stale_at,
+                    deliveries,
+                });
+                if let Some(c) = cache {
+                    c.set(Some(Arc::clone(&route)));
+                }
+                (route, Some(remote))
+            }
+        };
+        if route.deliveries.is_empty() {
             // Nobody takes it (a client message then waits in the inbox): not even encoded.
             if kind == EventKind::Disconnected {
                 self.forget(&event.hub, &event.session);
             }
             return 0;
         }
-        let encoded: Encoded = Arc::new(crate::api::encode_event(&event));
-        while let Some(d) = pending.pop() {
-            if self.deliver(&event.hub, &d, &encoded).await {
-                delivered += 1;
-                d.delivered.inc();
-            } else {
-                failed.push(d.uid.clone());
-                self.unassign(&event.hub, &d.group, &d.uid);
-                pending.extend(self.route(
-                    &event.hub,
-                    &event.session,
-                    kind,
-                    &remote,
-                    Some(&d.group),
-                    &failed,
-                ));
+        let mut p = Publishing {
+            encoded: Arc::new(crate::api::encode_event(&event)),
+            event,
+            kind,
+            remote,
+            failed: Vec::new(),
+            again: Vec::new(),
+            delivered: 0,
+        };
+        for d in &route.deliveries {
+            self.attempt(&mut p, d).await;
+        }
+        while let Some(d) = p.again.pop() {
+            self.attempt(&mut p, &d).await;
+        }
+        if !p.failed.is_empty() {
+            if let Some(c) = cache {
+                c.set(None);
             }
         }
         if kind == EventKind::Disconnected {
-            self.forget(&event.hub, &event.session);
+            self.forget(&p.event.hub, &p.event.session);
         }
-        delivered
+        p.delivered
+    }
+
+    /// Delivers to one member; when it is gone or too slow, queues the group's next member.
+    async fn attempt(&self, p: &mut Publishing, d: &Delivery) {
+        let hub = &p.event.hub;
+        if self.deliver(hub, d, &p.encoded).await {
+            p.delivered += 1;
+            d.delivered.inc();
+            return;
+        }
+        p.failed.push(d.uid.clone());
+        self.unassign(hub, &d.group, &d.uid);
+        // A cached route came without the view it was made with: fetch it for the reroute.
+        let remote = match &p.remote {
+            Some(r) => Arc::clone(r),
+            None => {
+                let r = self.remote_members(hub).await.0;
+                p.remote = Some(Arc::clone(&r));
+                r
+            }
+        };
+        let next = self.route(
+            hub,
+            &p.event.session,
+            p.kind,
+            &remote,
+            Some(&d.group),
+            &p.failed,
+        );
+        p.again.extend(next);
     }
 
     async fn deliver(&self, hub: &Arc<str>, d: &Delivery, event: &Encoded) -> bool {
@@ -479,6 +602,7 @@ impl EventBus {
         if let Some(g) = hubs.get_mut(hub).and_then(|h| h.groups.get_mut(group)) {
             g.members.retain(|m| m.id != id);
         }
+        self.moved();
     }
 
     fn unassign(&self, hub: &str, group: &str, uid: &str) {
@@ -486,6 +610,7 @@ impl EventBus {
         if let Some(g) = hubs.get_mut(hub).and_then(|h| h.groups.get_mut(group)) {
             g.assigned.retain(|_, m| m != uid);
         }
+        self.moved();
     }
 
     /// Picks the member of each interested group (all groups, or only `only`), skipping
@@ -717,6 +842,162 @@ mod tests {
         // The stuck member holds its queue's worth; the live one got everything else.
         let live_got = reader.await.unwrap();
         assert_eq!(live_got + MEMBER_QUEUE, total);
+    }
+
+    fn message(id: &SessionId, seq: u64) -> Event {
+        Event {
+            session: id.clone(),
+            hub: "h".into(),
+            body: EventBody::Message(Inbound {
+                seq,
+                message: crate::message::Message {
+                    kind: crate::message::Kind::Text,
+                    payload: bytes::Bytes::from(seq.to_string()),
+                },
+                client_seq: seq,
+            }),
+        }
+    }
+
+    fn seqs(sub: &mut Subscription) -> Vec<u64> {
+        let mut out = Vec::new();
+        while let Ok(e) = sub.events.try_recv() {
+            if let Some(pb::event::Kind::Message(m)) = &e.kind {
+                out.push(m.seq);
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_cached_route_follows_every_change_of_membership() {
+        let bus = bus();
+        let id = SessionId::generate().unwrap();
+        let cache = RouteCache::default();
+        let mut seq = 0;
+        let mut next = || {
+            seq += 1;
+            message(&id, seq)
+        };
+        // Nobody subscribes: not delivered, and the empty route is cached.
+        assert_eq!(bus.publish_cached(next(), &cache).await, 0);
+        let mut a = bus.subscribe("h", "g", Kinds::ALL).await;
+        assert_eq!(
+            bus.publish_cached(next(), &cache).await,
+            1,
+            "a new member is seen"
+        );
+        assert_eq!(bus.publish_cached(next(), &cache).await, 1);
+        let mut other = bus.subscribe("h", "other", Kinds::ALL).await;
+        assert_eq!(
+            bus.publish_cached(next(), &cache).await,
+            2,
+            "a new group is seen"
+        );
+        // A second member of the group does not take the session from the first.
+        let mut b = bus.subscribe("h", "g", Kinds::ALL).await;
+        assert_eq!(bus.publish_cached(next(), &cache).await, 2);
+        assert_eq!(seqs(&mut b), Vec::<u64>::new());
+        assert_eq!(seqs(&mut a), [2, 3, 4, 5]);
+        // The member the session went to leaves: the next message goes to the other one.
+        drop(a);
+        assert_eq!(bus.publish_cached(next(), &cache).await, 2);
+        assert_eq!(seqs(&mut b), [6]);
+        assert_eq!(seqs(&mut other), [4, 5, 6]);
+        drop((b, other));
+        assert_eq!(
+            bus.publish_cached(next(), &cache).await,
+            0,
+            "a member that left is not sent to"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_session_whose_member_stops_reading_loses_no_message_to_its_cached_route() {
+        let bus = bus();
+        let id = SessionId::generate().unwrap();
+        let cache = RouteCache::default();
+        let mut first = bus.subscribe("h", "g", Kinds::ALL).await;
+        let mut second = bus.subscribe("h", "g", Kinds::ALL).await;
+        assert_eq!(bus.publish_cached(message(&id, 1), &cache).await, 1);
+        // Whichever member took the session stops reading; the other reads everything.
+        let (mut stuck, live) = if first.events.try_recv().is_ok() {
+            (first, second)
+        } else {
+            assert!(second.events.try_recv().is_ok());
+            (second, first)
+        };
+        let (done, mut finished) = tokio::sync::oneshot::channel::<()>();
+        let reader = tokio::spawn(async move {
+            let mut live = live;
+            let mut got = Vec::new();
+            loop {
+                tokio::select! {
+                    Some(e) = live.events.recv() => if let Some(pb::event::Kind::Message(m)) = &e.kind {
+                        got.push(m.seq);
+                    },
+                    _ = &mut finished => break,
+                }
+            }
+            got.extend(seqs(&mut live));
+            got
+        });
+        // Past the member's queue, so the route cached to it has to fail over.
+        let total = 2 * MEMBER_QUEUE as u64 + 10;
+        for seq in 2..=total {
+            assert_eq!(
+                bus.publish_cached(message(&id, seq), &cache).await,
+                1,
+                "message {seq}"
+            );
+        }
+        assert!(stuck.cut_off.is_cancelled());
+        done.send(()).unwrap();
+        let mut all = seqs(&mut stuck);
+        all.extend(reader.await.unwrap());
+        all.sort_unstable();
+        assert_eq!(all, (2..=total).collect::<Vec<_>>(), "each message once");
+    }
+
+    #[test]
+    fn a_cached_route_takes_no_lock_shared_with_other_sessions() {
+        // Two workers: one may block on the lock, the other still runs the timer.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let bus = bus();
+        let id = SessionId::generate().unwrap();
+        let cache = Arc::new(RouteCache::default());
+        let mut sub = rt.block_on(bus.subscribe("h", "g", Kinds::ALL));
+        assert_eq!(rt.block_on(bus.publish_cached(message(&id, 1), &cache)), 1);
+        // Another thread holds the bus's lock while the session publishes again.
+        let (held, holding) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|scope| {
+            let locker = &bus;
+            scope.spawn(move || {
+                let _guard = locker.lock();
+                held.send(()).unwrap();
+                // Bounded, so a failing test still ends.
+                let _ = released.recv_timeout(Duration::from_secs(60));
+            });
+            holding.recv().unwrap();
+            let publishing = {
+                let (bus, cache, id) = (Arc::clone(&bus), Arc::clone(&cache), id.clone());
+                rt.spawn(async move { bus.publish_cached(message(&id, 2), &cache).await })
+            };
+            let published = rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(20), publishing).await
+            });
+            release.send(()).unwrap();
+            assert!(
+                matches!(published, Ok(Ok(1))),
+                "not published while another thread held the lock"
+            );
+        });
+        assert_eq!(seqs(&mut sub), [1, 2]);
     }
 
     #[tokio::test]

@@ -414,7 +414,7 @@ impl Node {
                 hub: s.hub.clone(),
                 body: EventBody::Message(inbound.clone()),
             };
-            if self.events.publish(event).await > 0 {
+            if self.events.publish_cached(event, &s.routes).await > 0 {
                 self.taken(s, client_seq);
                 return true;
             }

@@ -194,6 +194,8 @@ pub(crate) struct Session {
     ended: CancellationToken,
     /// The backend attached to this session, if any (one at a time).
     attached: Mutex<Option<Attached>>,
+    /// Where this session's client messages went last as hub events.
+    pub routes: crate::events::RouteCache,
     ctx: Arc<SessionContext>,
 }
 
@@ -286,6 +288,7 @@ impl Session {
             kill: Notify::new(),
             ended: CancellationToken::new(),
             attached: Mutex::new(None),
+            routes: Default::default(),
             ctx,
         })
     }
