@@ -41,8 +41,8 @@ struct Cli {
         default_value = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
     )]
     font: PathBuf,
-    /// Regenerate only this section of `--out` (`protocols`: permessage-deflate and HTTP/2), in
-    /// place.
+    /// Regenerate only this section of `--out` (`protocols`: TLS, permessage-deflate and
+    /// HTTP/2; `subscribe`: client messages to consumer groups), in place.
     #[arg(long)]
     section: Option<String>,
 }
@@ -181,6 +181,53 @@ fn splice_section(old: &str, name: &str, body: &str) -> String {
         _ if old.is_empty() => block,
         _ => format!("{}\n{block}", old.trim_end_matches('\n').to_owned() + "\n"),
     }
+}
+
+/// `Subscribe`: client messages to consumer groups.
+fn subscribe_section(d: &Data, md: &mut String) -> Result<()> {
+    let subscribe: Vec<(&Key, &Group)> = d.of("subscribe").collect();
+    writeln!(md, "## Subscribe: client messages to consumer groups\n")?;
+    writeln!(
+        md,
+        "100 client sockets send stamped 100-byte messages at a paced total rate; each of \
+         the consumer groups (one `Subscribe` member each) gets every one as a hub event \
+         (`subscribe`, which starts its own gateway and checks every group got every \
+         message once and in order per session). Latency is client send to event \
+         received; CPU is the gateway's per client message (every group's delivery \
+         included).\n"
+    )?;
+    writeln!(
+        md,
+        "| groups | asked/s | achieved/s (median) | range | p50 ms | p99 ms | user µs/msg | range | total µs/msg | range | exact |"
+    )?;
+    writeln!(
+        md,
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    )?;
+    let range = |g: &Group, m: &str, digits: usize| {
+        g.range(m)
+            .map(|(a, b)| format!("{a:.digits$}–{b:.digits$}"))
+            .unwrap_or_default()
+    };
+    for (k, g) in subscribe {
+        writeln!(
+            md,
+            "| {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            Data::param(k, "groups"),
+            Data::param(k, "rate"),
+            f(g.med("achieved_per_s"), 0),
+            range(g, "achieved_per_s", 0),
+            f(g.med("p50_ms"), 1),
+            f(g.med("p99_ms"), 1),
+            f(g.med("cpu_user_us_per_msg"), 2),
+            range(g, "cpu_user_us_per_msg", 2),
+            f(g.med("cpu_total_us_per_msg"), 2),
+            range(g, "cpu_total_us_per_msg", 2),
+            g.exact()
+        )?;
+    }
+    writeln!(md)?;
+    Ok(())
 }
 
 /// TLS, permessage-deflate and WebSockets over HTTP/2.
@@ -600,7 +647,10 @@ fn main() -> Result<()> {
     let d = Data { groups };
     let n_runs = files.len();
     if let Some(section) = &cli.section {
-        anyhow::ensure!(section == "protocols", "unknown section {section:?}");
+        anyhow::ensure!(
+            section == "protocols" || section == "subscribe",
+            "unknown section {section:?}"
+        );
         let mut body = String::new();
         writeln!(
             body,
@@ -620,7 +670,11 @@ fn main() -> Result<()> {
                 .cloned()
                 .unwrap_or_else(|| "unknown".into()),
         )?;
-        protocols_section(&d, &mut body)?;
+        if section == "protocols" {
+            protocols_section(&d, &mut body)?;
+        } else {
+            subscribe_section(&d, &mut body)?;
+        }
         let old = std::fs::read_to_string(&cli.out)
             .with_context(|| format!("read {}", cli.out.display()))?;
         std::fs::write(&cli.out, splice_section(&old, section, &body))?;
@@ -1039,41 +1093,11 @@ fn main() -> Result<()> {
         writeln!(md)?;
     }
 
-    let subscribe: Vec<(&Key, &Group)> = d.of("subscribe").collect();
-    if !subscribe.is_empty() {
-        writeln!(md, "## Subscribe: client messages to consumer groups\n")?;
-        writeln!(
-            md,
-            "100 client sockets send stamped 100-byte messages at a paced total rate; each of \
-             the consumer groups (one `Subscribe` member each) gets every one as a hub event \
-             (`subscribe`, which starts its own gateway and checks every group got every \
-             message once and in order per session). Latency is client send to event \
-             received; CPU is the gateway's per client message (every group's delivery \
-             included).\n"
-        )?;
-        writeln!(md, "| groups | asked/s | achieved/s (median) | range | p50 ms | p99 ms | user µs/msg | total µs/msg | exact |")?;
-        writeln!(
-            md,
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-        )?;
-        for (k, g) in subscribe {
-            writeln!(
-                md,
-                "| {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
-                Data::param(k, "groups"),
-                Data::param(k, "rate"),
-                f(g.med("achieved_per_s"), 0),
-                g.range("achieved_per_s")
-                    .map(|(a, b)| format!("{a:.0}–{b:.0}"))
-                    .unwrap_or_default(),
-                f(g.med("p50_ms"), 1),
-                f(g.med("p99_ms"), 1),
-                f(g.med("cpu_user_us_per_msg"), 2),
-                f(g.med("cpu_total_us_per_msg"), 2),
-                g.exact()
-            )?;
-        }
-        writeln!(md)?;
+    if d.of("subscribe").next().is_some() {
+        let mut body = String::new();
+        subscribe_section(&d, &mut body)?;
+        md.push_str(&splice_section("", "subscribe", &body));
+        md.push('\n');
     }
 
     let scale: Vec<(&Key, &Group)> = d.of("scale").collect();
