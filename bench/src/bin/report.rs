@@ -172,11 +172,10 @@ fn splice_section(old: &str, name: &str, body: &str) -> String {
     let block = format!("{open}\n{body}{close}\n");
     match (old.find(&open), old.find(&close)) {
         (Some(a), Some(b)) if b > a => {
-            format!(
-                "{}{block}{}",
-                &old[..a],
-                old[b + close.len()..].trim_start_matches('\n')
-            )
+            let rest = old[b + close.len()..].trim_start_matches('\n');
+            // One blank line before what follows, as the full report leaves it.
+            let gap = if rest.is_empty() { "" } else { "\n" };
+            format!("{}{block}{gap}{rest}", &old[..a])
         }
         _ if old.is_empty() => block,
         _ => format!("{}\n{block}", old.trim_end_matches('\n').to_owned() + "\n"),
