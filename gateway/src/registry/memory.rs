@@ -5,8 +5,8 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
-    sync::{Mutex, MutexGuard},
-    time::{Duration, Instant},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant, SystemTime},
 };
 
 use super::{ListFilter, Liveness, Page, RegistryError, SessionRecord};
@@ -21,13 +21,91 @@ pub(crate) struct MemoryRegistry {
 #[derive(Default)]
 struct Inner {
     /// Ordered by ID so pages resume after the last ID returned.
-    records: BTreeMap<SessionId, SessionRecord>,
+    records: BTreeMap<SessionId, Kept>,
+    /// The node ID every record names, kept once.
+    node: Option<Arc<str>>,
     by_hub: HashMap<String, BTreeSet<SessionId>>,
     by_user: HashMap<String, BTreeSet<SessionId>>,
     by_group: HashMap<(String, String), BTreeSet<SessionId>>,
     /// How recently closed sessions ended, oldest first, bounded in count and age.
     tombstones: HashMap<SessionId, SessionEnd>,
     tombstone_order: VecDeque<(Instant, SessionId)>,
+}
+
+/// A record as kept here, for as long as its session lives: 168 bytes instead of a
+/// `SessionRecord`'s 280, without what every record shares (the node ID, kept once) or what
+/// only the session knows live (its counters: a registry record carries none, as the Redis
+/// registry's do not). Kept inline in the map's nodes, not boxed: measured, one more small
+/// allocation per session, made as the handshake's buffers are freed, doubled the idle RSS per
+/// connection under glibc's malloc (7.4 KiB instead of 3.7) although the heap was smaller.
+struct Kept {
+    hub: Box<str>,
+    user: Box<str>,
+    groups: Vec<String>,
+    metadata: BTreeMap<String, String>,
+    node: Arc<str>,
+    connected_at: SystemTime,
+    last_active_at: SystemTime,
+    remote_addr: Box<str>,
+    subprotocol: Box<str>,
+    reliable: bool,
+    suspended: bool,
+}
+
+const _: () = assert!(std::mem::size_of::<Kept>() <= 168);
+
+impl Kept {
+    fn new(r: SessionRecord, node: Arc<str>) -> Self {
+        Self {
+            hub: r.hub.into(),
+            user: r.user.into(),
+            groups: r.groups,
+            metadata: r.metadata,
+            node,
+            connected_at: r.connected_at,
+            last_active_at: r.last_active_at,
+            remote_addr: r.remote_addr.into(),
+            subprotocol: r.subprotocol.into(),
+            reliable: r.reliable,
+            suspended: r.suspended,
+        }
+    }
+
+    fn matches(&self, f: &ListFilter) -> bool {
+        matches_fields(f, &self.hub, &self.user, &self.node, &self.groups)
+    }
+
+    fn record(&self, id: &SessionId) -> SessionRecord {
+        SessionRecord {
+            id: id.clone(),
+            hub: self.hub.to_string(),
+            user: self.user.to_string(),
+            groups: self.groups.clone(),
+            metadata: self.metadata.clone(),
+            node: self.node.to_string(),
+            connected_at: self.connected_at,
+            last_active_at: self.last_active_at,
+            remote_addr: self.remote_addr.to_string(),
+            subprotocol: self.subprotocol.to_string(),
+            reliable: self.reliable,
+            suspended: self.suspended,
+            counters: None,
+        }
+    }
+}
+
+impl Inner {
+    /// `node` as an `Arc` shared by every record that names it.
+    fn node(&mut self, node: &str) -> Arc<str> {
+        match &self.node {
+            Some(n) if **n == *node => Arc::clone(n),
+            _ => {
+                let n: Arc<str> = node.into();
+                self.node = Some(Arc::clone(&n));
+                n
+            }
+        }
+    }
 }
 
 impl MemoryRegistry {
@@ -58,18 +136,19 @@ impl MemoryRegistry {
                 true,
             );
         }
-        inner.records.insert(id, record);
+        let node = inner.node(&record.node);
+        inner.records.insert(id, Kept::new(record, node));
     }
 
     pub(crate) fn unregister(&self, id: &SessionId, end: &SessionEnd) {
         let mut inner = self.lock();
         if let Some(record) = inner.records.remove(id) {
-            index(&mut inner.by_hub, record.hub.clone(), id, false);
+            index(&mut inner.by_hub, record.hub.to_string(), id, false);
             if !record.user.is_empty() {
-                index(&mut inner.by_user, record.user.clone(), id, false);
+                index(&mut inner.by_user, record.user.to_string(), id, false);
             }
             for g in record.groups {
-                index(&mut inner.by_group, (record.hub.clone(), g), id, false);
+                index(&mut inner.by_group, (record.hub.to_string(), g), id, false);
             }
         }
         let now = Instant::now();
@@ -105,20 +184,20 @@ impl MemoryRegistry {
         } else {
             record.groups.retain(|g| g != group);
         }
-        let hub = record.hub.clone();
+        let hub = record.hub.to_string();
         index(&mut inner.by_group, (hub, group.to_owned()), id, member);
         true
     }
 
     pub(crate) fn get(&self, id: &SessionId) -> Option<SessionRecord> {
-        self.lock().records.get(id).cloned()
+        self.lock().records.get(id).map(|k| k.record(id))
     }
 
     /// The hub of each session, in order, under one lock.
     pub(crate) fn hubs(&self, ids: &[SessionId]) -> Vec<Option<String>> {
         let inner = self.lock();
         ids.iter()
-            .map(|id| inner.records.get(id).map(|r| r.hub.clone()))
+            .map(|id| inner.records.get(id).map(|r| r.hub.to_string()))
             .collect()
     }
 
@@ -175,14 +254,14 @@ impl MemoryRegistry {
             let Some(r) = inner.records.get(id) else {
                 continue;
             };
-            if !matches(filter, r) {
+            if !r.matches(filter) {
                 continue;
             }
             if records.len() == page_size {
                 more = true;
                 break;
             }
-            records.push(r.clone());
+            records.push(r.record(id));
         }
         let next = if more {
             records.last().map(|r| r.id.to_string())
@@ -208,10 +287,14 @@ fn ids_after<'a>(
 }
 
 pub(crate) fn matches(f: &ListFilter, r: &SessionRecord) -> bool {
-    f.hub.as_ref().is_none_or(|h| *h == r.hub)
-        && f.user.as_ref().is_none_or(|u| *u == r.user)
-        && f.node.as_ref().is_none_or(|n| *n == r.node)
-        && f.group.as_ref().is_none_or(|g| r.groups.contains(g))
+    matches_fields(f, &r.hub, &r.user, &r.node, &r.groups)
+}
+
+fn matches_fields(f: &ListFilter, hub: &str, user: &str, node: &str, groups: &[String]) -> bool {
+    f.hub.as_ref().is_none_or(|h| h == hub)
+        && f.user.as_ref().is_none_or(|u| u == user)
+        && f.node.as_ref().is_none_or(|n| n == node)
+        && f.group.as_ref().is_none_or(|g| groups.contains(g))
 }
 
 fn index<K: std::hash::Hash + Eq>(
@@ -232,10 +315,8 @@ fn index<K: std::hash::Hash + Eq>(
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
-
     use super::*;
-    use crate::model::Closer;
+    use crate::model::{Closer, SessionCounters};
 
     fn record(hub: &str, user: &str, groups: &[&str]) -> SessionRecord {
         SessionRecord {
@@ -261,6 +342,32 @@ mod tests {
             reason: String::new(),
             closed_by: Closer::Client,
         }
+    }
+
+    #[test]
+    fn a_record_reads_back_whole_but_for_the_counters_only_the_session_has() {
+        let reg = MemoryRegistry::new(10, Duration::from_secs(60));
+        let mut r = record("h", "u", &["a", "b"]);
+        r.metadata.insert("k".into(), "v".into());
+        r.subprotocol = "chat".into();
+        r.reliable = true;
+        r.suspended = true;
+        let registered = SessionRecord {
+            counters: Some(SessionCounters {
+                messages_in: 3,
+                ..Default::default()
+            }),
+            ..r.clone()
+        };
+        reg.register(registered);
+        assert_eq!(reg.get(&r.id), Some(r.clone()));
+        reg.register(record("h", "", &[]));
+        let page = reg.list(&ListFilter::default(), 10, None).unwrap();
+        assert_eq!(page.records.len(), 2);
+        assert!(page
+            .records
+            .iter()
+            .all(|p| p.node == "n1" && p.counters.is_none()));
     }
 
     #[test]
