@@ -210,8 +210,8 @@ enum Target {
 }
 
 /// One event on its way: what [`EventBus::attempt`] needs to deliver it or reroute it.
-struct Publishing {
-    event: Event,
+struct Publishing<'a> {
+    event: &'a Event,
     kind: EventKind,
     encoded: Encoded,
     /// Other nodes' members, once fetched.
@@ -454,15 +454,29 @@ impl EventBus {
                 (route, Some(remote))
             }
         };
+        let delivered = self.deliver_route(&event, kind, remote, &route).await;
+        if kind == EventKind::Disconnected {
+            self.forget(&event.hub, &event.session);
+        }
+        delivered
+    }
+
+    /// Delivers along `route`, rerouting past members that fail; how many groups got it. A
+    /// failure drops the member's assignments, which moves the epoch: the route is not used
+    /// again.
+    async fn deliver_route(
+        &self,
+        event: &Event,
+        kind: EventKind,
+        remote: Option<Arc<Vec<MemberRecord>>>,
+        route: &Route,
+    ) -> usize {
         if route.deliveries.is_empty() {
             // Nobody takes it (a client message then waits in the inbox): not even encoded.
-            if kind == EventKind::Disconnected {
-                self.forget(&event.hub, &event.session);
-            }
             return 0;
         }
         let mut p = Publishing {
-            encoded: Arc::new(crate::api::encode_event(&event)),
+            encoded: Arc::new(crate::api::encode_event(event)),
             event,
             kind,
             remote,
@@ -476,19 +490,11 @@ impl EventBus {
         while let Some(d) = p.again.pop() {
             self.attempt(&mut p, &d).await;
         }
-        if !p.failed.is_empty() {
-            if let Some(c) = cache {
-                c.set(None);
-            }
-        }
-        if kind == EventKind::Disconnected {
-            self.forget(&p.event.hub, &p.event.session);
-        }
         p.delivered
     }
 
     /// Delivers to one member; when it is gone or too slow, queues the group's next member.
-    async fn attempt(&self, p: &mut Publishing, d: &Delivery) {
+    async fn attempt(&self, p: &mut Publishing<'_>, d: &Delivery) {
         let hub = &p.event.hub;
         if self.deliver(hub, d, &p.encoded).await {
             p.delivered += 1;
