@@ -61,6 +61,8 @@ impl WsUrl {
 /// A gateway started on loopback ports the system chooses, with keepalive pings off (a ping
 /// round landing in a measured window would be charged to the messages measured there) and no
 /// admin listener: the child, and its client and backend addresses from its listening line.
+/// It logs at `warn` unless `SWITCHBOARD_BENCH_LOG` names another level (`info`, the
+/// gateway's default, to measure what a default deployment pays).
 pub async fn spawn_gateway(
     bin: &std::path::Path,
     args: &[String],
@@ -73,7 +75,10 @@ pub async fn spawn_gateway(
         .args(["--admin-listen", "off"])
         .args(["--ping-interval", "1h", "--idle-timeout", "2h"])
         .args(args)
-        .env("SWITCHBOARD_LOG", "warn")
+        .env(
+            "SWITCHBOARD_LOG",
+            std::env::var("SWITCHBOARD_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(stderr)
